@@ -1,0 +1,61 @@
+//! Kernel families: for each, the knobs chosen in Rust and the context its template renders from.
+//!
+//! Templates stay thin; every decision (threads, shapes, which kernels a spec needs) lives here.
+
+pub mod layout;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::Spec;
+
+/// How a kernel is launched; the runtime follows it and `manifest.json` records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LaunchShape {
+    /// Threads per block.
+    pub block_threads: u32,
+    /// Tokens each block covers: grid = ceil(T / tokens_per_block), at least one block.
+    pub tokens_per_block: u32,
+    /// Static shared memory per block, in bytes.
+    pub shared_mem_bytes: u32,
+    /// Whether all blocks must be co-resident (cooperative launch).
+    pub cooperative: bool,
+}
+
+/// One kernel parameter, documented for `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Param {
+    /// Name in the generated source.
+    pub name: &'static str,
+    /// CUDA type.
+    pub ctype: String,
+    /// Shape in spec symbols (`[T, K]`), or `scalar`.
+    pub shape: String,
+}
+
+/// What a kernel family needs from the renderer.
+#[derive(Debug, Clone)]
+pub struct KernelPlan {
+    /// Short family name (`layout`): names the file and the cache folder.
+    pub name: &'static str,
+    /// One-line title for the header comment.
+    pub title: String,
+    /// Template to render (`layout.cu`).
+    pub template: &'static str,
+    /// `extern "C"` entry point.
+    pub entry: String,
+    /// Compile-time constants the template bakes in.
+    pub constants: BTreeMap<&'static str, i64>,
+    /// Template variables beyond the constants (types, names).
+    pub strings: BTreeMap<&'static str, String>,
+    /// Launch shape.
+    pub launch: LaunchShape,
+    /// Parameters, in order.
+    pub params: Vec<Param>,
+}
+
+/// The kernels a spec needs, in launch order.
+pub fn plans(spec: &Spec) -> Vec<KernelPlan> {
+    vec![layout::plan(spec)]
+}

@@ -1,0 +1,168 @@
+//! Renders the kernels of a spec from handlebars templates.
+//!
+//! Templates are embedded at build time; a folder given to [`Renderer::with_overrides`] replaces
+//! any of them by relative path (`layout.cu.hbs`, `partials/header.hbs`). Handlebars runs in
+//! strict mode (a missing variable is an error) with HTML escaping off.
+
+use std::path::Path;
+
+use handlebars::Handlebars;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::kernels::{self, KernelPlan, LaunchShape, Param};
+use crate::spec::hex;
+use crate::{Error, Spec};
+
+/// Version of the generator, part of every header and cache key.
+pub const GENERATOR_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Every embedded template: (name, text). The name is the path under `templates/` without `.hbs`.
+const TEMPLATES: &[(&str, &str)] = &[
+    ("layout.cu", include_str!("../../templates/layout.cu.hbs")),
+    (
+        "partials/header",
+        include_str!("../../templates/partials/header.hbs"),
+    ),
+    (
+        "partials/types",
+        include_str!("../../templates/partials/types.hbs"),
+    ),
+];
+
+/// One rendered kernel, ready to compile.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelSource {
+    /// The spec's name.
+    pub spec_name: String,
+    /// The spec's hash.
+    pub spec_hash: String,
+    /// Family name (`layout`).
+    pub name: String,
+    /// `extern "C"` entry point.
+    pub entry: String,
+    /// File name for export (`<spec>.<kernel>.cu`).
+    pub file_name: String,
+    /// SHA-256 of `source`, 16 hex digits.
+    pub source_hash: String,
+    /// Constants baked into the source.
+    pub constants: std::collections::BTreeMap<&'static str, i64>,
+    /// Launch shape.
+    pub launch: LaunchShape,
+    /// Parameters in order.
+    pub params: Vec<Param>,
+    /// The CUDA C++ source.
+    #[serde(skip)]
+    pub source: String,
+}
+
+/// Handlebars with the templates loaded.
+pub struct Renderer {
+    registry: Handlebars<'static>,
+}
+
+impl Renderer {
+    /// The embedded templates only.
+    pub fn new() -> Result<Renderer, Error> {
+        let mut registry = Handlebars::new();
+        registry.set_strict_mode(true);
+        registry.register_escape_fn(handlebars::no_escape);
+        for &(name, text) in TEMPLATES {
+            register(&mut registry, name, text)?;
+        }
+        Ok(Renderer { registry })
+    }
+
+    /// The embedded templates, with every `*.hbs` file under `dir` replacing (or adding) the
+    /// template of the same relative path.
+    pub fn with_overrides(dir: &Path) -> Result<Renderer, Error> {
+        let mut renderer = Renderer::new()?;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(folder) = stack.pop() {
+            for entry in std::fs::read_dir(&folder).map_err(|e| Error::io(&folder, e))? {
+                let path = entry.map_err(|e| Error::io(&folder, e))?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let Ok(relative) = path.strip_prefix(dir) else {
+                    continue;
+                };
+                let Some(name) = relative.to_str().and_then(|r| r.strip_suffix(".hbs")) else {
+                    continue;
+                };
+                let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+                register(&mut renderer.registry, &name.replace('\\', "/"), &text)?;
+            }
+        }
+        Ok(renderer)
+    }
+
+    /// Renders every kernel the spec needs.
+    pub fn render(&self, spec: &Spec) -> Result<Vec<KernelSource>, Error> {
+        kernels::plans(spec)
+            .into_iter()
+            .map(|plan| self.render_plan(spec, plan))
+            .collect()
+    }
+
+    fn render_plan(&self, spec: &Spec, plan: KernelPlan) -> Result<KernelSource, Error> {
+        let spec_hash = spec.hash();
+        let mut context = Map::new();
+        for (k, v) in &plan.constants {
+            context.insert((*k).to_owned(), Value::from(*v));
+        }
+        for (k, v) in &plan.strings {
+            context.insert((*k).to_owned(), Value::from(v.clone()));
+        }
+        context.insert("entry".into(), Value::from(plan.entry.clone()));
+        context.insert("generator_version".into(), Value::from(GENERATOR_VERSION));
+        context.insert("spec_hash".into(), Value::from(spec_hash.clone()));
+        context.insert(
+            "spec".into(),
+            serde_json::to_value(spec).unwrap_or(Value::Null),
+        );
+        context.insert(
+            "spec_yaml".into(),
+            Value::from(
+                spec.to_canonical_yaml()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            ),
+        );
+        context.insert(
+            "kernel".into(),
+            serde_json::json!({ "name": plan.name, "title": plan.title }),
+        );
+        let source = self
+            .registry
+            .render(plan.template, &Value::Object(context))
+            .map_err(|e| Error::Template {
+                name: plan.template.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(KernelSource {
+            spec_name: spec.name.clone(),
+            spec_hash,
+            name: plan.name.to_owned(),
+            entry: plan.entry,
+            file_name: format!("{}.{}.cu", spec.name, plan.name),
+            source_hash: hex(&Sha256::digest(source.as_bytes())[..8]),
+            constants: plan.constants,
+            launch: plan.launch,
+            params: plan.params,
+            source,
+        })
+    }
+}
+
+fn register(registry: &mut Handlebars<'static>, name: &str, text: &str) -> Result<(), Error> {
+    registry
+        .register_template_string(name, text)
+        .map_err(|e| Error::Template {
+            name: name.to_owned(),
+            message: e.to_string(),
+        })
+}

@@ -1,0 +1,188 @@
+//! The validated spec: every field a compile-time constant of the generated kernels.
+//!
+//! A [`Spec`] is only built by [`crate::parse_spec`] (or [`Spec::from_yaml`]), which resolves the
+//! defaults of the YAML file and checks every rule of [`crate::validate`]; its fields are therefore
+//! always consistent (`experts % ranks == 0`, and so on).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Which kernel family a deployment uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Decode: 1 to a few hundred tokens per rank, expert-major receive buffers, latency first.
+    LowLatency,
+    /// Prefill and training: thousands of tokens per rank, deduplicated per rank, bandwidth first.
+    HighThroughput,
+}
+
+/// Element types of activations and payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dtype {
+    /// bfloat16.
+    Bf16,
+    /// IEEE half precision.
+    Fp16,
+    /// 8-bit float e4m3 with per-block scales (dispatch payloads only).
+    Fp8E4m3,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> u32 {
+        match self {
+            Dtype::Bf16 | Dtype::Fp16 => 2,
+            Dtype::Fp8E4m3 => 1,
+        }
+    }
+
+    /// The spelling used in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::Bf16 => "bf16",
+            Dtype::Fp16 => "fp16",
+            Dtype::Fp8E4m3 => "fp8_e4m3",
+        }
+    }
+}
+
+/// How FP8 block scales are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleFormat {
+    /// One f32 per block: `amax / 448`.
+    F32,
+    /// The f32 scale rounded up to a power of two (unsigned 8-bit exponent, as DeepSeek-V3.1+).
+    Ue8m0,
+}
+
+/// FP8 quantization of dispatch payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fp8 {
+    /// Channels per scale block (128).
+    pub block: u32,
+    /// Scale storage.
+    pub scale: ScaleFormat,
+}
+
+/// Element type of `topk_idx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexDtype {
+    /// 32-bit signed.
+    I32,
+    /// 64-bit signed (PyTorch's default for `topk` indices, and DeepEP's).
+    I64,
+}
+
+impl IndexDtype {
+    /// Bytes per element.
+    pub fn size(self) -> u32 {
+        match self {
+            IndexDtype::I32 => 4,
+            IndexDtype::I64 => 8,
+        }
+    }
+}
+
+/// Receive layout of high-throughput dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// One row per (source rank, token) with at least one expert here, ordered by (rank, token).
+    Flat,
+    /// Rows grouped by local expert, each group padded to `expert_alignment`.
+    ExpertMajor,
+}
+
+/// Settings that exist only in high-throughput mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HighThroughput {
+    /// Capacity of the receive buffer in rows.
+    pub max_recv_tokens_per_rank: u32,
+    /// Receive layout.
+    pub layout: Layout,
+    /// Row alignment of each expert's group (`expert_major` only; 1 for `flat`).
+    pub expert_alignment: u32,
+}
+
+/// Performance knobs. `None` means `auto`: the heuristics (and later the tuner) choose.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Tuning {
+    /// Streaming multiprocessors the communication kernels may occupy.
+    pub sms: Option<u32>,
+    /// Warps per thread block.
+    pub warps_per_block: Option<u32>,
+    /// Tokens one warp handles per step.
+    pub tokens_per_warp: Option<u32>,
+    /// Bytes per vector load/store (4, 8 or 16).
+    pub vector_bytes: Option<u32>,
+    /// Independent loads kept in flight per thread.
+    pub unroll: Option<u32>,
+}
+
+/// One deployment's dispatch/combine problem, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Spec {
+    /// Name, used for files and kernel folders: letters, digits, `-` and `_`.
+    pub name: String,
+    /// Kernel family.
+    pub mode: Mode,
+    /// Hidden size H (channels per token).
+    pub hidden: u32,
+    /// Activation dtype.
+    pub dtype: Dtype,
+    /// Payload dtype of dispatch.
+    pub dispatch_dtype: Dtype,
+    /// FP8 settings, present exactly when `dispatch_dtype` is FP8.
+    pub fp8: Option<Fp8>,
+    /// Payload dtype of combine.
+    pub combine_dtype: Dtype,
+    /// Element type of `topk_idx`.
+    pub index_dtype: IndexDtype,
+    /// Total experts E.
+    pub experts: u32,
+    /// Experts per token K.
+    pub top_k: u32,
+    /// Ranks R.
+    pub ranks: u32,
+    /// Ranks per NVLink domain G (G == R: one node).
+    pub nvlink_domain: u32,
+    /// Most tokens a rank sends per call (M).
+    pub max_tokens_per_rank: u32,
+    /// High-throughput settings, present exactly in that mode.
+    pub high_throughput: Option<HighThroughput>,
+    /// Performance knobs.
+    pub tuning: Tuning,
+}
+
+impl Spec {
+    /// Parses and validates YAML text. `file` only labels errors.
+    pub fn from_yaml(text: &str, file: Option<&str>) -> Result<Spec, crate::SpecErrors> {
+        crate::validate::parse_and_validate(text, file)
+    }
+
+    /// Local experts per rank, L = E / R.
+    pub fn local_experts(&self) -> u32 {
+        self.experts / self.ranks
+    }
+
+    /// The spec as canonical YAML (every default resolved): what the hash covers.
+    pub fn to_canonical_yaml(&self) -> String {
+        // Serializing plain structs of integers, strings and unit enums cannot fail.
+        serde_yaml_ng::to_string(self).unwrap_or_default()
+    }
+
+    /// SHA-256 of the canonical YAML, as 16 hex digits: names the spec in generated files.
+    pub fn hash(&self) -> String {
+        let digest = Sha256::digest(self.to_canonical_yaml().as_bytes());
+        hex(&digest[..8])
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
