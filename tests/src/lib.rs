@@ -1,1 +1,56 @@
-//! x
+//! Helpers shared by epc's end-to-end tests: find NVRTC and a GPU, or skip with a reason.
+//!
+//! A missing NVRTC skips compile tests unless `EPC_REQUIRE_NVRTC=1`; a missing GPU skips GPU
+//! tests unless `EPC_REQUIRE_GPU=1`. In both cases the reason is printed.
+
+use ep_codegen::{Renderer, Spec, builtin_specs};
+use ep_runtime::{Error, Gpu, Jit, KernelCache, Nvrtc};
+
+fn required(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// NVRTC, or `None` after printing why the test is skipped.
+pub fn nvrtc_or_skip(test: &str) -> Option<Nvrtc> {
+    match Nvrtc::new() {
+        Ok(n) => Some(n),
+        Err(e) if !required("EPC_REQUIRE_NVRTC") => {
+            eprintln!("SKIP {test}: {e}");
+            None
+        }
+        Err(e) => panic!("{test}: EPC_REQUIRE_NVRTC=1 but {e}"),
+    }
+}
+
+/// A GPU, or `None` after printing why the test is skipped.
+pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
+    match Gpu::open(0) {
+        Ok(g) => Some(g),
+        Err(e @ (Error::DriverNotFound { .. } | Error::NoGpu { .. }))
+            if !required("EPC_REQUIRE_GPU") =>
+        {
+            eprintln!("SKIP {test}: no GPU: {e}");
+            None
+        }
+        Err(e) => panic!("{test}: EPC_REQUIRE_GPU=1 but {e}"),
+    }
+}
+
+/// A JIT with NVRTC and a fresh cache in a temporary folder (kept alive by the returned guard).
+pub fn fresh_jit(nvrtc: Nvrtc) -> (Jit, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let jit = Jit::new(Box::new(nvrtc), Some(KernelCache::new(dir.path())));
+    (jit, dir)
+}
+
+/// Every spec in `specs/`, parsed.
+pub fn all_specs() -> Vec<Spec> {
+    builtin_specs()
+        .map(|b| b.parse().unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
+
+/// The embedded renderer.
+pub fn renderer() -> Renderer {
+    Renderer::new().expect("embedded templates load")
+}

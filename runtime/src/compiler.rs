@@ -1,0 +1,86 @@
+//! The compiler interface the cache is written against: NVRTC in production, fakes in tests.
+
+use ep_codegen::KernelSource;
+
+use crate::{Arch, Error};
+
+/// A cubin and what the compiler said while making it.
+#[derive(Debug, Clone)]
+pub struct CompileOutput {
+    /// The cubin for exactly one architecture.
+    pub cubin: Vec<u8>,
+    /// The compiler's log (ptxas statistics included when it gives them).
+    pub log: String,
+}
+
+/// Turns rendered CUDA C++ into a cubin.
+pub trait Compiler: Send + Sync {
+    /// Name and version (`nvrtc 13.0`): part of every cache key.
+    fn id(&self) -> String;
+    /// The options used for `arch`: part of every cache key.
+    fn options(&self, arch: Arch) -> Vec<String>;
+    /// Compiles one kernel.
+    fn compile_to_cubin(&self, kernel: &KernelSource, arch: Arch) -> Result<CompileOutput, Error>;
+}
+
+/// Register and spill figures from a ptxas `--verbose` log, when present.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PtxasStats {
+    /// Registers per thread.
+    pub registers: Option<u32>,
+    /// Bytes of spill stores.
+    pub spill_stores: Option<u32>,
+    /// Bytes of spill loads.
+    pub spill_loads: Option<u32>,
+}
+
+impl PtxasStats {
+    /// Reads `Used N registers` and `N bytes spill stores, M bytes spill loads` from a log.
+    pub fn parse(log: &str) -> PtxasStats {
+        let number_before = |line: &str, word: &str| -> Option<u32> {
+            let at = line.find(word)?;
+            line[..at].split_whitespace().last()?.parse().ok()
+        };
+        let mut stats = PtxasStats::default();
+        for line in log.lines() {
+            if let Some(n) = number_before(line, "registers") {
+                stats.registers = Some(n);
+            }
+            if let Some(n) = number_before(line, "bytes spill stores") {
+                stats.spill_stores = Some(n);
+            }
+            if let Some(n) = number_before(line, "bytes spill loads") {
+                stats.spill_loads = Some(n);
+            }
+        }
+        stats
+    }
+}
+
+/// The source with right-aligned line numbers, for compile errors.
+pub fn listing(source: &str) -> String {
+    source
+        .lines()
+        .enumerate()
+        .map(|(i, l)| format!("{:>4} | {l}\n", i + 1))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PtxasStats;
+
+    #[test]
+    fn reads_ptxas_statistics() {
+        let log = "ptxas info    : Compiling entry function 'epc_layout' for 'sm_90'\n\
+                   ptxas info    : Function properties for epc_layout\n\
+                   \x20   0 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\n\
+                   ptxas info    : Used 26 registers, used 1 barriers, 1152 bytes smem\n";
+        let s = PtxasStats::parse(log);
+        assert_eq!(
+            (s.registers, s.spill_stores, s.spill_loads),
+            (Some(26), Some(8), Some(4))
+        );
+        assert_eq!(PtxasStats::parse(""), PtxasStats::default());
+    }
+}

@@ -1,0 +1,119 @@
+//! The error type of `ep-runtime`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong between a rendered kernel and its results.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// libnvrtc could not be loaded from any place searched.
+    #[error(
+        "NVRTC (libnvrtc.so) was not found. Searched:\n  {}\nInstall it with \
+         `python3 -m pip install --target .epc/pip 'nvidia-cuda-nvrtc==13.0.*'` (the test command \
+         `scripts/test` does this), or set EPC_NVRTC to the library file or its folder.",
+        searched.join("\n  ")
+    )]
+    NvrtcNotFound {
+        /// Every file or name tried, with why it failed.
+        searched: Vec<String>,
+    },
+    /// libcuda (the NVIDIA driver) could not be loaded.
+    #[error(
+        "the CUDA driver library (libcuda.so.1) could not be loaded: {detail}. This needs a \
+         machine with an NVIDIA GPU and its driver"
+    )]
+    DriverNotFound {
+        /// What the loader said.
+        detail: String,
+    },
+    /// The driver loaded but sees no GPU.
+    #[error("no CUDA GPU is visible (the driver reports {count} devices; wanted device {ordinal})")]
+    NoGpu {
+        /// Devices the driver reports.
+        count: i32,
+        /// The device asked for.
+        ordinal: usize,
+    },
+    /// A CUDA driver call failed.
+    #[error("CUDA {context}: {source}")]
+    Cuda {
+        /// What was being done.
+        context: String,
+        /// The driver's error code.
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+    /// An NVRTC call other than the compile itself failed.
+    #[error("NVRTC {context}: {message}")]
+    Nvrtc {
+        /// What was being done.
+        context: String,
+        /// NVRTC's result code or message.
+        message: String,
+    },
+    /// NVRTC rejected a generated source: a template or generator bug, reported with all we know.
+    #[error(
+        "NVRTC could not compile `{kernel}` for {arch} with options {options:?}:\n{log}\n\
+         --- source ---\n{listing}"
+    )]
+    Compile {
+        /// Kernel file name.
+        kernel: String,
+        /// Target architecture.
+        arch: String,
+        /// Compiler options.
+        options: Vec<String>,
+        /// The compiler's log.
+        log: String,
+        /// The source with line numbers.
+        listing: String,
+    },
+    /// Reading or writing the kernel cache failed.
+    #[error("kernel cache {}: {source}", path.display())]
+    Cache {
+        /// The file or folder.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An architecture name that is not `sm_XX`.
+    #[error("unknown GPU architecture `{0}`: expected sm_XX with XX >= 70, such as sm_90")]
+    BadArch(String),
+    /// Inputs whose shapes or values do not fit the spec.
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// `topk_idx` held ids outside `[-1, E)`; the kernel skipped them and wrote nothing for them.
+    #[error(
+        "topk_idx[{token}][{slot}] = {value} is outside [-1, {experts}) ({count} bad slot(s) in all); \
+         the results of this call are not valid"
+    )]
+    BadExpertId {
+        /// Token of the first bad slot.
+        token: usize,
+        /// Slot (0..K) of the first bad slot.
+        slot: usize,
+        /// The id found there.
+        value: i64,
+        /// E.
+        experts: u32,
+        /// How many slots were bad.
+        count: usize,
+    },
+    /// Spec or template problem from the code generator.
+    #[error(transparent)]
+    Codegen(#[from] ep_codegen::Error),
+}
+
+/// Attaches context to driver results.
+pub(crate) trait CudaContextExt<T> {
+    fn cuda(self, context: &str) -> Result<T, Error>;
+}
+
+impl<T> CudaContextExt<T> for Result<T, cudarc::driver::DriverError> {
+    fn cuda(self, context: &str) -> Result<T, Error> {
+        self.map_err(|source| Error::Cuda {
+            context: context.to_owned(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,88 @@
+//! One CUDA device: context, stream, architecture.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaStream, sys::CUdevice_attribute};
+
+use crate::error::CudaContextExt;
+use crate::{Arch, Error};
+
+/// An opened GPU with the stream epc's kernels run on.
+#[derive(Debug, Clone)]
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: Arch,
+    name: String,
+    sms: u32,
+}
+
+impl Gpu {
+    /// Opens device `ordinal`. Fails with [`Error::DriverNotFound`] on machines without the
+    /// NVIDIA driver and [`Error::NoGpu`] when the driver sees no such device, instead of
+    /// letting the driver bindings panic.
+    pub fn open(ordinal: usize) -> Result<Gpu, Error> {
+        probe_driver()?;
+        let count = CudaContext::device_count().cuda("cuDeviceGetCount")?;
+        if count <= 0 || ordinal >= count as usize {
+            return Err(Error::NoGpu { count, ordinal });
+        }
+        let ctx = CudaContext::new(ordinal).cuda("creating a context")?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .cuda("reading the compute capability")?;
+        let name = ctx.name().cuda("reading the device name")?;
+        let sms = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .cuda("reading the SM count")?;
+        let stream = ctx.new_stream().cuda("creating a stream")?;
+        Ok(Gpu {
+            ctx,
+            stream,
+            arch: Arch::from_capability(major, minor),
+            name,
+            sms: sms.max(0) as u32,
+        })
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream kernels are launched on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// `sm_XX` of the device.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// Marketing name (`NVIDIA H100 80GB HBM3`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Streaming multiprocessors.
+    pub fn sms(&self) -> u32 {
+        self.sms
+    }
+}
+
+/// Checks that libcuda can be opened, under the names cudarc will try.
+fn probe_driver() -> Result<(), Error> {
+    let mut errors = Vec::new();
+    for name in ["libcuda.so.1", "libcuda.so"] {
+        // SAFETY: opening libcuda runs only its initializers; the handle is dropped at once and
+        // no symbol is taken from it.
+        match unsafe { libloading::Library::new(name) } {
+            Ok(_) => return Ok(()),
+            Err(e) => errors.push(format!("{name}: {e}")),
+        }
+    }
+    Err(Error::DriverNotFound {
+        detail: errors.join("; "),
+    })
+}

@@ -1,0 +1,74 @@
+//! Compiler + cache + module loading: rendered source in, launchable function out.
+
+use std::path::PathBuf;
+
+use cudarc::driver::CudaFunction;
+use cudarc::nvrtc::Ptx;
+use ep_codegen::KernelSource;
+
+use crate::cache::{CachedCubin, KernelCache, compile_uncached};
+use crate::compiler::Compiler;
+use crate::error::CudaContextExt;
+use crate::{Arch, Error, Gpu, Nvrtc};
+
+/// Just-in-time compilation through an on-disk cache.
+pub struct Jit {
+    compiler: Box<dyn Compiler>,
+    cache: Option<KernelCache>,
+}
+
+/// A kernel loaded on a GPU.
+#[derive(Debug, Clone)]
+pub struct LoadedKernel {
+    /// The entry point.
+    pub function: CudaFunction,
+    /// Where the cubin came from.
+    pub cubin: CachedCubin,
+}
+
+impl Jit {
+    /// NVRTC with the default cache folder ([`KernelCache::default_root`]).
+    pub fn nvrtc() -> Result<Jit, Error> {
+        Ok(Jit::new(
+            Box::new(Nvrtc::new()?),
+            Some(KernelCache::new(KernelCache::default_root())),
+        ))
+    }
+
+    /// Any compiler, with a cache or none.
+    pub fn new(compiler: Box<dyn Compiler>, cache: Option<KernelCache>) -> Jit {
+        Jit { compiler, cache }
+    }
+
+    /// The compiler's id.
+    pub fn compiler_id(&self) -> String {
+        self.compiler.id()
+    }
+
+    /// The cache folder, when caching.
+    pub fn cache_root(&self) -> Option<PathBuf> {
+        self.cache.as_ref().map(|c| c.root().to_path_buf())
+    }
+
+    /// The cubin of `kernel` for `arch`, from the cache when possible.
+    pub fn cubin(&self, kernel: &KernelSource, arch: Arch) -> Result<CachedCubin, Error> {
+        match &self.cache {
+            Some(cache) => cache.get_or_compile(self.compiler.as_ref(), kernel, arch),
+            None => compile_uncached(self.compiler.as_ref(), kernel, arch),
+        }
+    }
+
+    /// Compiles (or fetches) `kernel` for the GPU's architecture and loads its entry point.
+    pub fn load(&self, gpu: &Gpu, kernel: &KernelSource) -> Result<LoadedKernel, Error> {
+        let cubin = self.cubin(kernel, gpu.arch())?;
+        let module = gpu
+            .context()
+            .load_module(Ptx::from_binary(cubin.cubin.clone()))
+            .cuda(&format!("loading the cubin of {}", kernel.file_name))?;
+        let function = module.load_function(&kernel.entry).cuda(&format!(
+            "finding `{}` in {}",
+            kernel.entry, kernel.file_name
+        ))?;
+        Ok(LoadedKernel { function, cubin })
+    }
+}

@@ -1,0 +1,213 @@
+//! Launching the routing-layout kernel and reading its results.
+
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg, sys::CUevent_flags};
+use ep_codegen::{IndexDtype, KernelSource, Spec};
+
+use crate::error::CudaContextExt;
+use crate::reference::Layout;
+use crate::routing::Routing;
+use crate::{Error, Gpu, Jit, LoadedKernel};
+
+/// The layout kernel of one spec, loaded on a GPU.
+#[derive(Debug)]
+pub struct LayoutKernel {
+    function: CudaFunction,
+    experts: usize,
+    ranks: usize,
+    top_k: usize,
+    max_tokens: usize,
+    index_dtype: IndexDtype,
+    block_threads: u32,
+}
+
+/// `topk_idx` on the device, in the spec's index type.
+enum DeviceIndex {
+    I32(CudaSlice<i32>),
+    I64(CudaSlice<i64>),
+}
+
+/// Device buffers of one call.
+struct Buffers {
+    topk_idx: DeviceIndex,
+    counters: CudaSlice<i32>,
+    is_token_in_rank: CudaSlice<bool>,
+    num_tokens: usize,
+}
+
+impl LayoutKernel {
+    /// Compiles (through the cache) and loads the layout kernel rendered for `spec`.
+    pub fn load(
+        gpu: &Gpu,
+        jit: &Jit,
+        spec: &Spec,
+        kernel: &KernelSource,
+    ) -> Result<(LayoutKernel, LoadedKernel), Error> {
+        if kernel.name != "layout" || kernel.spec_hash != spec.hash() {
+            return Err(Error::Input(format!(
+                "{} is not the layout kernel of spec `{}`",
+                kernel.file_name, spec.name
+            )));
+        }
+        let loaded = jit.load(gpu, kernel)?;
+        Ok((
+            LayoutKernel {
+                function: loaded.function.clone(),
+                experts: spec.experts as usize,
+                ranks: spec.ranks as usize,
+                top_k: spec.top_k as usize,
+                max_tokens: spec.max_tokens_per_rank as usize,
+                index_dtype: spec.index_dtype,
+                block_threads: kernel.launch.block_threads,
+            },
+            loaded,
+        ))
+    }
+
+    /// Computes the layout of `routing` on the GPU. Ids outside `[-1, E)` are an
+    /// [`Error::BadExpertId`] naming the first one.
+    pub fn run(&self, gpu: &Gpu, routing: &Routing) -> Result<Layout, Error> {
+        let mut buffers = self.upload(gpu, routing)?;
+        self.launch(gpu, &mut buffers)?;
+        let stream = gpu.stream();
+        let counters = stream
+            .clone_dtoh(&buffers.counters)
+            .cuda("reading the layout counters")?;
+        let in_rank = stream
+            .clone_dtoh(&buffers.is_token_in_rank)
+            .cuda("reading is_token_in_rank")?;
+        let (r, e) = (self.ranks, self.experts);
+        let bad_count = counters[r + e];
+        if bad_count > 0 {
+            let flat = (i32::MAX - counters[r + e + 1]) as usize;
+            let (token, slot) = (flat / self.top_k, flat % self.top_k);
+            return Err(Error::BadExpertId {
+                token,
+                slot,
+                value: routing.expert(token, slot),
+                experts: self.experts as u32,
+                count: bad_count as usize,
+            });
+        }
+        Ok(Layout {
+            num_tokens_per_rank: counters[..r].to_vec(),
+            num_tokens_per_expert: counters[r..r + e].to_vec(),
+            is_token_in_rank: in_rank[..routing.num_tokens * r]
+                .iter()
+                .map(|&b| u8::from(b))
+                .collect(),
+        })
+    }
+
+    /// Mean time of one launch (counter reset included) over `iters` launches after `warmup`,
+    /// measured with CUDA events, in microseconds.
+    pub fn time_us(
+        &self,
+        gpu: &Gpu,
+        routing: &Routing,
+        warmup: usize,
+        iters: usize,
+    ) -> Result<f64, Error> {
+        let mut buffers = self.upload(gpu, routing)?;
+        for _ in 0..warmup {
+            self.launch(gpu, &mut buffers)?;
+        }
+        let ctx = gpu.context();
+        let start = ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .cuda("creating an event")?;
+        let stop = ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .cuda("creating an event")?;
+        start.record(gpu.stream()).cuda("recording an event")?;
+        for _ in 0..iters.max(1) {
+            self.launch(gpu, &mut buffers)?;
+        }
+        stop.record(gpu.stream()).cuda("recording an event")?;
+        stop.synchronize().cuda("waiting for the timed launches")?;
+        let ms = start.elapsed_ms(&stop).cuda("reading the event timer")?;
+        Ok(f64::from(ms) * 1e3 / iters.max(1) as f64)
+    }
+
+    fn upload(&self, gpu: &Gpu, routing: &Routing) -> Result<Buffers, Error> {
+        let t = routing.num_tokens;
+        if routing.top_k != self.top_k {
+            return Err(Error::Input(format!(
+                "routing has top-k {}, the spec {}",
+                routing.top_k, self.top_k
+            )));
+        }
+        if t > self.max_tokens {
+            return Err(Error::Input(format!(
+                "{t} tokens exceed max_tokens_per_rank = {}",
+                self.max_tokens
+            )));
+        }
+        if routing.topk_idx.len() != t * self.top_k {
+            return Err(Error::Input(format!(
+                "topk_idx has {} entries, expected T * K = {t} * {}",
+                routing.topk_idx.len(),
+                self.top_k
+            )));
+        }
+        let stream = gpu.stream();
+        // Zero-length device buffers are not allowed: keep one element when T = 0.
+        let mut idx = routing.topk_idx.clone();
+        if idx.is_empty() {
+            idx.push(-1);
+        }
+        let topk_idx = match self.index_dtype {
+            IndexDtype::I64 => {
+                DeviceIndex::I64(stream.clone_htod(&idx).cuda("uploading topk_idx")?)
+            }
+            IndexDtype::I32 => {
+                // Out-of-range ids stay out of range when clamped, so they are still reported.
+                let narrow: Vec<i32> = idx
+                    .iter()
+                    .map(|&v| v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
+                    .collect();
+                DeviceIndex::I32(stream.clone_htod(&narrow).cuda("uploading topk_idx")?)
+            }
+        };
+        let counters = stream
+            .alloc_zeros::<i32>(self.ranks + self.experts + 2)
+            .cuda("allocating the layout counters")?;
+        let is_token_in_rank = stream
+            .alloc_zeros::<bool>((t * self.ranks).max(1))
+            .cuda("allocating is_token_in_rank")?;
+        Ok(Buffers {
+            topk_idx,
+            counters,
+            is_token_in_rank,
+            num_tokens: t,
+        })
+    }
+
+    /// Zeroes the counters and launches, on the GPU's stream.
+    fn launch(&self, gpu: &Gpu, b: &mut Buffers) -> Result<(), Error> {
+        let stream = gpu.stream();
+        stream
+            .memset_zeros(&mut b.counters)
+            .cuda("zeroing the layout counters")?;
+        let blocks = b.num_tokens.div_ceil(self.block_threads as usize).max(1) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (self.block_threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let num_tokens = b.num_tokens as i32;
+        let mut launch = stream.launch_builder(&self.function);
+        match &b.topk_idx {
+            DeviceIndex::I32(idx) => launch.arg(idx),
+            DeviceIndex::I64(idx) => launch.arg(idx),
+        };
+        launch
+            .arg(&num_tokens)
+            .arg(&mut b.counters)
+            .arg(&mut b.is_token_in_rank);
+        // SAFETY: the arguments match the kernel's signature (index pointer of the spec's index
+        // type, int, int*, bool*); `topk_idx` holds T * K ids, `counters` R + E + 2 ints and
+        // `is_token_in_rank` at least T * R bytes, and the kernel touches nothing else.
+        unsafe { launch.launch(cfg) }.cuda("launching the layout kernel")?;
+        Ok(())
+    }
+}
