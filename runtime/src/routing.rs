@@ -94,7 +94,7 @@ pub fn generate(
         .map(|_| rng.below(experts as u64) as usize)
         .collect();
     let allowed: Vec<usize> = (0..experts)
-        .filter(|&e| pattern != Pattern::EmptyRanks || (e / local) % 2 == 0)
+        .filter(|&e| pattern != Pattern::EmptyRanks || (e / local).is_multiple_of(2))
         .collect();
     let mut topk_idx = Vec::with_capacity(num_tokens * top_k);
     let mut topk_weights = Vec::with_capacity(num_tokens * top_k);

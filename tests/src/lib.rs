@@ -3,8 +3,15 @@
 //! A missing NVRTC skips compile tests unless `EPC_REQUIRE_NVRTC=1`; a missing GPU skips GPU
 //! tests unless `EPC_REQUIRE_GPU=1`. In both cases the reason is printed.
 
+use std::io::Write;
+
 use ep_codegen::{Renderer, Spec, builtin_specs};
 use ep_runtime::{Error, Gpu, Jit, KernelCache, Nvrtc};
+
+/// Prints past the test harness's capture, so a skip's reason is always seen.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
 
 fn required(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1")
@@ -15,7 +22,7 @@ pub fn nvrtc_or_skip(test: &str) -> Option<Nvrtc> {
     match Nvrtc::new() {
         Ok(n) => Some(n),
         Err(e) if !required("EPC_REQUIRE_NVRTC") => {
-            eprintln!("SKIP {test}: {e}");
+            say(&format!("SKIP {test}: {e}"));
             None
         }
         Err(e) => panic!("{test}: EPC_REQUIRE_NVRTC=1 but {e}"),
@@ -29,7 +36,7 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
         Err(e @ (Error::DriverNotFound { .. } | Error::NoGpu { .. }))
             if !required("EPC_REQUIRE_GPU") =>
         {
-            eprintln!("SKIP {test}: no GPU: {e}");
+            say(&format!("SKIP {test}: no GPU: {e}"));
             None
         }
         Err(e) => panic!("{test}: EPC_REQUIRE_GPU=1 but {e}"),

@@ -1,0 +1,120 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// epc: a code-generating kernel compiler for MoE expert-parallel dispatch and combine.
+///
+/// SPEC arguments are YAML files or the names of built-in specs (`epc check` lists them); none
+/// means every built-in spec. With no subcommand, epc runs the main job on the built-in specs.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// A folder of templates (`layout.cu.hbs`, `partials/*.hbs`) overriding the embedded ones.
+    #[arg(long, global = true, env = "EPC_TEMPLATES_DIR", value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+    /// What to do; the main job when absent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check, render, compile and (on a GPU) run, verify and time every spec: the main job.
+    All(AllArgs),
+    /// Validate specs and print their key figures.
+    Check(SpecArgs),
+    /// Write each spec's generated `.cu` files and `manifest.json` under DIR/<spec name>/.
+    Export {
+        /// Specs to export.
+        #[command(flatten)]
+        specs: SpecArgs,
+        /// Output folder.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Compile each spec's kernels with NVRTC into the cache and report time, registers, spills.
+    Compile(CompileArgs),
+    /// Run each spec's kernels on the GPU on a random routing and check them against the reference.
+    Run(RunArgs),
+}
+
+/// Spec selection.
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    /// YAML files or built-in spec names (default: every built-in spec).
+    #[arg(value_name = "SPEC")]
+    pub specs: Vec<String>,
+}
+
+/// `epc compile`.
+#[derive(Debug, Args)]
+pub struct CompileArgs {
+    /// Specs to compile.
+    #[command(flatten)]
+    pub specs: SpecArgs,
+    /// Target architecture (default: the GPU's, or sm_90 without one).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Compile afresh, neither reading nor writing the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// `epc run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Specs to run.
+    #[command(flatten)]
+    pub specs: SpecArgs,
+    /// Seed of the random routing.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Tokens on this rank (default: max_tokens_per_rank).
+    #[arg(long)]
+    pub tokens: Option<usize>,
+    /// Shape of the routing.
+    #[arg(long, value_enum, default_value_t = PatternArg::Uniform)]
+    pub pattern: PatternArg,
+    /// Timed launches after 10 warm-ups.
+    #[arg(long, default_value_t = 100)]
+    pub iters: usize,
+}
+
+/// `epc all`.
+#[derive(Debug, Args)]
+pub struct AllArgs {
+    /// Specs (default: every built-in spec).
+    #[command(flatten)]
+    pub specs: SpecArgs,
+    /// Random routings checked per spec on the GPU.
+    #[arg(long, default_value_t = 10)]
+    pub routings: usize,
+}
+
+/// Routing shapes (see `ep_runtime::routing::Pattern`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PatternArg {
+    /// K distinct experts per token, uniformly.
+    Uniform,
+    /// Most picks go to a few hot experts.
+    Hot,
+    /// Every other rank receives nothing.
+    EmptyRanks,
+    /// A quarter of the slots are -1.
+    Sparse,
+}
+
+impl From<PatternArg> for ep_runtime::routing::Pattern {
+    fn from(p: PatternArg) -> Self {
+        use ep_runtime::routing::Pattern;
+        match p {
+            PatternArg::Uniform => Pattern::Uniform,
+            PatternArg::Hot => Pattern::Hot,
+            PatternArg::EmptyRanks => Pattern::EmptyRanks,
+            PatternArg::Sparse => Pattern::Sparse,
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The main job (`epc` with no subcommand, or `epc all`).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use ep_runtime::CacheOutcome;
+use ep_runtime::routing::Pattern;
+
+use super::check::summary;
+use super::verify::{Plan, verify_layout};
+use crate::cli::AllArgs;
+use crate::inputs::{load_specs, optional_gpu, optional_jit, renderer};
+use crate::progress::bar;
+
+/// Checks, renders, compiles and (with a GPU) verifies and times every spec, printing a table.
+pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
+    let specs = load_specs(&args.specs.specs)?;
+    let renderer = renderer(templates)?;
+    println!("{} specs checked:", specs.len());
+    for l in &specs {
+        println!("  {:<24} {}", l.spec.name, summary(&l.spec));
+    }
+    let mut rendered = Vec::new();
+    for l in &specs {
+        rendered.push(renderer.render(&l.spec)?);
+    }
+    let kernels: usize = rendered.iter().map(Vec::len).sum();
+    println!("{kernels} kernels rendered");
+
+    let jit = match optional_jit()? {
+        Ok(jit) => jit,
+        Err(why) => {
+            println!("compile and GPU steps skipped: {why}");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let gpu = optional_gpu()?;
+    let arch = gpu.as_ref().map_or(ep_runtime::Arch::SM90, |g| g.arch());
+    println!("compiling with {} for {arch}", jit.compiler_id());
+    let progress = bar(kernels, "compiling");
+    let mut compiled = Vec::new();
+    for ks in &rendered {
+        let mut line = Vec::new();
+        for k in ks {
+            progress.set_message(k.file_name.clone());
+            let c = jit
+                .cubin(k, arch)
+                .with_context(|| format!("compiling {}", k.file_name))?;
+            let how = if c.outcome == CacheOutcome::Hit {
+                "cached"
+            } else {
+                "compiled"
+            };
+            line.push(format!("{} {how} {:.0} ms", k.name, c.metadata.compile_ms));
+            progress.inc(1);
+        }
+        compiled.push(line.join(", "));
+    }
+    progress.finish_and_clear();
+
+    let gpu = match gpu {
+        Ok(gpu) => gpu,
+        Err(why) => {
+            for (l, c) in specs.iter().zip(&compiled) {
+                println!("  {:<24} {c}", l.spec.name);
+            }
+            println!("GPU steps skipped: {why}");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    println!("GPU {} ({}, {} SMs)", gpu.name(), gpu.arch(), gpu.sms());
+    println!(
+        "  {:<24} {:<28} {:>9} {:>8} {:>12}",
+        "spec", "compile", "verified", "T", "layout (us)"
+    );
+    for ((l, c), ks) in specs.iter().zip(&compiled).zip(&rendered) {
+        let spec = &l.spec;
+        let plan = Plan {
+            seed: 0,
+            tokens: spec.max_tokens_per_rank as usize,
+            pattern: Pattern::Uniform,
+            routings: args.routings,
+            iters: 100,
+        };
+        let v = verify_layout(&gpu, &jit, spec, &ks[0], &plan)?;
+        println!(
+            "  {:<24} {:<28} {:>9} {:>8} {:>12.2}",
+            spec.name, c, v.routings, plan.tokens, v.layout_us
+        );
+    }
+    println!("all specs verified against the CPU reference");
+    Ok(ExitCode::SUCCESS)
+}

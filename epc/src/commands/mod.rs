@@ -1,0 +1,29 @@
+//! One module per subcommand.
+
+mod all;
+mod check;
+mod compile;
+mod export;
+mod run;
+mod verify;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::{AllArgs, Cli, Command, SpecArgs};
+
+/// Runs the chosen subcommand (the main job when none).
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let templates = cli.templates.as_deref();
+    match cli.command.unwrap_or(Command::All(AllArgs {
+        specs: SpecArgs { specs: Vec::new() },
+        routings: 10,
+    })) {
+        Command::All(args) => all::all(&args, templates),
+        Command::Check(args) => check::check(&args),
+        Command::Export { specs, out } => export::export(&specs, &out, templates),
+        Command::Compile(args) => compile::compile(&args, templates),
+        Command::Run(args) => run::run(&args, templates),
+    }
+}

@@ -1,0 +1,53 @@
+//! `epc run`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use ep_runtime::Jit;
+
+use super::verify::{Plan, verify_layout};
+use crate::cli::RunArgs;
+use crate::inputs::{load_specs, renderer};
+
+/// Runs each spec's kernels once on the GPU, checks them, times them and prints the layout.
+pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
+    let specs = load_specs(&args.specs.specs)?;
+    let renderer = renderer(templates)?;
+    let gpu = ep_runtime::Gpu::open(0)?;
+    let jit = Jit::nvrtc()?;
+    println!("GPU {} ({}, {} SMs)", gpu.name(), gpu.arch(), gpu.sms());
+    for l in &specs {
+        let spec = &l.spec;
+        let m = spec.max_tokens_per_rank as usize;
+        let tokens = args.tokens.unwrap_or(m);
+        if tokens > m {
+            bail!(
+                "--tokens {tokens} exceeds max_tokens_per_rank = {m} of {}",
+                spec.name
+            );
+        }
+        let kernel = renderer.render(spec)?.remove(0);
+        let plan = Plan {
+            seed: args.seed,
+            tokens,
+            pattern: args.pattern.into(),
+            routings: 1,
+            iters: args.iters,
+        };
+        let v = verify_layout(&gpu, &jit, spec, &kernel, &plan)?;
+        let busiest = v
+            .layout
+            .num_tokens_per_expert
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or(0);
+        println!(
+            "{:<24} T={tokens:<5} seed {:<4} layout matches the reference  {:>7.2} us  \
+             tokens per rank {:?}  busiest expert {busiest}",
+            spec.name, args.seed, v.layout_us, v.layout.num_tokens_per_rank
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,98 @@
+//! Resolving SPEC arguments and the environment's optional pieces (NVRTC, GPU).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use ep_codegen::{Renderer, Spec, builtin_specs, find_builtin, parse_spec_file};
+use ep_runtime::{Error, Gpu, Jit};
+
+/// A spec and where it came from.
+pub struct Loaded {
+    /// `specs/x.yaml (built-in)` or the path given.
+    pub origin: String,
+    /// The validated spec.
+    pub spec: Spec,
+}
+
+/// Resolves SPEC arguments (files or built-in names); none means every built-in spec. Every
+/// argument is tried, and all errors are reported together.
+pub fn load_specs(args: &[String]) -> Result<Vec<Loaded>> {
+    let mut results: Vec<(String, Result<Spec, String>)> = Vec::new();
+    if args.is_empty() {
+        for b in builtin_specs() {
+            results.push((
+                format!("specs/{} (built-in)", b.file),
+                b.parse().map_err(|e| e.to_string()),
+            ));
+        }
+    }
+    for arg in args {
+        let path = Path::new(arg);
+        let parsed = if path.is_file() {
+            (
+                arg.clone(),
+                parse_spec_file(path).map_err(|e| e.to_string()),
+            )
+        } else if let Some(b) = find_builtin(arg) {
+            (
+                format!("specs/{} (built-in)", b.file),
+                b.parse().map_err(|e| e.to_string()),
+            )
+        } else {
+            let names: Vec<&str> = builtin_specs().map(|b| b.stem()).collect();
+            let why = format!(
+                "`{arg}` is neither a file nor a built-in spec (built-ins: {})",
+                names.join(", ")
+            );
+            (arg.clone(), Err(why))
+        };
+        results.push(parsed);
+    }
+    let mut loaded = Vec::new();
+    let mut errors = Vec::new();
+    for (origin, parsed) in results {
+        match parsed {
+            Ok(spec) => loaded.push(Loaded { origin, spec }),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    Ok(loaded)
+}
+
+/// The renderer, with the override folder when one is given.
+pub fn renderer(templates: Option<&Path>) -> Result<Renderer> {
+    match templates {
+        Some(dir) => Renderer::with_overrides(dir)
+            .with_context(|| format!("loading templates from {}", dir.display())),
+        None => Ok(Renderer::new()?),
+    }
+}
+
+fn required(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// NVRTC with the default cache, or the reason it is absent (an error under EPC_REQUIRE_NVRTC=1).
+pub fn optional_jit() -> Result<std::result::Result<Jit, String>> {
+    match Jit::nvrtc() {
+        Ok(jit) => Ok(Ok(jit)),
+        Err(e) if required("EPC_REQUIRE_NVRTC") => Err(e).context("EPC_REQUIRE_NVRTC=1"),
+        Err(e) => Ok(Err(e.to_string())),
+    }
+}
+
+/// The first GPU, or the reason there is none (an error under EPC_REQUIRE_GPU=1).
+pub fn optional_gpu() -> Result<std::result::Result<Gpu, String>> {
+    match Gpu::open(0) {
+        Ok(gpu) => Ok(Ok(gpu)),
+        Err(e @ (Error::DriverNotFound { .. } | Error::NoGpu { .. }))
+            if !required("EPC_REQUIRE_GPU") =>
+        {
+            Ok(Err(e.to_string()))
+        }
+        Err(e) => Err(e).context("opening the GPU"),
+    }
+}
