@@ -15,7 +15,7 @@ use ep_codegen::{GENERATOR_VERSION, KernelSource, hex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::compiler::{Compiler, PtxasStats};
+use crate::compiler::{Compiler, KernelStats};
 use crate::{Arch, Error};
 
 /// How a cubin was obtained.
@@ -48,8 +48,8 @@ pub struct Metadata {
     pub cubin_sha256: String,
     /// Wall time of the compile, in milliseconds.
     pub compile_ms: f64,
-    /// ptxas figures from the compile log.
-    pub ptxas: PtxasStats,
+    /// Registers, stack frame and spills.
+    pub stats: KernelStats,
     /// The compile log.
     pub log: String,
     /// Seconds since the Unix epoch when the entry was written.
@@ -205,7 +205,7 @@ fn compile(
         cubin_bytes: output.cubin.len() as u64,
         cubin_sha256: hex(&Sha256::digest(&output.cubin)),
         compile_ms: millis(compile_time),
-        ptxas: PtxasStats::parse(&output.log),
+        stats: KernelStats::of(&output.cubin, &output.log),
         log: output.log,
         created_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -23,25 +23,42 @@ pub trait Compiler: Send + Sync {
     fn compile_to_cubin(&self, kernel: &KernelSource, arch: Arch) -> Result<CompileOutput, Error>;
 }
 
-/// Register and spill figures from a ptxas `--verbose` log, when present.
+/// Resource figures of a compiled kernel.
+///
+/// Registers and the stack frame are read from the cubin itself, so they are known whatever the
+/// compiler printed; spill bytes come from a ptxas `--verbose` log when the compiler gives one
+/// (the NVRTC of the pip wheel does, some toolkit builds print nothing).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PtxasStats {
+pub struct KernelStats {
     /// Registers per thread.
     pub registers: Option<u32>,
-    /// Bytes of spill stores.
+    /// Per-thread stack frame (local memory) in bytes.
+    pub stack_frame_bytes: Option<u32>,
+    /// Bytes of spill stores, from the log.
     pub spill_stores: Option<u32>,
-    /// Bytes of spill loads.
+    /// Bytes of spill loads, from the log.
     pub spill_loads: Option<u32>,
 }
 
-impl PtxasStats {
+impl KernelStats {
+    /// Figures of a cubin and the log of its compile.
+    pub fn of(cubin: &[u8], log: &str) -> KernelStats {
+        let from_elf = crate::cubin::stats(cubin);
+        let from_log = KernelStats::parse_log(log);
+        KernelStats {
+            registers: from_elf.registers.or(from_log.registers),
+            stack_frame_bytes: from_elf.stack_frame_bytes,
+            ..from_log
+        }
+    }
+
     /// Reads `Used N registers` and `N bytes spill stores, M bytes spill loads` from a log.
-    pub fn parse(log: &str) -> PtxasStats {
+    pub fn parse_log(log: &str) -> KernelStats {
         let number_before = |line: &str, word: &str| -> Option<u32> {
             let at = line.find(word)?;
             line[..at].split_whitespace().last()?.parse().ok()
         };
-        let mut stats = PtxasStats::default();
+        let mut stats = KernelStats::default();
         for line in log.lines() {
             if let Some(n) = number_before(line, "registers") {
                 stats.registers = Some(n);
@@ -68,7 +85,7 @@ pub fn listing(source: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::PtxasStats;
+    use super::KernelStats;
 
     #[test]
     fn reads_ptxas_statistics() {
@@ -76,11 +93,11 @@ mod tests {
                    ptxas info    : Function properties for epc_layout\n\
                    \x20   0 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\n\
                    ptxas info    : Used 26 registers, used 1 barriers, 1152 bytes smem\n";
-        let s = PtxasStats::parse(log);
+        let s = KernelStats::parse_log(log);
         assert_eq!(
             (s.registers, s.spill_stores, s.spill_loads),
             (Some(26), Some(8), Some(4))
         );
-        assert_eq!(PtxasStats::parse(""), PtxasStats::default());
+        assert_eq!(KernelStats::parse_log(""), KernelStats::default());
     }
 }

@@ -9,6 +9,7 @@
 mod arch;
 mod cache;
 mod compiler;
+mod cubin;
 mod error;
 mod gpu;
 mod jit;
@@ -19,7 +20,7 @@ pub mod routing;
 
 pub use arch::Arch;
 pub use cache::{CacheOutcome, CachedCubin, KernelCache, Metadata, compile_uncached};
-pub use compiler::{CompileOutput, Compiler, PtxasStats, listing};
+pub use compiler::{CompileOutput, Compiler, KernelStats, listing};
 pub use error::Error;
 pub use gpu::Gpu;
 pub use jit::{Jit, LoadedKernel};

@@ -67,7 +67,7 @@ fn miss_then_hit_with_one_folder_per_kernel() {
     let k = kernel();
     let first = cache.get_or_compile(&compiler, &k, Arch::SM90).unwrap();
     assert_eq!(first.outcome, CacheOutcome::Miss);
-    assert_eq!(first.metadata.ptxas.registers, Some(17));
+    assert_eq!(first.metadata.stats.registers, Some(17));
     let second = cache.get_or_compile(&compiler, &k, Arch::SM90).unwrap();
     assert_eq!(second.outcome, CacheOutcome::Hit);
     assert_eq!(second.cubin, first.cubin);

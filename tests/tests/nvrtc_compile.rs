@@ -21,23 +21,32 @@ fn every_spec_compiles_for_sm90() {
             assert_eq!(cubin.outcome, CacheOutcome::Miss);
             // An ELF cubin.
             assert_eq!(&cubin.cubin[..4], b"\x7fELF", "{}", kernel.file_name);
+            // Figures read from the cubin; where ptxas printed its own, they agree.
+            let stats = cubin.metadata.stats;
+            let regs = stats
+                .registers
+                .expect("the cubin records its register count");
             assert!(
-                cubin.metadata.ptxas.registers.is_some(),
-                "ptxas statistics in the log of {}: {}",
-                kernel.file_name,
-                cubin.metadata.log
-            );
-            assert_eq!(
-                cubin.metadata.ptxas.spill_stores,
-                Some(0),
-                "{}",
+                (8..=255).contains(&regs),
+                "{}: {regs} registers",
                 kernel.file_name
             );
+            assert_eq!(
+                stats.stack_frame_bytes,
+                Some(0),
+                "{}: no local memory",
+                kernel.file_name
+            );
+            let logged = ep_runtime::KernelStats::parse_log(&cubin.metadata.log);
+            if let Some(logged_regs) = logged.registers {
+                assert_eq!(logged_regs, regs, "{}", kernel.file_name);
+                assert_eq!(logged.spill_stores, Some(0), "{}", kernel.file_name);
+            }
             eprintln!(
                 "{:<40} {:>7.1} ms  {:>3} registers",
                 kernel.file_name,
                 cubin.metadata.compile_ms,
-                cubin.metadata.ptxas.registers.unwrap_or(0)
+                cubin.metadata.stats.registers.unwrap_or(0)
             );
             // The second request is served by the cache, byte for byte.
             let again = jit.cubin(&kernel, Arch::SM90).unwrap();

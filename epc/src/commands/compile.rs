@@ -52,13 +52,14 @@ pub fn compile(args: &CompileArgs, templates: Option<&Path>) -> Result<ExitCode>
         };
         let opt = |v: Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
         rows.push(format!(
-            "{:<40} {:>8.1} ms  {:<9} {:>4} regs  {:>4} B spill st  {:>4} B spill ld  {:>7} B cubin",
+            "{:<40} {:>8.1} ms  {:<9} {:>4} regs  {:>4} B stack  {:>4} B spill st  {:>4} B spill ld  {:>7} B cubin",
             k.file_name,
             c.metadata.compile_ms,
             how,
-            opt(c.metadata.ptxas.registers),
-            opt(c.metadata.ptxas.spill_stores),
-            opt(c.metadata.ptxas.spill_loads),
+            opt(c.metadata.stats.registers),
+            opt(c.metadata.stats.stack_frame_bytes),
+            opt(c.metadata.stats.spill_stores),
+            opt(c.metadata.stats.spill_loads),
             c.cubin.len()
         ));
     }
