@@ -59,7 +59,7 @@ pub enum ScaleFormat {
 }
 
 /// FP8 quantization of dispatch payloads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct Fp8 {
     /// Channels per scale block (128).
     pub block: u32,
@@ -98,7 +98,7 @@ pub enum Layout {
 }
 
 /// Settings that exist only in high-throughput mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct HighThroughput {
     /// Capacity of the receive buffer in rows.
     pub max_recv_tokens_per_rank: u32,
@@ -109,22 +109,35 @@ pub struct HighThroughput {
 }
 
 /// Performance knobs. `None` means `auto`: the heuristics (and later the tuner) choose.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Tuning {
     /// Streaming multiprocessors the communication kernels may occupy.
+    #[serde(serialize_with = "auto_or_value")]
     pub sms: Option<u32>,
     /// Warps per thread block.
+    #[serde(serialize_with = "auto_or_value")]
     pub warps_per_block: Option<u32>,
     /// Tokens one warp handles per step.
+    #[serde(serialize_with = "auto_or_value")]
     pub tokens_per_warp: Option<u32>,
     /// Bytes per vector load/store (4, 8 or 16).
+    #[serde(serialize_with = "auto_or_value")]
     pub vector_bytes: Option<u32>,
     /// Independent loads kept in flight per thread.
+    #[serde(serialize_with = "auto_or_value")]
     pub unroll: Option<u32>,
 }
 
+/// Writes a knob as it is spelled in YAML: its value, or `auto`.
+fn auto_or_value<S: serde::Serializer>(knob: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+    match knob {
+        Some(v) => s.serialize_u32(*v),
+        None => s.serialize_str("auto"),
+    }
+}
+
 /// One deployment's dispatch/combine problem, validated.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Spec {
     /// Name, used for files and kernel folders: letters, digits, `-` and `_`.
     pub name: String,
@@ -137,6 +150,7 @@ pub struct Spec {
     /// Payload dtype of dispatch.
     pub dispatch_dtype: Dtype,
     /// FP8 settings, present exactly when `dispatch_dtype` is FP8.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fp8: Option<Fp8>,
     /// Payload dtype of combine.
     pub combine_dtype: Dtype,
@@ -152,7 +166,8 @@ pub struct Spec {
     pub nvlink_domain: u32,
     /// Most tokens a rank sends per call (M).
     pub max_tokens_per_rank: u32,
-    /// High-throughput settings, present exactly in that mode.
+    /// High-throughput settings, present exactly in that mode (written flat, as in YAML).
+    #[serde(flatten)]
     pub high_throughput: Option<HighThroughput>,
     /// Performance knobs.
     pub tuning: Tuning,
@@ -169,7 +184,8 @@ impl Spec {
         self.experts / self.ranks
     }
 
-    /// The spec as canonical YAML (every default resolved): what the hash covers.
+    /// The spec as canonical YAML (every default resolved): what the hash covers. It parses back
+    /// to the same spec.
     pub fn to_canonical_yaml(&self) -> String {
         // Serializing plain structs of integers, strings and unit enums cannot fail.
         serde_yaml_ng::to_string(self).unwrap_or_default()

@@ -390,12 +390,12 @@ fn check(c: &mut Checker<'_>, raw: RawSpec) -> Spec {
 fn check_high_throughput(c: &mut Checker<'_>, raw: &RawSpec, sizes_ok: bool) -> HighThroughput {
     let layout = raw.layout.unwrap_or(Layout::Flat);
     let expert_alignment = match (layout, raw.expert_alignment) {
-        (Layout::Flat, None) => 1,
+        (Layout::Flat, None | Some(1)) => 1,
         (Layout::Flat, Some(a)) => {
             c.fail(
                 "expert_alignment",
                 a,
-                "only `layout: expert_major` pads expert groups",
+                "only `layout: expert_major` pads expert groups (flat takes 1 or nothing)",
             );
             1
         }

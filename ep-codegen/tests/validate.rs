@@ -441,6 +441,16 @@ fn the_hash_covers_resolved_defaults() {
     assert_ne!(a.hash(), c.hash());
 }
 
+#[test]
+fn canonical_yaml_parses_back_to_the_same_spec() {
+    for b in ep_codegen::builtin_specs() {
+        let spec = b.parse().unwrap();
+        let again = Spec::from_yaml(&spec.to_canonical_yaml(), None)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", b.file, spec.to_canonical_yaml()));
+        assert_eq!(again, spec, "{}", b.file);
+    }
+}
+
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
