@@ -61,6 +61,18 @@ pub struct CompileArgs {
     /// Compile afresh, neither reading nor writing the cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Compiler: NVRTC (what epc uses at run time), or the toolkit's nvcc for comparison.
+    #[arg(long, value_enum, default_value_t = CompilerArg::Nvrtc)]
+    pub compiler: CompilerArg,
+}
+
+/// Compilers `epc compile` can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompilerArg {
+    /// NVRTC, loaded at run time (no toolkit needed).
+    Nvrtc,
+    /// `nvcc -cubin` from a CUDA toolkit.
+    Nvcc,
 }
 
 /// `epc run`.

@@ -25,6 +25,14 @@ pub enum Error {
         /// What the loader said.
         detail: String,
     },
+    /// `nvcc` (only used to compare with NVRTC) is not installed.
+    #[error(
+        "nvcc was not found in {searched}; it comes with a CUDA toolkit (epc itself needs only NVRTC)"
+    )]
+    NvccNotFound {
+        /// The places tried.
+        searched: String,
+    },
     /// The driver loaded but sees no GPU.
     #[error("no CUDA GPU is visible (the driver reports {count} devices; wanted device {ordinal})")]
     NoGpu {

@@ -4,9 +4,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use ep_runtime::{Arch, CacheOutcome, Jit, KernelCache, Nvrtc};
+use ep_runtime::{Arch, CacheOutcome, Compiler, Jit, KernelCache, Nvcc, Nvrtc};
 
-use crate::cli::CompileArgs;
+use crate::cli::{CompileArgs, CompilerArg};
 use crate::inputs::{load_specs, optional_gpu, renderer};
 use crate::progress::bar;
 
@@ -21,18 +21,20 @@ pub fn compile(args: &CompileArgs, templates: Option<&Path>) -> Result<ExitCode>
             Err(_) => Arch::SM90,
         },
     };
-    let nvrtc = Nvrtc::new()?;
-    println!(
-        "NVRTC {}.{} ({}), target {arch}",
-        nvrtc.version().0,
-        nvrtc.version().1,
-        nvrtc.location()
-    );
+    let compiler: Box<dyn Compiler> = match args.compiler {
+        CompilerArg::Nvrtc => {
+            let nvrtc = Nvrtc::new()?;
+            println!("NVRTC library {}", nvrtc.location());
+            Box::new(nvrtc)
+        }
+        CompilerArg::Nvcc => Box::new(Nvcc::new()?),
+    };
+    println!("{}, target {arch}", compiler.id());
     let cache = (!args.no_cache).then(|| KernelCache::new(KernelCache::default_root()));
     if let Some(c) = &cache {
         println!("cache {}", c.root().display());
     }
-    let jit = Jit::new(Box::new(nvrtc), cache);
+    let jit = Jit::new(compiler, cache);
     let mut kernels = Vec::new();
     for l in &specs {
         kernels.extend(renderer.render(&l.spec)?);
