@@ -9,14 +9,36 @@ fn builtin(name: &str) -> Spec {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The snapshot folder: beside this file when built here, else found above the working folder
+/// (test executables copied to another machine run from a checkout of the repository).
+fn snapshot_dir() -> std::path::PathBuf {
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    if built.is_dir() {
+        return built;
+    }
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| {
+            cwd.ancestors()
+                .map(|a| a.join("ep-codegen/tests/snapshots"))
+                .find(|p| p.is_dir())
+        })
+        .unwrap_or(built)
+}
+
 #[test]
 fn snapshot_layout_kernels() {
     let renderer = Renderer::new().unwrap();
-    for name in ["deepseek-v3-ht", "gpt-oss-120b-ll", "qwen3-235b-a22b-ll"] {
-        let kernels = renderer.render(&builtin(name)).unwrap();
-        assert_eq!(kernels.len(), 1);
-        insta::assert_snapshot!(format!("{name}.layout"), kernels[0].source);
-    }
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(snapshot_dir());
+    settings.set_prepend_module_to_snapshot(true);
+    settings.bind(|| {
+        for name in ["deepseek-v3-ht", "gpt-oss-120b-ll", "qwen3-235b-a22b-ll"] {
+            let kernels = renderer.render(&builtin(name)).unwrap();
+            assert_eq!(kernels.len(), 1);
+            insta::assert_snapshot!(format!("{name}.layout"), kernels[0].source);
+        }
+    });
 }
 
 #[test]

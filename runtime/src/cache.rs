@@ -130,6 +130,7 @@ impl KernelCache {
         if dir.exists() {
             match read_entry(&dir, &key) {
                 Ok((cubin, metadata)) => {
+                    tracing::debug!(entry = %dir.display(), "kernel cache hit");
                     return Ok(CachedCubin {
                         cubin,
                         outcome: CacheOutcome::Hit,
@@ -146,6 +147,12 @@ impl KernelCache {
         }
 
         let (cubin, metadata) = compile(compiler, kernel, arch, key.clone())?;
+        tracing::info!(
+            kernel = %kernel.file_name,
+            %arch,
+            compile_ms = metadata.compile_ms,
+            "compiled"
+        );
         if install_entry(&self.root, &dir, kernel, &cubin, &metadata)? {
             return Ok(CachedCubin {
                 cubin,

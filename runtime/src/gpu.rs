@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaStream, sys::CUdevice_attribute};
+use cudarc::driver::sys::{CUdevice_attribute, CUresult};
+use cudarc::driver::{CudaContext, CudaStream, DriverError};
 
 use crate::error::CudaContextExt;
 use crate::{Arch, Error};
@@ -23,7 +24,12 @@ impl Gpu {
     /// letting the driver bindings panic.
     pub fn open(ordinal: usize) -> Result<Gpu, Error> {
         probe_driver()?;
-        let count = CudaContext::device_count().cuda("cuDeviceGetCount")?;
+        let count = match CudaContext::device_count() {
+            Ok(n) => n,
+            // cuInit reports a machine with the driver but no usable GPU this way.
+            Err(DriverError(CUresult::CUDA_ERROR_NO_DEVICE)) => 0,
+            Err(e) => return Err(e).cuda("cuInit / cuDeviceGetCount"),
+        };
         if count <= 0 || ordinal >= count as usize {
             return Err(Error::NoGpu { count, ordinal });
         }
@@ -79,7 +85,7 @@ fn probe_driver() -> Result<(), Error> {
         // no symbol is taken from it.
         match unsafe { libloading::Library::new(name) } {
             Ok(_) => return Ok(()),
-            Err(e) => errors.push(format!("{name}: {e}")),
+            Err(e) => errors.push(e.to_string()),
         }
     }
     Err(Error::DriverNotFound {
