@@ -50,6 +50,13 @@ pub fn fresh_jit(nvrtc: Nvrtc) -> (Jit, tempfile::TempDir) {
     (jit, dir)
 }
 
+/// A GPU and a NVRTC JIT with a fresh cache, or `None` after printing why the test is skipped.
+pub fn gpu_jit_or_skip(test: &str) -> Option<(Gpu, Jit, tempfile::TempDir)> {
+    let gpu = gpu_or_skip(test)?;
+    let (jit, dir) = fresh_jit(nvrtc_or_skip(test)?);
+    Some((gpu, jit, dir))
+}
+
 /// Every spec in `specs/`, parsed.
 pub fn all_specs() -> Vec<Spec> {
     builtin_specs()

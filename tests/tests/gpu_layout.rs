@@ -3,17 +3,14 @@
 use ep_runtime::reference;
 use ep_runtime::routing::{Pattern, Routing, generate};
 use ep_runtime::{Error, LayoutKernel};
-use ep_tests::{all_specs, fresh_jit, gpu_or_skip, nvrtc_or_skip, renderer};
+use ep_tests::{all_specs, gpu_jit_or_skip, renderer};
 
 #[test]
 fn layout_matches_the_reference_on_every_spec() {
-    let Some(gpu) = gpu_or_skip("layout_matches_the_reference_on_every_spec") else {
+    let Some((gpu, jit, _dir)) = gpu_jit_or_skip("layout_matches_the_reference_on_every_spec")
+    else {
         return;
     };
-    let Some(nvrtc) = nvrtc_or_skip("layout_matches_the_reference_on_every_spec") else {
-        return;
-    };
-    let (jit, _dir) = fresh_jit(nvrtc);
     let renderer = renderer();
     let mut checked = 0;
     for spec in all_specs() {
@@ -60,14 +57,11 @@ fn layout_matches_the_reference_on_every_spec() {
 
 #[test]
 fn bad_expert_ids_are_reported_and_nothing_else_is_written() {
-    let Some(gpu) = gpu_or_skip("bad_expert_ids_are_reported_and_nothing_else_is_written") else {
-        return;
-    };
-    let Some(nvrtc) = nvrtc_or_skip("bad_expert_ids_are_reported_and_nothing_else_is_written")
+    let Some((gpu, jit, _dir)) =
+        gpu_jit_or_skip("bad_expert_ids_are_reported_and_nothing_else_is_written")
     else {
         return;
     };
-    let (jit, _dir) = fresh_jit(nvrtc);
     // One i64 and one i32 spec.
     for spec in all_specs()
         .into_iter()
@@ -110,13 +104,9 @@ fn bad_expert_ids_are_reported_and_nothing_else_is_written() {
 
 #[test]
 fn wrong_shapes_are_errors() {
-    let Some(gpu) = gpu_or_skip("wrong_shapes_are_errors") else {
+    let Some((gpu, jit, _dir)) = gpu_jit_or_skip("wrong_shapes_are_errors") else {
         return;
     };
-    let Some(nvrtc) = nvrtc_or_skip("wrong_shapes_are_errors") else {
-        return;
-    };
-    let (jit, _dir) = fresh_jit(nvrtc);
     let spec = all_specs()
         .into_iter()
         .find(|s| s.name == "gpt-oss-120b-ll")
