@@ -1,4 +1,4 @@
-//! CPU references: the definition of what each kernel must produce.
+//! Reference of the routing-layout kernel.
 
 use crate::routing::Routing;
 
