@@ -22,6 +22,26 @@ pub const GENERATOR_VERSION: &str = env!("CARGO_PKG_VERSION");
 const TEMPLATES: &[(&str, &str)] = &[
     ("layout.cu", include_str!("../../templates/layout.cu.hbs")),
     (
+        "ll_dispatch.cu",
+        include_str!("../../templates/ll_dispatch.cu.hbs"),
+    ),
+    (
+        "ll_combine.cu",
+        include_str!("../../templates/ll_combine.cu.hbs"),
+    ),
+    (
+        "partials/convert",
+        include_str!("../../templates/partials/convert.hbs"),
+    ),
+    (
+        "partials/ll_constants",
+        include_str!("../../templates/partials/ll_constants.hbs"),
+    ),
+    (
+        "partials/signals",
+        include_str!("../../templates/partials/signals.hbs"),
+    ),
+    (
         "partials/header",
         include_str!("../../templates/partials/header.hbs"),
     ),
@@ -40,8 +60,8 @@ pub struct KernelSource {
     pub spec_hash: String,
     /// Family name (`layout`).
     pub name: String,
-    /// `extern "C"` entry point.
-    pub entry: String,
+    /// `extern "C"` entry points, in launch order.
+    pub entries: Vec<String>,
     /// File name for export (`<spec>.<kernel>.cu`).
     pub file_name: String,
     /// SHA-256 of `source`, 16 hex digits.
@@ -116,7 +136,12 @@ impl Renderer {
         for (k, v) in &plan.strings {
             context.insert((*k).to_owned(), Value::from(v.clone()));
         }
-        context.insert("entry".into(), Value::from(plan.entry.clone()));
+        for (k, v) in &plan.flags {
+            context.insert((*k).to_owned(), Value::from(*v));
+        }
+        for (key, name) in &plan.entries {
+            context.insert((*key).to_owned(), Value::from(name.clone()));
+        }
         context.insert("generator_version".into(), Value::from(GENERATOR_VERSION));
         context.insert("spec_hash".into(), Value::from(spec_hash.clone()));
         context.insert(
@@ -147,7 +172,7 @@ impl Renderer {
             spec_name: spec.name.clone(),
             spec_hash,
             name: plan.name.to_owned(),
-            entry: plan.entry,
+            entries: plan.entries.into_iter().map(|(_, name)| name).collect(),
             file_name: format!("{}.{}.cu", spec.name, plan.name),
             source_hash: hex(&Sha256::digest(source.as_bytes())[..8]),
             constants: plan.constants,

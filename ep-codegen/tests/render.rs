@@ -27,16 +27,23 @@ fn snapshot_dir() -> std::path::PathBuf {
 }
 
 #[test]
-fn snapshot_layout_kernels() {
+fn snapshot_kernels() {
     let renderer = Renderer::new().unwrap();
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path(snapshot_dir());
     settings.set_prepend_module_to_snapshot(true);
     settings.bind(|| {
-        for name in ["deepseek-v3-ht", "gpt-oss-120b-ll", "qwen3-235b-a22b-ll"] {
+        for (name, count) in [
+            ("deepseek-v3-ht", 1),
+            ("deepseek-v3-ll", 3),
+            ("gpt-oss-120b-ll", 3),
+            ("kimi-k2-ll", 3),
+        ] {
             let kernels = renderer.render(&builtin(name)).unwrap();
-            assert_eq!(kernels.len(), 1);
-            insta::assert_snapshot!(format!("{name}.layout"), kernels[0].source);
+            assert_eq!(kernels.len(), count, "{name}");
+            for k in kernels {
+                insta::assert_snapshot!(format!("{name}.{}", k.name), k.source);
+            }
         }
     });
 }
@@ -153,7 +160,7 @@ fn export_writes_sources_and_manifest() {
     assert_eq!(manifest["spec_hash"], spec.hash());
     assert_eq!(manifest["spec"]["experts"], 384);
     let k = &manifest["kernels"][0];
-    assert_eq!(k["entry"], "epc_layout");
+    assert_eq!(k["entries"][0], "epc_layout");
     assert_eq!(k["file_name"], "kimi-k2-ll.layout.cu");
     assert_eq!(k["constants"]["local_experts"], 6);
     assert_eq!(k["launch"]["block_threads"], 256);

@@ -102,7 +102,7 @@ impl KernelCache {
             compiler.id(),
             compiler.options(arch).join("\u{1f}"),
             arch.to_string(),
-            kernel.entry.clone(),
+            kernel.entries.join(","),
             kernel.source.clone(),
         ] {
             h.update((part.len() as u64).to_le_bytes());

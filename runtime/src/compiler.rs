@@ -52,23 +52,29 @@ impl KernelStats {
         }
     }
 
-    /// Reads `Used N registers` and `N bytes spill stores, M bytes spill loads` from a log.
+    /// Reads `Used N registers` and `N bytes spill stores, M bytes spill loads` from a log;
+    /// with several entry points, the largest of each.
     pub fn parse_log(log: &str) -> KernelStats {
         let number_before = |line: &str, word: &str| -> Option<u32> {
             let at = line.find(word)?;
             line[..at].split_whitespace().last()?.parse().ok()
         };
+        let max = |slot: &mut Option<u32>, n: Option<u32>| {
+            if let Some(n) = n {
+                *slot = Some(slot.map_or(n, |v| v.max(n)));
+            }
+        };
         let mut stats = KernelStats::default();
         for line in log.lines() {
-            if let Some(n) = number_before(line, "registers") {
-                stats.registers = Some(n);
-            }
-            if let Some(n) = number_before(line, "bytes spill stores") {
-                stats.spill_stores = Some(n);
-            }
-            if let Some(n) = number_before(line, "bytes spill loads") {
-                stats.spill_loads = Some(n);
-            }
+            max(&mut stats.registers, number_before(line, "registers"));
+            max(
+                &mut stats.spill_stores,
+                number_before(line, "bytes spill stores"),
+            );
+            max(
+                &mut stats.spill_loads,
+                number_before(line, "bytes spill loads"),
+            );
         }
         stats
     }
@@ -89,7 +95,8 @@ mod tests {
 
     #[test]
     fn reads_ptxas_statistics() {
-        let log = "ptxas info    : Compiling entry function 'epc_layout' for 'sm_90'\n\
+        let log = "ptxas info    : Used 12 registers\n\
+                   ptxas info    : Compiling entry function 'epc_layout' for 'sm_90'\n\
                    ptxas info    : Function properties for epc_layout\n\
                    \x20   0 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\n\
                    ptxas info    : Used 26 registers, used 1 barriers, 1152 bytes smem\n";

@@ -107,9 +107,39 @@ pub enum Error {
         /// How many slots were bad.
         count: usize,
     },
+    /// A receive waited longer than its timeout for a peer's signal: the peer never sent (it
+    /// crashed, was not launched, or the calls of the ranks are out of step).
+    #[error("rank {rank}: {phase} timed out waiting for rank {peer}")]
+    Timeout {
+        /// The waiting rank.
+        rank: usize,
+        /// Which receive.
+        phase: &'static str,
+        /// The rank whose signal never came.
+        peer: usize,
+    },
+    /// An error of one rank.
+    #[error("rank {rank}: {source}")]
+    OnRank {
+        /// The rank.
+        rank: usize,
+        /// What went wrong there.
+        #[source]
+        source: Box<Error>,
+    },
     /// Spec or template problem from the code generator.
     #[error(transparent)]
     Codegen(#[from] ep_codegen::Error),
+}
+
+impl Error {
+    /// This error, as one of rank `rank`.
+    pub fn on_rank(self, rank: usize) -> Error {
+        Error::OnRank {
+            rank,
+            source: Box::new(self),
+        }
+    }
 }
 
 /// Attaches context to driver results.

@@ -20,8 +20,8 @@ pub struct Jit {
 /// A kernel loaded on a GPU.
 #[derive(Debug, Clone)]
 pub struct LoadedKernel {
-    /// The entry point.
-    pub function: CudaFunction,
+    /// The entry points, in the order of `KernelSource::entries`.
+    pub functions: Vec<CudaFunction>,
     /// Where the cubin came from.
     pub cubin: CachedCubin,
 }
@@ -65,10 +65,15 @@ impl Jit {
             .context()
             .load_module(Ptx::from_binary(cubin.cubin.clone()))
             .cuda(&format!("loading the cubin of {}", kernel.file_name))?;
-        let function = module.load_function(&kernel.entry).cuda(&format!(
-            "finding `{}` in {}",
-            kernel.entry, kernel.file_name
-        ))?;
-        Ok(LoadedKernel { function, cubin })
+        let functions = kernel
+            .entries
+            .iter()
+            .map(|entry| {
+                module
+                    .load_function(entry)
+                    .cuda(&format!("finding `{entry}` in {}", kernel.file_name))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(LoadedKernel { functions, cubin })
     }
 }

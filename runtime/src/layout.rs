@@ -3,6 +3,7 @@
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg, sys::CUevent_flags};
 use ep_codegen::{IndexDtype, KernelSource, Spec};
 
+use crate::device_index::DeviceIndex;
 use crate::error::CudaContextExt;
 use crate::reference::Layout;
 use crate::routing::Routing;
@@ -18,12 +19,6 @@ pub struct LayoutKernel {
     max_tokens: usize,
     index_dtype: IndexDtype,
     block_threads: u32,
-}
-
-/// `topk_idx` on the device, in the spec's index type.
-enum DeviceIndex {
-    I32(CudaSlice<i32>),
-    I64(CudaSlice<i64>),
 }
 
 /// Device buffers of one call.
@@ -51,7 +46,7 @@ impl LayoutKernel {
         let loaded = jit.load(gpu, kernel)?;
         Ok((
             LayoutKernel {
-                function: loaded.function.clone(),
+                function: loaded.functions[0].clone(),
                 experts: spec.experts as usize,
                 ranks: spec.ranks as usize,
                 top_k: spec.top_k as usize,
@@ -150,24 +145,7 @@ impl LayoutKernel {
             )));
         }
         let stream = gpu.stream();
-        // Zero-length device buffers are not allowed: keep one element when T = 0.
-        let mut idx = routing.topk_idx.clone();
-        if idx.is_empty() {
-            idx.push(-1);
-        }
-        let topk_idx = match self.index_dtype {
-            IndexDtype::I64 => {
-                DeviceIndex::I64(stream.clone_htod(&idx).cuda("uploading topk_idx")?)
-            }
-            IndexDtype::I32 => {
-                // Out-of-range ids stay out of range when clamped, so they are still reported.
-                let narrow: Vec<i32> = idx
-                    .iter()
-                    .map(|&v| v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
-                    .collect();
-                DeviceIndex::I32(stream.clone_htod(&narrow).cuda("uploading topk_idx")?)
-            }
-        };
+        let topk_idx = DeviceIndex::upload(stream, self.index_dtype, &routing.topk_idx)?;
         let counters = stream
             .alloc_zeros::<i32>(self.ranks + self.experts + 2)
             .cuda("allocating the layout counters")?;
@@ -196,10 +174,7 @@ impl LayoutKernel {
         };
         let num_tokens = b.num_tokens as i32;
         let mut launch = stream.launch_builder(&self.function);
-        match &b.topk_idx {
-            DeviceIndex::I32(idx) => launch.arg(idx),
-            DeviceIndex::I64(idx) => launch.arg(idx),
-        };
+        b.topk_idx.push(&mut launch);
         launch
             .arg(&num_tokens)
             .arg(&mut b.counters)

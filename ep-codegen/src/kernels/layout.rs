@@ -38,9 +38,10 @@ pub fn plan(spec: &Spec) -> KernelPlan {
             spec.experts, spec.ranks, spec.top_k
         ),
         template: "layout.cu",
-        entry: "epc_layout".to_owned(),
+        entries: vec![("entry", "epc_layout".to_owned())],
         constants,
         strings,
+        flags: BTreeMap::new(),
         launch: LaunchShape {
             block_threads: threads,
             tokens_per_block: threads,

@@ -3,6 +3,7 @@
 //! Templates stay thin; every decision (threads, shapes, which kernels a spec needs) lives here.
 
 pub mod layout;
+pub mod ll;
 
 use std::collections::BTreeMap;
 
@@ -43,12 +44,14 @@ pub struct KernelPlan {
     pub title: String,
     /// Template to render (`layout.cu`).
     pub template: &'static str,
-    /// `extern "C"` entry point.
-    pub entry: String,
+    /// `extern "C"` entry points, in launch order. The template receives each name by its key.
+    pub entries: Vec<(&'static str, String)>,
     /// Compile-time constants the template bakes in.
     pub constants: BTreeMap<&'static str, i64>,
     /// Template variables beyond the constants (types, names).
     pub strings: BTreeMap<&'static str, String>,
+    /// Switches for `{{#if}}` blocks (always all present: the templates run in strict mode).
+    pub flags: BTreeMap<&'static str, bool>,
     /// Launch shape.
     pub launch: LaunchShape,
     /// Parameters, in order.
@@ -57,5 +60,10 @@ pub struct KernelPlan {
 
 /// The kernels a spec needs, in launch order.
 pub fn plans(spec: &Spec) -> Vec<KernelPlan> {
-    vec![layout::plan(spec)]
+    let mut plans = vec![layout::plan(spec)];
+    if spec.mode == crate::Mode::LowLatency {
+        plans.push(ll::dispatch_plan(spec));
+        plans.push(ll::combine_plan(spec));
+    }
+    plans
 }
