@@ -361,29 +361,31 @@ impl LowLatency {
         Ok(())
     }
 
-    /// Waits for the GPU and turns any rank's recorded error into an [`Error`].
+    /// Waits for the GPU and turns the ranks' recorded errors into an [`Error`] (the lowest
+    /// rank's); every rank's error words are cleared, so the next call starts clean.
     pub fn check(&mut self) -> Result<(), Error> {
-        let stream = self.gpu.stream();
+        let stream = self.gpu.stream().clone();
         let ws = stream
             .clone_dtoh(self.ranks.workspace())
             .cuda("reading the rank workspaces")?;
         let stride = self.ranks.workspace_ints();
         let at = errors_offset(&self.spec) as usize;
         let k = self.spec.top_k as usize;
+        let mut first = None;
         for rank in 0..self.ranks.ranks() {
             let e = &ws[rank * stride + at..][..4];
             if e[0] == 0 {
                 continue;
             }
-            // Clear the error words, so that a later call starts clean.
-            let mut view = self
-                .ranks
-                .workspace_mut()
-                .slice_mut(rank * stride + at..rank * stride + at + 4);
+            let words = rank * stride + at..rank * stride + at + 4;
+            let mut view = self.ranks.workspace_mut().slice_mut(words);
             stream
                 .memset_zeros(&mut view)
                 .cuda("clearing error words")?;
-            return Err(match e[0] {
+            if first.is_some() {
+                continue;
+            }
+            first = Some(match e[0] {
                 error_code::BAD_EXPERT => {
                     let flat = (i32::MAX - e[3]) as usize;
                     Error::BadExpertId {
@@ -406,7 +408,7 @@ impl LowLatency {
                 },
             });
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Waits, checks for errors and copies every rank's dispatch results to the host.
