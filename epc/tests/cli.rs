@@ -179,7 +179,7 @@ fn the_main_job_checks_renders_and_compiles_everything() {
     assert!(out.contains("specs checked"), "{out}");
     assert!(out.contains("kernels rendered"), "{out}");
     if nvrtc_present() {
-        assert!(out.contains("layout compiled"), "{out}");
+        assert!(out.contains("3 kernels, 3 compiled"), "{out}");
         assert!(
             out.contains("GPU steps skipped")
                 || out.contains("all specs verified against the CPU reference"),

@@ -41,21 +41,22 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
     let progress = bar(kernels, "compiling");
     let mut compiled = Vec::new();
     for ks in &rendered {
-        let mut line = Vec::new();
+        let (mut fresh, mut ms) = (0, 0.0);
         for k in ks {
             progress.set_message(k.file_name.clone());
             let c = jit
                 .cubin(k, arch)
                 .with_context(|| format!("compiling {}", k.file_name))?;
-            let how = if c.outcome == CacheOutcome::Hit {
-                "cached"
-            } else {
-                "compiled"
-            };
-            line.push(format!("{} {how} {:.0} ms", k.name, c.metadata.compile_ms));
+            if c.outcome != CacheOutcome::Hit {
+                fresh += 1;
+                ms += c.metadata.compile_ms;
+            }
             progress.inc(1);
         }
-        compiled.push(line.join(", "));
+        compiled.push(format!(
+            "{} kernels, {fresh} compiled ({ms:.0} ms)",
+            ks.len()
+        ));
     }
     progress.finish_and_clear();
 
