@@ -10,8 +10,7 @@ use crate::{Error, Gpu};
 /// R windows, their pointer table, and R workspaces.
 #[derive(Debug)]
 pub struct VirtualRanks {
-    /// Kept alive for the table's pointers; accessed only through them.
-    _windows: Vec<CudaSlice<u8>>,
+    windows: Vec<CudaSlice<u8>>,
     peers: CudaSlice<u64>,
     workspace: CudaSlice<i32>,
     ranks: usize,
@@ -44,12 +43,22 @@ impl VirtualRanks {
             .alloc_zeros::<i32>(ranks * workspace_ints)
             .cuda("allocating the rank workspaces")?;
         Ok(VirtualRanks {
-            _windows: windows,
+            windows,
             peers,
             workspace,
             ranks,
             workspace_ints,
         })
+    }
+
+    /// Rank `rank`'s window.
+    pub fn window(&self, rank: usize) -> &CudaSlice<u8> {
+        &self.windows[rank]
+    }
+
+    /// Rank `rank`'s window, writable.
+    pub fn window_mut(&mut self, rank: usize) -> &mut CudaSlice<u8> {
+        &mut self.windows[rank]
     }
 
     /// The device table of window bases.

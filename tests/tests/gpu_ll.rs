@@ -6,7 +6,7 @@ use ep_codegen::Spec;
 use ep_runtime::reference::ll::{RankInput, combine, expected_dispatch, random_activations};
 use ep_runtime::reference::values::from_f32;
 use ep_runtime::routing::{Pattern, generate};
-use ep_runtime::{Error, LowLatency, RankDispatch};
+use ep_runtime::{Error, LlCall, LowLatency, RankDispatch};
 use ep_tests::{gpu_jit_or_skip, renderer};
 
 /// (ranks, hidden, top_k, experts, dispatch, index) combinations covering every value the issue
@@ -124,6 +124,86 @@ fn expert_outputs(spec: &Spec, got: &[RankDispatch]) -> Vec<Vec<u16>> {
         .collect()
 }
 
+/// Random inputs of every rank for routing `i`: sizes T = 0, T = M and between, by rank.
+fn inputs_for(spec: &Spec, i: usize) -> Vec<RankInput> {
+    let (r, k, e, m) = (
+        spec.ranks as usize,
+        spec.top_k as usize,
+        spec.experts as usize,
+        spec.max_tokens_per_rank as usize,
+    );
+    let pattern = Pattern::ALL[i % Pattern::ALL.len()];
+    (0..r)
+        .map(|rank| {
+            let t = match (i + rank) % 4 {
+                0 => m,
+                1 => 0,
+                _ => (i * 13 + rank * 7) % (m + 1),
+            };
+            let seed = (i * 100 + rank) as u64;
+            RankInput {
+                routing: generate(pattern, t, k, e, r, seed),
+                x: random_activations(spec, t, seed),
+            }
+        })
+        .collect()
+}
+
+/// Checks a combined output against the reference.
+fn check_combine(spec: &Spec, inputs: &[RankInput], out: &[Vec<u16>], what: &str) {
+    let (h, k) = (spec.hidden as usize, spec.top_k as usize);
+    for (s, input) in inputs.iter().enumerate() {
+        let rows: Vec<Vec<Vec<u16>>> = (0..input.routing.num_tokens)
+            .map(|t| {
+                (0..k)
+                    .map(|slot| {
+                        let ex = input.routing.expert(t, slot).max(0) as usize;
+                        (0..h).map(|c| expert_value(s, t, ex, c)).collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        let want = combine(spec, &input.routing, |t, slot| &rows[t][slot]);
+        if out[s] != want {
+            let first = out[s]
+                .iter()
+                .zip(&want)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            panic!(
+                "{what}: combine of rank {s} differs first at token {} channel {}: {:#06x} vs {:#06x}",
+                first / h,
+                first % h,
+                out[s][first],
+                want[first]
+            );
+        }
+    }
+}
+
+/// One whole call through `ll`, checked against the reference.
+fn run_and_check(
+    ll: &mut LowLatency,
+    call: &mut LlCall,
+    spec: &Spec,
+    inputs: &[RankInput],
+    what: &str,
+) {
+    call.set_inputs(ll.gpu(), inputs).unwrap();
+    ll.dispatch_send(call).unwrap();
+    ll.dispatch_recv(call).unwrap();
+    let got = ll
+        .dispatched(call)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    check_dispatch(spec, inputs, &got, what);
+    ll.set_expert_outputs(call, &expert_outputs(spec, &got))
+        .unwrap();
+    ll.combine_send(call).unwrap();
+    ll.combine_recv(call).unwrap();
+    let out = ll.combined(call).unwrap_or_else(|e| panic!("{what}: {e}"));
+    check_combine(spec, inputs, &out, what);
+}
+
 #[test]
 fn ll_dispatch_and_combine_match_the_reference() {
     let Some((gpu, jit, _dir)) = gpu_jit_or_skip("ll_dispatch_and_combine_match_the_reference")
@@ -137,65 +217,59 @@ fn ll_dispatch_and_combine_match_the_reference() {
     for &(r, h, k, e, dispatch, index) in CASES {
         let spec = spec(r, h, k, e, dispatch, index);
         let mut ll = LowLatency::new(&gpu, &jit, &renderer(), &spec).unwrap();
-        let m = spec.max_tokens_per_rank as usize;
+        let mut call = ll.new_call().unwrap();
         for i in 0..routings {
-            let pattern = Pattern::ALL[i % Pattern::ALL.len()];
-            let inputs: Vec<RankInput> = (0..r as usize)
-                .map(|rank| {
-                    // T = 0, T = M and sizes between, varying by rank.
-                    let t = match (i + rank) % 4 {
-                        0 => m,
-                        1 => 0,
-                        _ => (i * 13 + rank * 7) % (m + 1),
-                    };
-                    let seed = (i * 100 + rank) as u64;
-                    RankInput {
-                        routing: generate(pattern, t, k as usize, e as usize, r as usize, seed),
-                        x: random_activations(&spec, t, seed),
-                    }
-                })
-                .collect();
-            let what = format!("{} routing {i} ({pattern:?})", spec.name);
-            ll.set_inputs(&inputs).unwrap();
-            ll.dispatch_send().unwrap();
-            ll.dispatch_recv().unwrap();
-            let got = ll.dispatched().unwrap_or_else(|e| panic!("{what}: {e}"));
-            check_dispatch(&spec, &inputs, &got, &what);
-
-            let y = expert_outputs(&spec, &got);
-            ll.set_expert_outputs(&y).unwrap();
-            ll.combine_send().unwrap();
-            ll.combine_recv().unwrap();
-            let out = ll.combined().unwrap_or_else(|e| panic!("{what}: {e}"));
-            for (s, input) in inputs.iter().enumerate() {
-                let rows: Vec<Vec<Vec<u16>>> = (0..input.routing.num_tokens)
-                    .map(|t| {
-                        (0..k as usize)
-                            .map(|slot| {
-                                let ex = input.routing.expert(t, slot).max(0) as usize;
-                                (0..h as usize).map(|c| expert_value(s, t, ex, c)).collect()
-                            })
-                            .collect()
-                    })
-                    .collect();
-                let want = combine(&spec, &input.routing, |t, slot| &rows[t][slot]);
-                if out[s] != want {
-                    let first = out[s]
-                        .iter()
-                        .zip(&want)
-                        .position(|(a, b)| a != b)
-                        .unwrap_or(0);
-                    panic!(
-                        "{what}: combine of rank {s} differs first at token {} channel {}: {:#06x} vs {:#06x}",
-                        first / h as usize,
-                        first % h as usize,
-                        out[s][first],
-                        want[first]
-                    );
-                }
-            }
+            let inputs = inputs_for(&spec, i);
+            let what = format!("{} routing {i}", spec.name);
+            run_and_check(&mut ll, &mut call, &spec, &inputs, &what);
         }
         eprintln!("{}: {routings} routings match", spec.name);
+    }
+}
+
+#[test]
+fn two_calls_in_flight_interleave() {
+    let Some((gpu, jit, _dir)) = gpu_jit_or_skip("two_calls_in_flight_interleave") else {
+        return;
+    };
+    let spec = spec(4, 4096, 6, 32, "fp8_e4m3", "i64");
+    let mut ll = LowLatency::new(&gpu, &jit, &renderer(), &spec).unwrap();
+    let (mut a, mut b) = (ll.new_call().unwrap(), ll.new_call().unwrap());
+    for round in 0..4 {
+        let (ia, ib) = (
+            inputs_for(&spec, 2 * round),
+            inputs_for(&spec, 2 * round + 1),
+        );
+        a.set_inputs(&gpu, &ia).unwrap();
+        b.set_inputs(&gpu, &ib).unwrap();
+        // Both sends before either receive (the hook), then the receives in order.
+        ll.dispatch_send(&mut a).unwrap();
+        ll.dispatch_send(&mut b).unwrap();
+        ll.dispatch_recv(&mut a).unwrap();
+        ll.dispatch_recv(&mut b).unwrap();
+        let (ga, gb) = (ll.dispatched(&a).unwrap(), ll.dispatched(&b).unwrap());
+        check_dispatch(&spec, &ia, &ga, &format!("round {round} call A"));
+        check_dispatch(&spec, &ib, &gb, &format!("round {round} call B"));
+        ll.set_expert_outputs(&a, &expert_outputs(&spec, &ga))
+            .unwrap();
+        ll.set_expert_outputs(&b, &expert_outputs(&spec, &gb))
+            .unwrap();
+        ll.combine_send(&a).unwrap();
+        ll.combine_send(&b).unwrap();
+        ll.combine_recv(&mut b).unwrap();
+        ll.combine_recv(&mut a).unwrap();
+        check_combine(
+            &spec,
+            &ia,
+            &ll.combined(&a).unwrap(),
+            &format!("round {round} call A"),
+        );
+        check_combine(
+            &spec,
+            &ib,
+            &ll.combined(&b).unwrap(),
+            &format!("round {round} call B"),
+        );
     }
 }
 
@@ -209,30 +283,24 @@ fn a_receive_without_its_senders_times_out_with_an_error() {
     let spec = spec(4, 2048, 2, 8, "bf16", "i64");
     let mut ll = LowLatency::new(&gpu, &jit, &renderer(), &spec).unwrap();
     ll.set_timeout(Duration::from_millis(20));
-    let inputs: Vec<RankInput> = (0..4)
-        .map(|rank| RankInput {
-            routing: generate(Pattern::Uniform, 8, 2, 8, 4, rank),
-            x: random_activations(&spec, 8, rank),
-        })
-        .collect();
-    ll.set_inputs(&inputs).unwrap();
+    let mut call = ll.new_call().unwrap();
+    let inputs = inputs_for(&spec, 3);
+    call.set_inputs(&gpu, &inputs).unwrap();
     assert!(
-        matches!(ll.dispatch_recv(), Err(Error::Input(_))),
+        matches!(ll.dispatch_recv(&mut call), Err(Error::Input(_))),
         "receive before any send"
     );
-    ll.dispatch_send().unwrap();
-    ll.dispatch_recv().unwrap();
-    ll.dispatched().unwrap();
+    ll.dispatch_send(&mut call).unwrap();
+    ll.dispatch_recv(&mut call).unwrap();
+    ll.dispatched(&call).unwrap();
     // No combine send: every rank's receive waits for flags that never come.
-    ll.combine_recv().unwrap();
-    match ll.combined() {
+    ll.combine_recv(&mut call).unwrap();
+    match ll.combined(&call) {
         Err(Error::Timeout { phase, .. }) => assert_eq!(phase, "combine receive"),
         other => panic!("expected a timeout, got {other:?}"),
     }
     // The group is usable again afterwards.
-    ll.dispatch_send().unwrap();
-    ll.dispatch_recv().unwrap();
-    ll.dispatched().unwrap();
+    run_and_check(&mut ll, &mut call, &spec, &inputs, "after a timeout");
 }
 
 #[test]
@@ -242,33 +310,33 @@ fn bad_inputs_are_errors() {
     };
     let spec = spec(2, 2048, 2, 8, "bf16", "i64");
     let mut ll = LowLatency::new(&gpu, &jit, &renderer(), &spec).unwrap();
+    let mut call = ll.new_call().unwrap();
     let good = |t: usize, seed: u64| RankInput {
         routing: generate(Pattern::Uniform, t, 2, 8, 2, seed),
         x: random_activations(&spec, t, seed),
     };
+    let mut set = |inputs: &[RankInput]| call.set_inputs(&gpu, inputs);
     assert!(
-        matches!(ll.set_inputs(&[good(4, 1)]), Err(Error::Input(_))),
+        matches!(set(&[good(4, 1)]), Err(Error::Input(_))),
         "one rank missing"
     );
     assert!(
-        matches!(
-            ll.set_inputs(&[good(4, 1), good(33, 2)]),
-            Err(Error::Input(_))
-        ),
+        matches!(set(&[good(4, 1), good(33, 2)]), Err(Error::Input(_))),
         "T > M"
     );
     let mut short = good(4, 3);
     short.x.pop();
     assert!(
-        matches!(ll.set_inputs(&[good(4, 1), short]), Err(Error::Input(_))),
+        matches!(set(&[good(4, 1), short]), Err(Error::Input(_))),
         "short x"
     );
     let mut bad = good(6, 4);
     bad.routing.topk_idx[5] = 8;
-    ll.set_inputs(&[good(4, 1), bad]).unwrap();
-    ll.dispatch_send().unwrap();
-    ll.dispatch_recv().unwrap();
-    match ll.dispatched() {
+    let inputs = [good(4, 1), bad];
+    set(&inputs).unwrap();
+    ll.dispatch_send(&mut call).unwrap();
+    ll.dispatch_recv(&mut call).unwrap();
+    match ll.dispatched(&call) {
         Err(Error::OnRank { rank: 1, source }) => match *source {
             Error::BadExpertId {
                 token,
@@ -283,4 +351,19 @@ fn bad_inputs_are_errors() {
         },
         other => panic!("expected a bad expert id on rank 1, got {other:?}"),
     }
+    // The bad slot is skipped; everything else is delivered and combined.
+    let mut fixed = inputs.clone();
+    fixed[1].routing.topk_idx[5] = -1;
+    let got = ll.dispatched(&call).unwrap();
+    check_dispatch(&spec, &fixed, &got, "bad id skipped");
+    ll.set_expert_outputs(&call, &expert_outputs(&spec, &got))
+        .unwrap();
+    ll.combine_send(&call).unwrap();
+    ll.combine_recv(&mut call).unwrap();
+    check_combine(
+        &spec,
+        &fixed,
+        &ll.combined(&call).unwrap(),
+        "bad id skipped",
+    );
 }

@@ -1,12 +1,15 @@
 //! Low-latency dispatch and combine: the symmetric window layout and the two kernel families.
 //!
 //! Each rank owns one window, split in two halves used by alternate calls (epoch parity), so two
-//! calls can be in flight. A half holds, in order:
-//! - the dispatch receive area `[L][R][M]` of messages (payload, FP8 scales, then 16 bytes of
-//!   metadata: source token and slot);
-//! - dispatch flags `[L][R]` (u64: epoch << 32 | row count), one per (local expert, source rank);
-//! - the combine receive area `[K][M][H]` of 16-bit rows, indexed by (slot, token);
-//! - combine flags `[R]` (u64: epoch << 32 | 1), one per sending rank.
+//! calls can be in flight. Senders write straight into the receivers' halves, so the receive
+//! tensors are views of the window and nothing is copied twice. A half holds, in order:
+//! - `recv_x [L][R*M][payload]`, `recv_scales [L][R*M][H/128]` (FP8 only) and
+//!   `recv_meta [L][R*M]` (int2: source `s * M + t`, slot k): dispatch's outputs;
+//! - `y [L][R*M][H]`: the experts' outputs, which combine reads from the peers (pull);
+//! - `counter [L]`: rows reserved so far per local expert (senders add with system atomics,
+//!   the receive reads and resets it);
+//! - `range [L][R]` (int2: first row, rows) written by each sender;
+//! - dispatch flags `[R]` and combine flags `[R]` (u64: epoch << 32 | 1), one per peer.
 
 use std::collections::BTreeMap;
 
@@ -15,31 +18,35 @@ use crate::spec::{Dtype, IndexDtype, Spec};
 
 /// Warps per block when `tuning.warps_per_block` is `auto`.
 pub const DEFAULT_WARPS: u32 = 16;
-/// Bytes of message metadata (source token, slot, padding to 16).
-pub const META_BYTES: u64 = 16;
 
 const fn align(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
 }
 
-/// Byte offsets of everything in one rank's low-latency window.
+/// Byte offsets of everything in one half of a rank's low-latency window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
     /// Bytes of one row's payload (H x dispatch dtype size).
     pub payload_bytes: u64,
     /// FP8 block scales per row (H / 128), 0 without FP8.
     pub scale_count: u64,
-    /// Offset of the scales inside a message.
-    pub scale_offset: u64,
-    /// Offset of the metadata inside a message.
-    pub meta_offset: u64,
-    /// Bytes of one message.
-    pub msg_bytes: u64,
-    /// Offset of the dispatch flags inside a half.
+    /// Rows per local expert (R x M).
+    pub rows_per_expert: u64,
+    /// `recv_x`.
+    pub recv_x_offset: u64,
+    /// `recv_scales`.
+    pub recv_scales_offset: u64,
+    /// `recv_meta`.
+    pub recv_meta_offset: u64,
+    /// `y`.
+    pub y_offset: u64,
+    /// `counter`.
+    pub counter_offset: u64,
+    /// `range`.
+    pub range_offset: u64,
+    /// Dispatch flags.
     pub dispatch_flags_offset: u64,
-    /// Offset of the combine receive area inside a half.
-    pub combine_recv_offset: u64,
-    /// Offset of the combine flags inside a half.
+    /// Combine flags.
     pub combine_flags_offset: u64,
     /// Bytes of one half.
     pub half_bytes: u64,
@@ -48,33 +55,38 @@ pub struct Window {
 impl Window {
     /// The layout for a spec.
     pub fn of(spec: &Spec) -> Window {
-        let (h, k, r, m, l) = (
+        let (h, r, m, l) = (
             u64::from(spec.hidden),
-            u64::from(spec.top_k),
             u64::from(spec.ranks),
             u64::from(spec.max_tokens_per_rank),
             u64::from(spec.local_experts()),
         );
+        let rows = l * r * m;
         let payload_bytes = h * u64::from(spec.dispatch_dtype.size());
         let scale_count = spec.fp8.map_or(0, |f| h / u64::from(f.block));
-        let scale_offset = align(payload_bytes, 16);
-        let meta_offset = scale_offset + align(scale_count * 4, 16);
-        let msg_bytes = meta_offset + META_BYTES;
-        let dispatch_flags_offset = align(l * r * m * msg_bytes, 256);
-        let combine_recv_offset = align(dispatch_flags_offset + l * r * 8, 256);
-        let combine_flags_offset = align(
-            combine_recv_offset + k * m * h * u64::from(spec.combine_dtype.size()),
+        let recv_x_offset = 0;
+        let recv_scales_offset = align(recv_x_offset + rows * payload_bytes, 256);
+        let recv_meta_offset = align(recv_scales_offset + rows * scale_count * 4, 256);
+        let y_offset = align(recv_meta_offset + rows * 8, 256);
+        let counter_offset = align(
+            y_offset + rows * h * u64::from(spec.combine_dtype.size()),
             256,
         );
+        let range_offset = align(counter_offset + l * 4, 256);
+        let dispatch_flags_offset = align(range_offset + l * r * 8, 256);
+        let combine_flags_offset = align(dispatch_flags_offset + r * 8, 256);
         let half_bytes = align(combine_flags_offset + r * 8, 4096);
         Window {
             payload_bytes,
             scale_count,
-            scale_offset,
-            meta_offset,
-            msg_bytes,
+            rows_per_expert: r * m,
+            recv_x_offset,
+            recv_scales_offset,
+            recv_meta_offset,
+            y_offset,
+            counter_offset,
+            range_offset,
             dispatch_flags_offset,
-            combine_recv_offset,
             combine_flags_offset,
             half_bytes,
         }
@@ -84,28 +96,36 @@ impl Window {
     pub fn bytes(&self) -> u64 {
         2 * self.half_bytes
     }
+
+    /// Offset of the half used by the call with this epoch.
+    pub fn half(&self, epoch: u32) -> u64 {
+        u64::from(epoch & 1) * self.half_bytes
+    }
 }
 
-/// Ints of per-rank workspace: send counters `[E]`, two done counters, four error words.
+/// Ints of per-rank workspace: per-expert counts and bases `[E]` each, the last epoch, the
+/// bases-ready epoch, two done counters and four error words.
 pub fn workspace_ints(spec: &Spec) -> u32 {
-    spec.experts + 2 + 4
+    2 * spec.experts + 8
 }
 
 /// Index of the error words inside a rank's workspace.
 pub fn errors_offset(spec: &Spec) -> u32 {
-    spec.experts + 2
+    2 * spec.experts + 4
 }
 
 /// Error codes the kernels write into `errors[0]` (the first error of a rank wins).
 pub mod error_code {
     /// A dispatch flag did not arrive in time; detail = source rank.
     pub const DISPATCH_TIMEOUT: i32 = 1;
-    /// A combine flag did not arrive in time; detail = sending rank.
+    /// A combine flag did not arrive in time; detail = expert rank.
     pub const COMBINE_TIMEOUT: i32 = 2;
     /// An expert id outside [-1, E); detail = token * K + slot.
     pub const BAD_EXPERT: i32 = 3;
-    /// A row count above M arrived (a corrupted window); detail = source rank.
-    pub const BAD_COUNT: i32 = 4;
+    /// A receive region overflowed (a previous call was never received); detail = expert.
+    pub const OVERFLOW: i32 = 4;
+    /// The blocks of a rank did not meet in time (not co-resident); detail = rank.
+    pub const BARRIER_TIMEOUT: i32 = 5;
 }
 
 /// Constants, strings, flags and threads shared by the LL kernels.
@@ -130,13 +150,15 @@ fn common(spec: &Spec) -> Common {
         ("threads", i64::from(threads)),
         ("payload_bytes", as_i64(w.payload_bytes)),
         ("scale_count", as_i64(w.scale_count)),
-        ("scale_offset", as_i64(w.scale_offset)),
-        ("meta_offset", as_i64(w.meta_offset)),
-        ("msg_bytes", as_i64(w.msg_bytes)),
-        ("half_bytes", as_i64(w.half_bytes)),
+        ("recv_x_offset", as_i64(w.recv_x_offset)),
+        ("recv_scales_offset", as_i64(w.recv_scales_offset)),
+        ("recv_meta_offset", as_i64(w.recv_meta_offset)),
+        ("y_offset", as_i64(w.y_offset)),
+        ("counter_offset", as_i64(w.counter_offset)),
+        ("range_offset", as_i64(w.range_offset)),
         ("dispatch_flags_offset", as_i64(w.dispatch_flags_offset)),
-        ("combine_recv_offset", as_i64(w.combine_recv_offset)),
         ("combine_flags_offset", as_i64(w.combine_flags_offset)),
+        ("half_bytes", as_i64(w.half_bytes)),
         ("workspace_ints", i64::from(workspace_ints(spec))),
     ]);
     let index_ctype = match spec.index_dtype {
@@ -167,7 +189,7 @@ fn param(name: &'static str, ctype: &str, shape: &str) -> Param {
 /// The dispatch kernels (send, then receive).
 pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
     let (constants, strings, flags, threads) = common(spec);
-    let mut params = vec![
+    let params = vec![
         param(
             "x",
             "const unsigned short*",
@@ -175,24 +197,22 @@ pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
         ),
         param("topk_idx", "const index_t*", "[G, M, K]"),
         param("num_tokens", "const int*", "[G]"),
-        param("workspace", "int*", "[G, E + 6]"),
+        param(
+            "dispatch_row",
+            "int*",
+            "[G, M, K]: row at the expert, -1 for none (send writes)",
+        ),
+        param(
+            "call_epoch",
+            "unsigned*",
+            "[G]: the call's epoch (send writes)",
+        ),
+        param("workspace", "int*", "[G, 2E + 8]"),
         param("peers", "char* const*", "[R] window bases"),
         param("rank_base", "int", "scalar: rank of grid.y = 0"),
-        param("epoch", "unsigned", "scalar: call number, from 1"),
+        param("timeout_ns", "unsigned long long", "scalar"),
+        param("recv_count", "int*", "[G, L] (receive writes)"),
     ];
-    params.extend([
-        param("timeout_ns", "unsigned long long", "scalar (receive)"),
-        param("recv_x", "unsigned char*", "[G, L, R*M, payload]"),
-    ]);
-    if spec.fp8.is_some() {
-        params.push(param("recv_scales", "float*", "[G, L, R*M, H/128]"));
-    }
-    params.extend([
-        param("recv_count", "int*", "[G, L], zeroed by the caller"),
-        param("recv_src", "int*", "[G, L, R*M]: s * M + t"),
-        param("recv_range", "int*", "[G, L, R, 2]: (offset, count)"),
-        param("recv_slot", "int*", "[G, L, R*M]: k"),
-    ]);
     KernelPlan {
         name: "ll_dispatch",
         title: format!(
@@ -227,19 +247,16 @@ pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
 pub fn combine_plan(spec: &Spec) -> KernelPlan {
     let (constants, strings, flags, threads) = common(spec);
     let params = vec![
-        param("y", "const unsigned short*", "[G, L, R*M, H]"),
-        param("recv_count", "const int*", "[G, L] (from dispatch)"),
-        param("recv_src", "const int*", "[G, L, R*M] (from dispatch)"),
-        param("recv_slot", "const int*", "[G, L, R*M] (from dispatch)"),
-        param("workspace", "int*", "[G, E + 6]"),
+        param("call_epoch", "const unsigned*", "[G] (from dispatch)"),
         param("peers", "char* const*", "[R] window bases"),
         param("rank_base", "int", "scalar"),
-        param("epoch", "unsigned", "scalar"),
         param("topk_idx", "const index_t*", "[G, M, K] (receive)"),
         param("topk_weights", "const float*", "[G, M, K] (receive)"),
         param("num_tokens", "const int*", "[G] (receive)"),
+        param("dispatch_row", "const int*", "[G, M, K] (from dispatch)"),
         param("out", "unsigned short*", "[G, M, H] (receive)"),
-        param("timeout_ns", "unsigned long long", "scalar (receive)"),
+        param("workspace", "int*", "[G, 2E + 8]"),
+        param("timeout_ns", "unsigned long long", "scalar"),
     ];
     KernelPlan {
         name: "ll_combine",
