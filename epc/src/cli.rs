@@ -39,6 +39,8 @@ pub enum Command {
     Compile(CompileArgs),
     /// Run each spec's kernels on the GPU on a random routing and check them against the reference.
     Run(RunArgs),
+    /// Time low-latency dispatch and combine against a device-to-device copy of the same bytes.
+    Bench(BenchArgs),
 }
 
 /// Spec selection.
@@ -104,6 +106,40 @@ pub struct AllArgs {
     /// Random routings checked per spec on the GPU.
     #[arg(long, default_value_t = 10)]
     pub routings: usize,
+}
+
+/// `epc bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Low-latency specs to time (default: the standard workloads, see --standard).
+    #[arg(value_name = "SPEC")]
+    pub specs: Vec<String>,
+    /// The standard workloads: T=128 tokens per rank on 8 ranks of DeepSeek-V3 (H=7168, E=256,
+    /// K=8) with FP8 and with BF16 dispatch, Qwen3-235B (H=4096, E=128, K=8) and gpt-oss-120b
+    /// (H=2880, E=128, K=4). The default when no SPEC is given.
+    #[arg(long)]
+    pub standard: bool,
+    /// Run every spec with this many (virtual) ranks instead of its own.
+    #[arg(long)]
+    pub ranks: Option<u32>,
+    /// Tokens per rank (default 128, at most max_tokens_per_rank).
+    #[arg(long)]
+    pub tokens: Option<usize>,
+    /// Also time tokens per rank 1, 2, 4, ... up to max_tokens_per_rank (for --csv / --svg).
+    #[arg(long)]
+    pub sweep: bool,
+    /// Timed calls per measurement.
+    #[arg(long, default_value_t = 50)]
+    pub iters: usize,
+    /// Untimed calls first.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    /// Write every measurement as CSV.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Plot time against tokens per rank as SVG (with --sweep).
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
 /// Routing shapes (see `ep_runtime::routing::Pattern`).

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod inputs;
 mod progress;
+mod svg;
 
 use clap::Parser;
 

@@ -20,6 +20,7 @@ mod nvcc;
 mod nvrtc;
 pub mod reference;
 pub mod routing;
+pub mod timing;
 mod virtual_ranks;
 
 pub use arch::Arch;

@@ -358,6 +358,44 @@ impl LowLatency {
         Ok(())
     }
 
+    /// Times whole calls on the current inputs of `call`: `warmup` calls, then `iters` calls
+    /// each timed in two phases with events, dispatch (send + receive) and combine (send +
+    /// receive). Returns the mean (dispatch, combine) in microseconds; checks for errors.
+    pub fn time_phases(
+        &mut self,
+        call: &mut LlCall,
+        warmup: usize,
+        iters: usize,
+    ) -> Result<(f64, f64), Error> {
+        for _ in 0..warmup {
+            self.dispatch_send(call)?;
+            self.dispatch_recv(call)?;
+            self.combine_send(call)?;
+            self.combine_recv(call)?;
+        }
+        let iters = iters.max(1);
+        let mut events = Vec::with_capacity(3 * iters);
+        for _ in 0..3 * iters {
+            events.push(crate::timing::timing_event(&self.gpu)?);
+        }
+        for i in 0..iters {
+            crate::timing::record(&self.gpu, &events[3 * i])?;
+            self.dispatch_send(call)?;
+            self.dispatch_recv(call)?;
+            crate::timing::record(&self.gpu, &events[3 * i + 1])?;
+            self.combine_send(call)?;
+            self.combine_recv(call)?;
+            crate::timing::record(&self.gpu, &events[3 * i + 2])?;
+        }
+        let (mut dispatch, mut combine) = (0.0, 0.0);
+        for i in 0..iters {
+            dispatch += crate::timing::elapsed_us(&events[3 * i], &events[3 * i + 1])?;
+            combine += crate::timing::elapsed_us(&events[3 * i + 1], &events[3 * i + 2])?;
+        }
+        self.check(call)?;
+        Ok((dispatch / iters as f64, combine / iters as f64))
+    }
+
     /// Waits for the GPU and turns the ranks' recorded errors into an [`Error`] (the lowest
     /// rank's); every rank's error words are cleared, so the next call starts clean.
     pub fn check(&mut self, call: &LlCall) -> Result<(), Error> {

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod all;
+mod bench;
 mod check;
 mod compile;
 mod export;
@@ -25,5 +26,6 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Export { specs, out } => export::export(&specs, &out, templates),
         Command::Compile(args) => compile::compile(&args, templates),
         Command::Run(args) => run::run(&args, templates),
+        Command::Bench(args) => bench::bench(&args, templates),
     }
 }
