@@ -17,6 +17,7 @@ use ep_codegen::{Mode, Renderer, Spec};
 use crate::device_index::DeviceIndex;
 use crate::error::CudaContextExt;
 use crate::reference::ll::RankInput;
+use crate::timing;
 use crate::virtual_ranks::VirtualRanks;
 use crate::{Error, Gpu, Jit};
 
@@ -36,6 +37,31 @@ pub struct RankDispatch {
     pub recv_x: Vec<u8>,
     /// `[L, R*M, H/128]` FP8 scales (empty without FP8).
     pub recv_scales: Vec<f32>,
+}
+
+/// Mean time of each launch of a call, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PhaseTimes {
+    /// Dispatch send.
+    pub dispatch_send: f64,
+    /// Dispatch receive.
+    pub dispatch_recv: f64,
+    /// Combine send.
+    pub combine_send: f64,
+    /// Combine receive.
+    pub combine_recv: f64,
+}
+
+impl PhaseTimes {
+    /// Dispatch, send and receive.
+    pub fn dispatch(&self) -> f64 {
+        self.dispatch_send + self.dispatch_recv
+    }
+
+    /// Combine, send and receive.
+    pub fn combine(&self) -> f64 {
+        self.combine_send + self.combine_recv
+    }
 }
 
 /// One call's device tensors, each with a leading rank dimension.
@@ -128,6 +154,8 @@ pub struct LowLatency {
     dispatch: Vec<CudaFunction>,
     combine: Vec<CudaFunction>,
     ranks: VirtualRanks,
+    /// FP8 only: each rank's tokens quantized once per send, `[R, M, staged row]`.
+    staging: Option<CudaSlice<u8>>,
     epoch: u32,
     blocks_per_rank: u32,
     threads: u32,
@@ -181,7 +209,16 @@ impl LowLatency {
                 gpu.sms()
             )));
         }
+        let staging = match window.staged_bytes {
+            0 => None,
+            bytes => Some(
+                gpu.stream()
+                    .alloc_zeros::<u8>(r * spec.max_tokens_per_rank as usize * bytes as usize)
+                    .cuda("allocating the FP8 staging rows")?,
+            ),
+        };
         Ok(LowLatency {
+            staging,
             gpu: gpu.clone(),
             spec: spec.clone(),
             window,
@@ -264,10 +301,11 @@ impl LowLatency {
             .arg(&call.num_tokens)
             .arg(&mut call.dispatch_row)
             .arg(&mut call.call_epoch)
-            .arg(self.ranks.workspace())
-            .arg(self.ranks.peers())
-            .arg(&rank_base)
-            .arg(&timeout);
+            .arg(self.ranks.workspace());
+        if let Some(staging) = &self.staging {
+            launch.arg(staging);
+        }
+        launch.arg(self.ranks.peers()).arg(&rank_base).arg(&timeout);
         // SAFETY: the arguments follow the send kernel's signature; the call's tensors have the
         // [R, ...] shapes the kernel indexes (allocated in `new_call` from the same spec), the
         // windows in the peer table live as long as `self.ranks`, and the grid is co-resident
@@ -359,14 +397,14 @@ impl LowLatency {
     }
 
     /// Times whole calls on the current inputs of `call`: `warmup` calls, then `iters` calls
-    /// each timed in two phases with events, dispatch (send + receive) and combine (send +
-    /// receive). Returns the mean (dispatch, combine) in microseconds; checks for errors.
+    /// with an event between each of the four launches. Returns the mean of each launch in
+    /// microseconds; checks for errors.
     pub fn time_phases(
         &mut self,
         call: &mut LlCall,
         warmup: usize,
         iters: usize,
-    ) -> Result<(f64, f64), Error> {
+    ) -> Result<PhaseTimes, Error> {
         for _ in 0..warmup {
             self.dispatch_send(call)?;
             self.dispatch_recv(call)?;
@@ -374,26 +412,37 @@ impl LowLatency {
             self.combine_recv(call)?;
         }
         let iters = iters.max(1);
-        let mut events = Vec::with_capacity(3 * iters);
-        for _ in 0..3 * iters {
-            events.push(crate::timing::timing_event(&self.gpu)?);
+        let mut events = Vec::with_capacity(5 * iters);
+        for _ in 0..5 * iters {
+            events.push(timing::timing_event(&self.gpu)?);
         }
         for i in 0..iters {
-            crate::timing::record(&self.gpu, &events[3 * i])?;
+            let ev = &events[5 * i..5 * i + 5];
+            timing::record(&self.gpu, &ev[0])?;
             self.dispatch_send(call)?;
+            timing::record(&self.gpu, &ev[1])?;
             self.dispatch_recv(call)?;
-            crate::timing::record(&self.gpu, &events[3 * i + 1])?;
+            timing::record(&self.gpu, &ev[2])?;
             self.combine_send(call)?;
+            timing::record(&self.gpu, &ev[3])?;
             self.combine_recv(call)?;
-            crate::timing::record(&self.gpu, &events[3 * i + 2])?;
+            timing::record(&self.gpu, &ev[4])?;
         }
-        let (mut dispatch, mut combine) = (0.0, 0.0);
+        let mut sums = [0f64; 4];
         for i in 0..iters {
-            dispatch += crate::timing::elapsed_us(&events[3 * i], &events[3 * i + 1])?;
-            combine += crate::timing::elapsed_us(&events[3 * i + 1], &events[3 * i + 2])?;
+            let ev = &events[5 * i..5 * i + 5];
+            for (j, sum) in sums.iter_mut().enumerate() {
+                *sum += timing::elapsed_us(&ev[j], &ev[j + 1])?;
+            }
         }
         self.check(call)?;
-        Ok((dispatch / iters as f64, combine / iters as f64))
+        let n = iters as f64;
+        Ok(PhaseTimes {
+            dispatch_send: sums[0] / n,
+            dispatch_recv: sums[1] / n,
+            combine_send: sums[2] / n,
+            combine_recv: sums[3] / n,
+        })
     }
 
     /// Waits for the GPU and turns the ranks' recorded errors into an [`Error`] (the lowest

@@ -50,6 +50,10 @@ pub struct Window {
     pub combine_flags_offset: u64,
     /// Bytes of one half.
     pub half_bytes: u64,
+    /// Offset of the scales in a staged (pre-quantized FP8) row.
+    pub staged_scales_offset: u64,
+    /// Bytes of a staged row (0 without FP8: rows are sent from x as they are).
+    pub staged_bytes: u64,
 }
 
 impl Window {
@@ -76,7 +80,15 @@ impl Window {
         let dispatch_flags_offset = align(range_offset + l * r * 8, 256);
         let combine_flags_offset = align(dispatch_flags_offset + r * 8, 256);
         let half_bytes = align(combine_flags_offset + r * 8, 4096);
+        let staged_scales_offset = align(payload_bytes, 16);
+        let staged_bytes = if scale_count == 0 {
+            0
+        } else {
+            align(staged_scales_offset + scale_count * 4, 16)
+        };
         Window {
+            staged_scales_offset,
+            staged_bytes,
             payload_bytes,
             scale_count,
             rows_per_expert: r * m,
@@ -159,6 +171,8 @@ fn common(spec: &Spec) -> Common {
         ("dispatch_flags_offset", as_i64(w.dispatch_flags_offset)),
         ("combine_flags_offset", as_i64(w.combine_flags_offset)),
         ("half_bytes", as_i64(w.half_bytes)),
+        ("staged_scales_offset", as_i64(w.staged_scales_offset)),
+        ("staged_bytes", as_i64(w.staged_bytes)),
         ("workspace_ints", i64::from(workspace_ints(spec))),
     ]);
     let index_ctype = match spec.index_dtype {
@@ -208,6 +222,7 @@ pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
             "[G]: the call's epoch (send writes)",
         ),
         param("workspace", "int*", "[G, 2E + 8]"),
+        param("staging", "char*", "[G, M, staged row] (FP8 only)"),
         param("peers", "char* const*", "[R] window bases"),
         param("rank_base", "int", "scalar: rank of grid.y = 0"),
         param("timeout_ns", "unsigned long long", "scalar"),

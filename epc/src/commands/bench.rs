@@ -26,6 +26,8 @@ struct Row {
     tokens: usize,
     phase: &'static str,
     time_us: f64,
+    send_us: f64,
+    recv_us: f64,
     bytes: u64,
     copy_us: f64,
 }
@@ -161,7 +163,7 @@ fn measure(
         .map(|i| i.routing.topk_idx.iter().filter(|&&x| x >= 0).count() as u64)
         .sum();
     call.set_inputs(gpu, &inputs)?;
-    let (dispatch_us, combine_us) = ll.time_phases(call, args.warmup, args.iters)?;
+    let times = ll.time_phases(call, args.warmup, args.iters)?;
     let scale_bytes = spec.fp8.map_or(0, |f| h / u64::from(f.block) * 4);
     let dispatch_bytes = selections * (h * u64::from(spec.dispatch_dtype.size()) + scale_bytes);
     let combine_bytes = selections * h * u64::from(spec.combine_dtype.size());
@@ -171,7 +173,9 @@ fn measure(
             workload: spec.name.clone(),
             tokens,
             phase: "dispatch",
-            time_us: dispatch_us,
+            time_us: times.dispatch(),
+            send_us: times.dispatch_send,
+            recv_us: times.dispatch_recv,
             bytes: dispatch_bytes,
             copy_us: copy(dispatch_bytes)?,
         },
@@ -179,7 +183,9 @@ fn measure(
             workload: spec.name.clone(),
             tokens,
             phase: "combine",
-            time_us: combine_us,
+            time_us: times.combine(),
+            send_us: times.combine_send,
+            recv_us: times.combine_recv,
             bytes: combine_bytes,
             copy_us: copy(combine_bytes)?,
         },
@@ -188,16 +194,26 @@ fn measure(
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<28} {:>5} {:<9} {:>10} {:>11} {:>8} {:>10} {:>8} {:>11}",
-        "workload", "T", "phase", "time (us)", "bytes", "GB/s", "copy (us)", "x copy", "target met"
+        "{:<28} {:>5} {:<9} {:>10} {:>15} {:>11} {:>8} {:>10} {:>8} {:>11}",
+        "workload",
+        "T",
+        "phase",
+        "time (us)",
+        "send+recv (us)",
+        "bytes",
+        "GB/s",
+        "copy (us)",
+        "x copy",
+        "target met"
     );
     for r in rows {
         println!(
-            "{:<28} {:>5} {:<9} {:>10.2} {:>11} {:>8.1} {:>10.2} {:>8.2} {:>11}",
+            "{:<28} {:>5} {:<9} {:>10.2} {:>15} {:>11} {:>8.1} {:>10.2} {:>8.2} {:>11}",
             r.workload,
             r.tokens,
             r.phase,
             r.time_us,
+            format!("{:.1}+{:.1}", r.send_us, r.recv_us),
             r.bytes,
             r.gbps(),
             r.copy_us,
