@@ -229,16 +229,18 @@ fn print_table(rows: &[Row]) {
 
 fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
-        "workload,tokens_per_rank,phase,time_us,unique_bytes,gbps,copy_us,ratio_to_copy,target_us\n",
+        "workload,tokens_per_rank,phase,time_us,send_us,recv_us,unique_bytes,gbps,copy_us,ratio_to_copy,target_us\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{:.3},{},{:.2},{:.3},{:.4},{:.3}",
+            "{},{},{},{:.3},{:.3},{:.3},{},{:.2},{:.3},{:.4},{:.3}",
             r.workload,
             r.tokens,
             r.phase,
             r.time_us,
+            r.send_us,
+            r.recv_us,
             r.bytes,
             r.gbps(),
             r.copy_us,
