@@ -45,6 +45,20 @@ impl DeviceIndex {
         })
     }
 
+    /// Overwrites the ids in place (same length), so captured graphs keep seeing this buffer.
+    pub fn write(&mut self, stream: &Arc<CudaStream>, ids: &[i64]) -> Result<(), Error> {
+        match self {
+            DeviceIndex::I64(s) => stream.memcpy_htod(ids, s).cuda("uploading topk_idx"),
+            DeviceIndex::I32(s) => {
+                let narrow: Vec<i32> = ids
+                    .iter()
+                    .map(|&v| v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
+                    .collect();
+                stream.memcpy_htod(&narrow, s).cuda("uploading topk_idx")
+            }
+        }
+    }
+
     /// Pushes the device pointer as a kernel argument.
     pub fn push<'a>(&'a self, launch: &mut cudarc::driver::LaunchArgs<'a>) {
         match self {

@@ -41,6 +41,10 @@ impl Gpu {
         let sms = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .cuda("reading the SM count")?;
+        // SAFETY: all of epc's work on this context is ordered on the one stream below, so the
+        // cross-stream event tracking this turns off has nothing to order; without it, launches
+        // can be captured into CUDA graphs.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().cuda("creating a stream")?;
         Ok(Gpu {
             ctx,

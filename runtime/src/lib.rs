@@ -30,7 +30,7 @@ pub use error::Error;
 pub use gpu::Gpu;
 pub use jit::{Jit, LoadedKernel};
 pub use layout::LayoutKernel;
-pub use ll::{DEFAULT_TIMEOUT, LlCall, LowLatency, PhaseTimes, RankDispatch};
+pub use ll::{DEFAULT_TIMEOUT, LlCall, LlGraphs, LowLatency, PhaseTimes, RankDispatch};
 pub use nvcc::Nvcc;
 pub use nvrtc::{Nvrtc, NvrtcLibrary};
 pub use virtual_ranks::VirtualRanks;

@@ -39,6 +39,26 @@ pub struct RankDispatch {
     pub recv_scales: Vec<f32>,
 }
 
+/// A call captured as CUDA graphs (see [`LowLatency::capture`]).
+pub struct LlGraphs {
+    /// Dispatch send and receive.
+    pub dispatch: cudarc::driver::CudaGraph,
+    /// Combine send and receive.
+    pub combine: cudarc::driver::CudaGraph,
+}
+
+impl LlGraphs {
+    /// Replays the dispatch of a new call.
+    pub fn dispatch(&self) -> Result<(), Error> {
+        self.dispatch.launch().cuda("replaying the dispatch graph")
+    }
+
+    /// Replays the combine of the current call.
+    pub fn combine(&self) -> Result<(), Error> {
+        self.combine.launch().cuda("replaying the combine graph")
+    }
+}
+
 /// Mean time of each launch of a call, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PhaseTimes {
@@ -76,8 +96,8 @@ pub struct LlCall {
     out: CudaSlice<u16>,
     tokens: Vec<usize>,
     host_idx: Vec<Vec<i64>>,
-    /// Host mirror of the epoch the send gave this call.
-    epoch: Option<u32>,
+    /// Whether a send was issued for this call (its epoch itself lives on the device).
+    sent: bool,
     spec: Spec,
 }
 
@@ -128,7 +148,7 @@ impl LlCall {
         let stream = gpu.stream();
         let tokens: Vec<i32> = inputs.iter().map(|i| i.routing.num_tokens as i32).collect();
         stream.memcpy_htod(&x, &mut self.x).cuda("uploading x")?;
-        self.topk_idx = DeviceIndex::upload(stream, s.index_dtype, &idx)?;
+        self.topk_idx.write(stream, &idx)?;
         stream
             .memcpy_htod(&w, &mut self.topk_weights)
             .cuda("uploading topk_weights")?;
@@ -140,9 +160,25 @@ impl LlCall {
         Ok(())
     }
 
-    fn epoch(&self, what: &str) -> Result<u32, Error> {
-        self.epoch
-            .ok_or_else(|| Error::Input(format!("{what} before this call's dispatch_send")))
+    fn require_sent(&self, what: &str) -> Result<(), Error> {
+        if self.sent {
+            Ok(())
+        } else {
+            Err(Error::Input(format!(
+                "{what} before this call's dispatch_send"
+            )))
+        }
+    }
+
+    /// The epoch the last send gave this call, read from the device (so it is right after graph
+    /// replays too).
+    fn device_epoch(&self, gpu: &Gpu, what: &str) -> Result<u32, Error> {
+        self.require_sent(what)?;
+        let epochs = gpu
+            .stream()
+            .clone_dtoh(&self.call_epoch)
+            .cuda("reading the call's epoch")?;
+        Ok(epochs.first().copied().unwrap_or(0))
     }
 }
 
@@ -156,7 +192,6 @@ pub struct LowLatency {
     ranks: VirtualRanks,
     /// FP8 only: each rank's tokens quantized once per send, `[R, M, staged row]`.
     staging: Option<CudaSlice<u8>>,
-    epoch: u32,
     blocks_per_rank: u32,
     threads: u32,
     timeout_ns: u64,
@@ -225,7 +260,6 @@ impl LowLatency {
             dispatch,
             combine,
             ranks,
-            epoch: 0,
             blocks_per_rank,
             threads,
             timeout_ns: DEFAULT_TIMEOUT.as_nanos() as u64,
@@ -262,7 +296,7 @@ impl LowLatency {
                 .cuda("allocating out")?,
             tokens: vec![0; r],
             host_idx: vec![Vec::new(); r],
-            epoch: None,
+            sent: false,
             spec: s.clone(),
         })
     }
@@ -311,14 +345,13 @@ impl LowLatency {
         // windows in the peer table live as long as `self.ranks`, and the grid is co-resident
         // (checked in `new`), which the blocks' one meeting needs.
         unsafe { launch.launch_cooperative(cfg) }.cuda("launching dispatch send")?;
-        self.epoch = self.epoch.wrapping_add(1).max(1);
-        call.epoch = Some(self.epoch);
+        call.sent = true;
         Ok(())
     }
 
     /// Completes the call's dispatch: waits for every rank's rows and takes the row counts.
     pub fn dispatch_recv(&mut self, call: &mut LlCall) -> Result<(), Error> {
-        call.epoch("dispatch_recv")?;
+        call.require_sent("dispatch_recv")?;
         let (cfg, rank_base, timeout) = (self.grid(1), 0i32, self.timeout_ns);
         let stream = self.gpu.stream().clone();
         let mut launch = stream.launch_builder(&self.dispatch[1]);
@@ -337,7 +370,7 @@ impl LowLatency {
     /// Writes the experts' outputs of a call into the windows: per rank `[L, R*M, H]` in the
     /// received layout (what an expert kernel would write in place).
     pub fn set_expert_outputs(&mut self, call: &LlCall, y: &[Vec<u16>]) -> Result<(), Error> {
-        let epoch = call.epoch("set_expert_outputs")?;
+        let epoch = call.device_epoch(&self.gpu, "set_expert_outputs")?;
         let s = &self.spec;
         let per_rank = (s.local_experts() * s.ranks * s.max_tokens_per_rank * s.hidden) as usize;
         if y.len() != s.ranks as usize || y.iter().any(|v| v.len() != per_rank) {
@@ -348,19 +381,42 @@ impl LowLatency {
         }
         let at = (self.window.half(epoch) + self.window.y_offset) as usize;
         let stream = self.gpu.stream().clone();
+        let counts = stream
+            .clone_dtoh(&call.recv_count)
+            .cuda("reading recv_count")?;
+        let (l, per_expert, row_bytes) = (
+            s.local_experts() as usize,
+            self.window.rows_per_expert as usize,
+            s.hidden as usize * 2,
+        );
         for (rank, values) in y.iter().enumerate() {
-            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let mut view = self.ranks.window_mut(rank).slice_mut(at..at + bytes.len());
-            stream
-                .memcpy_htod(&bytes, &mut view)
-                .cuda("uploading expert outputs")?;
+            // Only the received rows: the rest of y is never read.
+            for le in 0..l {
+                let n = (counts[rank * l + le].max(0) as usize).min(per_expert);
+                if n == 0 {
+                    continue;
+                }
+                let first = le * per_expert;
+                let bytes: Vec<u8> = values[first * row_bytes / 2..][..n * row_bytes / 2]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
+                let start = at + first * row_bytes;
+                let mut view = self
+                    .ranks
+                    .window_mut(rank)
+                    .slice_mut(start..start + bytes.len());
+                stream
+                    .memcpy_htod(&bytes, &mut view)
+                    .cuda("uploading expert outputs")?;
+            }
         }
         Ok(())
     }
 
     /// Announces that every rank's expert outputs of the call are complete.
     pub fn combine_send(&mut self, call: &LlCall) -> Result<(), Error> {
-        call.epoch("combine_send")?;
+        call.require_sent("combine_send")?;
         let (cfg, rank_base) = (self.grid(1), 0i32);
         let stream = self.gpu.stream();
         let mut launch = stream.launch_builder(&self.combine[0]);
@@ -375,7 +431,7 @@ impl LowLatency {
 
     /// Pulls and reduces the experts' rows into each rank's `out [T, H]`.
     pub fn combine_recv(&mut self, call: &mut LlCall) -> Result<(), Error> {
-        call.epoch("combine_recv")?;
+        call.require_sent("combine_recv")?;
         let (cfg, rank_base, timeout) = (self.grid(self.blocks_per_rank), 0i32, self.timeout_ns);
         let stream = self.gpu.stream().clone();
         let mut launch = stream.launch_builder(&self.combine[1]);
@@ -394,6 +450,36 @@ impl LowLatency {
         // `new_call`; the rows it reads are inside the windows (dispatch_row < R*M).
         unsafe { launch.launch(cfg) }.cuda("launching combine receive")?;
         Ok(())
+    }
+
+    /// Captures a call's launches into two CUDA graphs on the GPU's stream: dispatch (send and
+    /// receive) and combine (send and receive). Replays need no host work: new inputs written
+    /// with [`LlCall::set_inputs`] are picked up, and each dispatch replay starts a new call.
+    pub fn capture(&mut self, call: &mut LlCall) -> Result<LlGraphs, Error> {
+        let stream = self.gpu.stream().clone();
+        let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        let flags = cudarc::driver::sys::CUgraphInstantiate_flags(0);
+        let mut graph =
+            |what: &str, f: &mut dyn FnMut(&mut Self, &mut LlCall) -> Result<(), Error>| {
+                stream
+                    .begin_capture(mode)
+                    .cuda("beginning a graph capture")?;
+                let captured = f(self, call);
+                let graph = stream.end_capture(flags).cuda("ending a graph capture")?;
+                captured?;
+                graph.ok_or_else(|| {
+                    Error::Input(format!("capturing the {what} produced an empty graph"))
+                })
+            };
+        let dispatch = graph("dispatch", &mut |ll, call| {
+            ll.dispatch_send(call)?;
+            ll.dispatch_recv(call)
+        })?;
+        let combine = graph("combine", &mut |ll, call| {
+            ll.combine_send(call)?;
+            ll.combine_recv(call)
+        })?;
+        Ok(LlGraphs { dispatch, combine })
     }
 
     /// Times whole calls on the current inputs of `call`: `warmup` calls, then `iters` calls
@@ -512,52 +598,75 @@ impl LowLatency {
     }
 
     /// Waits, checks for errors and copies every rank's dispatch results of a call to the host.
+    /// Only received rows are copied; the rest of each tensor is left zero.
     pub fn dispatched(&mut self, call: &LlCall) -> Result<Vec<RankDispatch>, Error> {
-        let epoch = call.epoch("dispatched")?;
+        let epoch = call.device_epoch(&self.gpu, "dispatched")?;
         self.check(call)?;
         let stream = self.gpu.stream();
         let s = &self.spec;
         let w = &self.window;
         let (r, l) = (s.ranks as usize, s.local_experts() as usize);
-        let rows = l * w.rows_per_expert as usize;
+        let per_expert = w.rows_per_expert as usize;
+        let rows = l * per_expert;
+        let (payload, sc) = (w.payload_bytes as usize, w.scale_count as usize);
         let counts = stream
             .clone_dtoh(&call.recv_count)
             .cuda("reading recv_count")?;
         let half = w.half(epoch) as usize;
-        let read = |rank: usize, offset: u64, bytes: usize| -> Result<Vec<u8>, Error> {
-            if bytes == 0 {
-                return Ok(Vec::new());
+        // Copies `n` bytes at `offset` of rank `rank`'s half into `dst`.
+        let read = |rank: usize, offset: usize, dst: &mut [u8]| -> Result<(), Error> {
+            if dst.is_empty() {
+                return Ok(());
             }
-            let at = half + offset as usize;
-            stream
-                .clone_dtoh(&self.ranks.window(rank).slice(at..at + bytes))
-                .cuda("reading a window")
+            let at = half + offset;
+            let view = self.ranks.window(rank).slice(at..at + dst.len());
+            stream.memcpy_dtoh(&view, dst).cuda("reading a window")
         };
-        let ints = |b: Vec<u8>| -> Vec<i32> {
+        let ints = |b: &[u8]| -> Vec<i32> {
             b.chunks_exact(4)
                 .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect()
         };
-        (0..r)
-            .map(|d| {
-                let meta = ints(read(d, w.recv_meta_offset, rows * 8)?);
-                let scales = ints(read(
+        let mut out = Vec::with_capacity(r);
+        for d in 0..r {
+            let (mut x, mut scales, mut meta) = (
+                vec![0u8; rows * payload],
+                vec![0u8; rows * sc * 4],
+                vec![0u8; rows * 8],
+            );
+            for le in 0..l {
+                let n = (counts[d * l + le].max(0) as usize).min(per_expert);
+                let first = le * per_expert;
+                read(
                     d,
-                    w.recv_scales_offset,
-                    rows * w.scale_count as usize * 4,
-                )?);
-                Ok(RankDispatch {
-                    recv_count: counts[d * l..][..l].to_vec(),
-                    recv_src: meta.chunks_exact(2).map(|m| m[0]).collect(),
-                    recv_range: ints(read(d, w.range_offset, l * r * 8)?),
-                    recv_x: read(d, w.recv_x_offset, rows * w.payload_bytes as usize)?,
-                    recv_scales: scales
-                        .into_iter()
-                        .map(|b| f32::from_bits(b as u32))
-                        .collect(),
-                })
-            })
-            .collect()
+                    w.recv_x_offset as usize + first * payload,
+                    &mut x[first * payload..][..n * payload],
+                )?;
+                read(
+                    d,
+                    w.recv_scales_offset as usize + first * sc * 4,
+                    &mut scales[first * sc * 4..][..n * sc * 4],
+                )?;
+                read(
+                    d,
+                    w.recv_meta_offset as usize + first * 8,
+                    &mut meta[first * 8..][..n * 8],
+                )?;
+            }
+            let mut range = vec![0u8; l * r * 8];
+            read(d, w.range_offset as usize, &mut range)?;
+            out.push(RankDispatch {
+                recv_count: counts[d * l..][..l].to_vec(),
+                recv_src: ints(&meta).chunks_exact(2).map(|m| m[0]).collect(),
+                recv_range: ints(&range),
+                recv_x: x,
+                recv_scales: ints(&scales)
+                    .into_iter()
+                    .map(|b| f32::from_bits(b as u32))
+                    .collect(),
+            });
+        }
+        Ok(out)
     }
 
     /// Waits, checks for errors and copies every rank's combined `out [T, H]` to the host.

@@ -213,7 +213,7 @@ fn ll_dispatch_and_combine_match_the_reference() {
     let routings: usize = std::env::var("EPC_LL_ROUTINGS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+        .unwrap_or(200);
     for &(r, h, k, e, dispatch, index) in CASES {
         let spec = spec(r, h, k, e, dispatch, index);
         let mut ll = LowLatency::new(&gpu, &jit, &renderer(), &spec).unwrap();
@@ -366,4 +366,34 @@ fn bad_inputs_are_errors() {
         &ll.combined(&call).unwrap(),
         "bad id skipped",
     );
+}
+
+#[test]
+fn a_captured_call_replays_100_times_with_new_routings() {
+    let Some((gpu, jit, _dir)) =
+        gpu_jit_or_skip("a_captured_call_replays_100_times_with_new_routings")
+    else {
+        return;
+    };
+    let spec = spec(4, 2048, 4, 16, "fp8_e4m3", "i32");
+    let mut ll = LowLatency::new(&gpu, &jit, &renderer(), &spec).unwrap();
+    let mut call = ll.new_call().unwrap();
+    call.set_inputs(&gpu, &inputs_for(&spec, 0)).unwrap();
+    let graphs = ll.capture(&mut call).unwrap();
+    for replay in 0..100 {
+        let inputs = inputs_for(&spec, 1000 + replay);
+        let what = format!("replay {replay}");
+        // New routings and tokens in the same input buffers; no launch from the host.
+        call.set_inputs(&gpu, &inputs).unwrap();
+        graphs.dispatch().unwrap();
+        let got = ll
+            .dispatched(&call)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        check_dispatch(&spec, &inputs, &got, &what);
+        ll.set_expert_outputs(&call, &expert_outputs(&spec, &got))
+            .unwrap();
+        graphs.combine().unwrap();
+        let out = ll.combined(&call).unwrap_or_else(|e| panic!("{what}: {e}"));
+        check_combine(&spec, &inputs, &out, &what);
+    }
 }
