@@ -179,6 +179,16 @@ impl Spec {
         crate::validate::parse_and_validate(text, file)
     }
 
+    /// The same deployment on `ranks` ranks of one NVLink domain (name suffixed `-r<ranks>`),
+    /// validated again.
+    pub fn with_ranks(&self, ranks: u32) -> Result<Spec, crate::SpecErrors> {
+        let mut s = self.clone();
+        s.ranks = ranks;
+        s.nvlink_domain = ranks;
+        s.name = format!("{}-r{ranks}", self.name);
+        Spec::from_yaml(&s.to_canonical_yaml(), Some(&s.name))
+    }
+
     /// Local experts per rank, L = E / R.
     pub fn local_experts(&self) -> u32 {
         self.experts / self.ranks

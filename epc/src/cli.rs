@@ -95,6 +95,16 @@ pub struct RunArgs {
     /// Timed launches after 10 warm-ups.
     #[arg(long, default_value_t = 100)]
     pub iters: usize,
+    /// Low-latency calls compared with the reference (the first at T = max_tokens_per_rank).
+    #[arg(long, default_value_t = 1)]
+    pub routings: usize,
+    /// Run low-latency specs on this many virtual ranks instead of their own.
+    #[arg(long)]
+    pub ranks: Option<u32>,
+    /// Write the first low-latency call's tensors here as .npy (rank<r>.<tensor>.npy; 16-bit
+    /// activations as their bit patterns, uint16).
+    #[arg(long, value_name = "DIR")]
+    pub dump: Option<PathBuf>,
 }
 
 /// `epc all`.

@@ -16,6 +16,7 @@ mod gpu;
 mod jit;
 mod layout;
 mod ll;
+pub mod ll_check;
 mod nvcc;
 mod nvrtc;
 pub mod reference;

@@ -266,6 +266,19 @@ impl LowLatency {
         })
     }
 
+    /// Device memory that `new` and one call allocate for `spec`, in bytes.
+    pub fn memory_bytes(spec: &Spec) -> u64 {
+        let w = Window::of(spec);
+        let (r, m, h, k) = (
+            u64::from(spec.ranks),
+            u64::from(spec.max_tokens_per_rank),
+            u64::from(spec.hidden),
+            u64::from(spec.top_k),
+        );
+        let call = r * m * (2 * h * 2 + k * (8 + 4 + 4));
+        r * (w.bytes() + m * w.staged_bytes + 4 * u64::from(workspace_ints(spec))) + call
+    }
+
     /// Allocates the tensors of one call (two calls may be in flight at once).
     pub fn new_call(&self) -> Result<LlCall, Error> {
         let s = &self.spec;

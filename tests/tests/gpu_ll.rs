@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use ep_codegen::Spec;
-use ep_runtime::reference::ll::{RankInput, combine, expected_dispatch, random_activations};
-use ep_runtime::reference::values::from_f32;
+use ep_runtime::ll_check::{self, expert_outputs};
+use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::routing::{Pattern, generate};
 use ep_runtime::{Error, LlCall, LowLatency, RankDispatch};
 use ep_tests::{gpu_jit_or_skip, renderer};
@@ -29,99 +29,12 @@ fn spec(r: u32, h: u32, k: u32, e: u32, dispatch: &str, index: &str) -> Spec {
     Spec::from_yaml(&yaml, None).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
 }
 
-/// The value an expert returns for channel c of (source rank, token, expert): any deterministic
-/// function works, as long as the test and the reference agree.
-fn expert_value(s: usize, t: usize, e: usize, c: usize) -> u16 {
-    let v = ((s * 31 + t * 7 + e * 3 + c) % 29) as f32 * 0.125 - 1.75;
-    from_f32(v, ep_codegen::Dtype::Bf16)
-}
-
 fn check_dispatch(spec: &Spec, inputs: &[RankInput], got: &[RankDispatch], what: &str) {
-    let (r, m) = (spec.ranks as usize, spec.max_tokens_per_rank as usize);
-    let payload = spec.hidden as usize * spec.dispatch_dtype.size() as usize;
-    let sc = spec.fp8.map_or(0, |_| spec.hidden as usize / 128);
-    let want = expected_dispatch(spec, inputs);
-    for d in 0..r {
-        for (le, expect) in want[d].iter().enumerate() {
-            let count = got[d].recv_count[le] as usize;
-            assert_eq!(count, expect.len(), "{what}: rank {d} expert {le} count");
-            let base = le * r * m;
-            // Source groups are contiguous at recv_range.
-            for s in 0..r {
-                let at = (le * r + s) * 2;
-                let (begin, n) = (
-                    got[d].recv_range[at] as usize,
-                    got[d].recv_range[at + 1] as usize,
-                );
-                let from_s = expect.iter().filter(|row| row.src_rank == s).count();
-                assert_eq!(
-                    n, from_s,
-                    "{what}: rank {d} expert {le} source {s} range count"
-                );
-                for i in begin..begin + n {
-                    assert_eq!(
-                        got[d].recv_src[base + i] as usize / m,
-                        s,
-                        "{what}: row {i} not from {s}"
-                    );
-                }
-            }
-            let mut rows: Vec<usize> = (0..count).collect();
-            rows.sort_by_key(|&i| got[d].recv_src[base + i]);
-            for (i, row) in rows.into_iter().zip(expect) {
-                let src = got[d].recv_src[base + i] as usize;
-                assert_eq!(
-                    (src / m, src % m),
-                    (row.src_rank, row.token),
-                    "{what}: rank {d} expert {le}"
-                );
-                let bytes = &got[d].recv_x[(base + i) * payload..][..payload];
-                assert!(
-                    bytes == row.payload.as_slice(),
-                    "{what}: payload of rank {d} expert {le} from ({}, {})",
-                    row.src_rank,
-                    row.token
-                );
-                if sc > 0 {
-                    let scales = &got[d].recv_scales[(base + i) * sc..][..sc];
-                    let same = scales
-                        .iter()
-                        .zip(&row.scales)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(
-                        same,
-                        "{what}: scales of rank {d} expert {le}: {scales:?} vs {:?}",
-                        row.scales
-                    );
-                }
-            }
-        }
-    }
+    ll_check::check_dispatch(spec, inputs, got).unwrap_or_else(|e| panic!("{what}: {e}"));
 }
 
-/// y for every rank, from the dispatch layout, and the reference outputs.
-fn expert_outputs(spec: &Spec, got: &[RankDispatch]) -> Vec<Vec<u16>> {
-    let (r, l, m, h) = (
-        spec.ranks as usize,
-        spec.local_experts() as usize,
-        spec.max_tokens_per_rank as usize,
-        spec.hidden as usize,
-    );
-    (0..r)
-        .map(|d| {
-            let mut y = vec![0u16; l * r * m * h];
-            for le in 0..l {
-                for i in 0..got[d].recv_count[le] as usize {
-                    let row = le * r * m + i;
-                    let src = got[d].recv_src[row] as usize;
-                    for c in 0..h {
-                        y[row * h + c] = expert_value(src / m, src % m, d * l + le, c);
-                    }
-                }
-            }
-            y
-        })
-        .collect()
+fn check_combine(spec: &Spec, inputs: &[RankInput], out: &[Vec<u16>], what: &str) {
+    ll_check::check_combine(spec, inputs, out).unwrap_or_else(|e| panic!("{what}: {e}"));
 }
 
 /// Random inputs of every rank for routing `i`: sizes T = 0, T = M and between, by rank.
@@ -147,38 +60,6 @@ fn inputs_for(spec: &Spec, i: usize) -> Vec<RankInput> {
             }
         })
         .collect()
-}
-
-/// Checks a combined output against the reference.
-fn check_combine(spec: &Spec, inputs: &[RankInput], out: &[Vec<u16>], what: &str) {
-    let (h, k) = (spec.hidden as usize, spec.top_k as usize);
-    for (s, input) in inputs.iter().enumerate() {
-        let rows: Vec<Vec<Vec<u16>>> = (0..input.routing.num_tokens)
-            .map(|t| {
-                (0..k)
-                    .map(|slot| {
-                        let ex = input.routing.expert(t, slot).max(0) as usize;
-                        (0..h).map(|c| expert_value(s, t, ex, c)).collect()
-                    })
-                    .collect()
-            })
-            .collect();
-        let want = combine(spec, &input.routing, |t, slot| &rows[t][slot]);
-        if out[s] != want {
-            let first = out[s]
-                .iter()
-                .zip(&want)
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
-            panic!(
-                "{what}: combine of rank {s} differs first at token {} channel {}: {:#06x} vs {:#06x}",
-                first / h,
-                first % h,
-                out[s][first],
-                want[first]
-            );
-        }
-    }
 }
 
 /// One whole call through `ll`, checked against the reference.

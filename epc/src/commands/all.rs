@@ -4,11 +4,12 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use ep_codegen::Mode;
 use ep_runtime::CacheOutcome;
 use ep_runtime::routing::Pattern;
 
 use super::check::summary;
-use super::verify::{Plan, verify_layout};
+use super::verify::{LlPlan, Plan, fitting, verify_layout, verify_ll};
 use crate::cli::AllArgs;
 use crate::inputs::{load_specs, optional_gpu, optional_jit, renderer};
 use crate::progress::bar;
@@ -72,8 +73,15 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
     };
     println!("GPU {} ({}, {} SMs)", gpu.name(), gpu.arch(), gpu.sms());
     println!(
-        "  {:<24} {:<28} {:>9} {:>8} {:>12}",
-        "spec", "compile", "verified", "T", "layout (us)"
+        "  {:<24} {:<30} {:>9} {:>8} {:>12} {:>9} {:>14} {:>13}",
+        "spec",
+        "compile",
+        "verified",
+        "T",
+        "layout (us)",
+        "LL ranks",
+        "dispatch (us)",
+        "combine (us)"
     );
     for ((l, c), ks) in specs.iter().zip(&compiled).zip(&rendered) {
         let spec = &l.spec;
@@ -85,11 +93,32 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
             iters: 100,
         };
         let v = verify_layout(&gpu, &jit, spec, &ks[0], &plan)?;
+        let ll = if spec.mode == Mode::LowLatency {
+            let runnable = fitting(&gpu, spec)?;
+            let ll_plan = LlPlan {
+                seed: 0,
+                routings: args.routings,
+                iters: 20,
+                dump: None,
+            };
+            let l = verify_ll(&gpu, &jit, &renderer, &runnable, &ll_plan)?;
+            format!(
+                "{:>9} {:>14.2} {:>13.2}",
+                format!("{}/{}", l.ranks, spec.ranks),
+                l.times.dispatch(),
+                l.times.combine()
+            )
+        } else {
+            format!("{:>9} {:>14} {:>13}", "-", "-", "-")
+        };
         println!(
-            "  {:<24} {:<28} {:>9} {:>8} {:>12.2}",
+            "  {:<24} {:<30} {:>9} {:>8} {:>12.2} {ll}",
             spec.name, c, v.routings, plan.tokens, v.layout_us
         );
     }
-    println!("all specs verified against the CPU reference");
+    println!(
+        "all specs verified against the CPU reference (LL ranks: virtual ranks run / the spec's; \
+         fewer when the spec's windows do not fit on this GPU)"
+    );
     Ok(ExitCode::SUCCESS)
 }

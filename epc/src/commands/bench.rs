@@ -61,15 +61,6 @@ fn standard() -> Result<Vec<Spec>> {
     ])
 }
 
-/// `spec` on `ranks` ranks of one NVLink domain, validated again.
-fn with_ranks(spec: &Spec, ranks: u32) -> Result<Spec> {
-    let mut s = spec.clone();
-    s.ranks = ranks;
-    s.nvlink_domain = ranks;
-    s.name = format!("{}-r{ranks}", spec.name);
-    Ok(Spec::from_yaml(&s.to_canonical_yaml(), Some(&s.name))?)
-}
-
 /// Times all workloads and prints, writes CSV and SVG as asked.
 pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
     let mut specs = if args.specs.is_empty() || args.standard {
@@ -85,7 +76,7 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
         .or((args.specs.is_empty() || args.standard).then_some(8));
     let specs: Vec<Spec> = specs
         .iter()
-        .map(|s| ranks.map_or(Ok(s.clone()), |r| with_ranks(s, r)))
+        .map(|s| ranks.map_or(Ok(s.clone()), |r| Ok(s.with_ranks(r)?)))
         .collect::<Result<_>>()?;
     if let Some(s) = specs.iter().find(|s| s.mode != Mode::LowLatency) {
         bail!(

@@ -4,9 +4,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
+use ep_codegen::Mode;
 use ep_runtime::Jit;
 
-use super::verify::{Plan, verify_layout};
+use super::verify::{LlPlan, Plan, fitting, verify_layout, verify_ll};
 use crate::cli::RunArgs;
 use crate::inputs::{load_specs, renderer};
 
@@ -48,6 +49,38 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
              tokens per rank {:?}  busiest expert {busiest}",
             spec.name, args.seed, v.layout_us, v.layout.num_tokens_per_rank
         );
+        if spec.mode == Mode::LowLatency {
+            let runnable = match args.ranks {
+                Some(r) => spec.with_ranks(r)?,
+                None => fitting(&gpu, spec)?,
+            };
+            let plan = LlPlan {
+                seed: args.seed,
+                routings: args.routings,
+                iters: args.iters,
+                dump: args.dump.as_deref(),
+            };
+            let l = verify_ll(&gpu, &jit, &renderer, &runnable, &plan)?;
+            println!(
+                "{:<24} {} of {} ranks, {} call(s) match the reference (dispatch and combine); \
+                 at T={}: dispatch {:.2} us (send {:.2} + receive {:.2}), combine {:.2} us \
+                 (send {:.2} + receive {:.2})",
+                spec.name,
+                l.ranks,
+                spec.ranks,
+                l.routings,
+                m,
+                l.times.dispatch(),
+                l.times.dispatch_send,
+                l.times.dispatch_recv,
+                l.times.combine(),
+                l.times.combine_send,
+                l.times.combine_recv
+            );
+            if let Some(dir) = &args.dump {
+                println!("wrote rank<r>.<tensor>.npy files to {}", dir.display());
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,10 +1,15 @@
 //! Running a spec's kernels on the GPU against the CPU reference, and timing them.
 
-use anyhow::{Context, Result, bail};
-use ep_codegen::{KernelSource, Spec};
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ep_codegen::{KernelSource, Renderer, Spec};
+use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::reference::{self, Layout};
 use ep_runtime::routing::{Pattern, generate};
-use ep_runtime::{Gpu, Jit, LayoutKernel};
+use ep_runtime::{Gpu, Jit, LayoutKernel, LowLatency, PhaseTimes, ll_check};
+
+use crate::npy;
 
 /// What to run.
 pub struct Plan {
@@ -79,4 +84,179 @@ pub fn verify_layout(
         layout: first.unwrap_or_else(|| unreachable!("at least one routing runs")),
         layout_us,
     })
+}
+
+/// What one spec's low-latency check found.
+pub struct LlVerified {
+    /// Ranks it ran with (the spec's, or fewer when the spec's do not fit on one GPU).
+    pub ranks: u32,
+    /// Calls compared with the reference, all equal.
+    pub routings: usize,
+    /// Launch times at T = M on every rank.
+    pub times: PhaseTimes,
+}
+
+/// The spec as it can run on this GPU: its own rank count when its windows fit in 80% of the
+/// free memory, else 8 ranks (or fewer) of the same deployment.
+pub fn fitting(gpu: &Gpu, spec: &Spec) -> Result<Spec> {
+    let (free, _) = gpu.context().mem_get_info()?;
+    let fits = |s: &Spec| LowLatency::memory_bytes(s) < free as u64 / 10 * 8;
+    if fits(spec) {
+        return Ok(spec.clone());
+    }
+    for r in [8, 4, 2, 1] {
+        if r < spec.ranks && spec.experts.is_multiple_of(r) {
+            let smaller = spec.with_ranks(r)?;
+            if fits(&smaller) {
+                return Ok(smaller);
+            }
+        }
+    }
+    bail!("{} does not fit on this GPU even with one rank", spec.name)
+}
+
+/// What a low-latency check runs.
+pub struct LlPlan<'a> {
+    /// Seed of the routings.
+    pub seed: u64,
+    /// Calls compared with the reference.
+    pub routings: usize,
+    /// Timed calls.
+    pub iters: usize,
+    /// Where to write the first call's tensors.
+    pub dump: Option<&'a Path>,
+}
+
+/// Runs `routings` low-latency calls (rotating through the routing patterns, sizes between 0
+/// and M, the first at T = M) and compares dispatch and combine with the reference; then times
+/// a call at T = M. With `dump`, writes the first call's tensors there as `.npy`.
+pub fn verify_ll(
+    gpu: &Gpu,
+    jit: &Jit,
+    renderer: &Renderer,
+    spec: &Spec,
+    plan: &LlPlan<'_>,
+) -> Result<LlVerified> {
+    let (seed, routings) = (plan.seed, plan.routings);
+    let mut ll = LowLatency::new(gpu, jit, renderer, spec)?;
+    let mut call = ll.new_call()?;
+    let (r, k, e, m) = (
+        spec.ranks as usize,
+        spec.top_k as usize,
+        spec.experts as usize,
+        spec.max_tokens_per_rank as usize,
+    );
+    let inputs_of = |i: usize| -> Vec<RankInput> {
+        (0..r)
+            .map(|rank| {
+                let t = if i == 0 {
+                    m
+                } else {
+                    (i * 7919 + rank * 104_729) % (m + 1)
+                };
+                let s = seed
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add((i * r + rank) as u64);
+                RankInput {
+                    routing: generate(Pattern::ALL[i % Pattern::ALL.len()], t, k, e, r, s),
+                    x: random_activations(spec, t, s),
+                }
+            })
+            .collect()
+    };
+    for i in 0..routings.max(1) {
+        let inputs = inputs_of(i);
+        call.set_inputs(gpu, &inputs)?;
+        ll.dispatch_send(&mut call)?;
+        ll.dispatch_recv(&mut call)?;
+        let got = ll.dispatched(&call)?;
+        ll_check::check_dispatch(spec, &inputs, &got).map_err(|why| {
+            anyhow!(
+                "{}: dispatch of call {i} differs from the reference: {why}",
+                spec.name
+            )
+        })?;
+        let y = ll_check::expert_outputs(spec, &got);
+        ll.set_expert_outputs(&call, &y)?;
+        ll.combine_send(&call)?;
+        ll.combine_recv(&mut call)?;
+        let out = ll.combined(&call)?;
+        ll_check::check_combine(spec, &inputs, &out).map_err(|why| {
+            anyhow!(
+                "{}: combine of call {i} differs from the reference: {why}",
+                spec.name
+            )
+        })?;
+        if let (0, Some(dir)) = (i, plan.dump) {
+            dump_call(dir, spec, &inputs, &got, &y, &out)?;
+        }
+    }
+    call.set_inputs(gpu, &inputs_of(0))?;
+    let times = ll.time_phases(&mut call, 10, plan.iters)?;
+    Ok(LlVerified {
+        ranks: spec.ranks,
+        routings: routings.max(1),
+        times,
+    })
+}
+
+/// Writes one call's tensors as `rank<r>.<tensor>.npy`, named as in DESIGN.md.
+fn dump_call(
+    dir: &Path,
+    spec: &Spec,
+    inputs: &[RankInput],
+    got: &[ep_runtime::RankDispatch],
+    y: &[Vec<u16>],
+    out: &[Vec<u16>],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (r, l, m, h, k) = (
+        spec.ranks as usize,
+        spec.local_experts() as usize,
+        spec.max_tokens_per_rank as usize,
+        spec.hidden as usize,
+        spec.top_k as usize,
+    );
+    let rows = r * m;
+    for (rank, input) in inputs.iter().enumerate() {
+        let t = input.routing.num_tokens;
+        let file = |name: &str| dir.join(format!("rank{rank}.{name}.npy"));
+        npy::write(&file("x"), &[t, h], npy::Data::U16(&input.x))?;
+        npy::write(
+            &file("topk_idx"),
+            &[t, k],
+            npy::Data::I64(&input.routing.topk_idx),
+        )?;
+        npy::write(
+            &file("topk_weights"),
+            &[t, k],
+            npy::Data::F32(&input.routing.topk_weights),
+        )?;
+        let g = &got[rank];
+        if spec.fp8.is_some() {
+            npy::write(&file("recv_x"), &[l, rows, h], npy::Data::U8(&g.recv_x))?;
+            npy::write(
+                &file("recv_scales"),
+                &[l, rows, g.recv_scales.len() / (l * rows).max(1)],
+                npy::Data::F32(&g.recv_scales),
+            )?;
+        } else {
+            let halves: Vec<u16> = g
+                .recv_x
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            npy::write(&file("recv_x"), &[l, rows, h], npy::Data::U16(&halves))?;
+        }
+        npy::write(&file("recv_count"), &[l], npy::Data::I32(&g.recv_count))?;
+        npy::write(&file("recv_src"), &[l, rows], npy::Data::I32(&g.recv_src))?;
+        npy::write(
+            &file("recv_range"),
+            &[l, r, 2],
+            npy::Data::I32(&g.recv_range),
+        )?;
+        npy::write(&file("y"), &[l, rows, h], npy::Data::U16(&y[rank]))?;
+        npy::write(&file("out"), &[t, h], npy::Data::U16(&out[rank]))?;
+    }
+    Ok(())
 }
