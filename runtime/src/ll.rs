@@ -225,12 +225,6 @@ impl LowLatency {
         let threads = dispatch_src.launch.block_threads;
         let r = spec.ranks as usize;
         let window = Window::of(spec);
-        let ranks = VirtualRanks::new(
-            gpu,
-            r,
-            usize::try_from(window.bytes()).unwrap_or(usize::MAX),
-            workspace_ints(spec) as usize,
-        )?;
         // The blocks of each rank's send meet once, so the whole grid must be co-resident:
         // the SMs are split between the ranks.
         let per_sm = dispatch[0]
@@ -240,10 +234,16 @@ impl LowLatency {
         if per_sm == 0 || blocks_per_rank as usize * r > (gpu.sms() * per_sm) as usize {
             return Err(Error::Input(format!(
                 "{r} virtual ranks need {r} co-resident blocks of {threads} threads, more than \
-                 this GPU's {} SMs x {per_sm} can hold",
+                 this GPU's {} SMs x {per_sm} can hold; use fewer ranks or fewer warps per block",
                 gpu.sms()
             )));
         }
+        let ranks = VirtualRanks::new(
+            gpu,
+            r,
+            usize::try_from(window.bytes()).unwrap_or(usize::MAX),
+            workspace_ints(spec) as usize,
+        )?;
         let staging = match window.staged_bytes {
             0 => None,
             bytes => Some(

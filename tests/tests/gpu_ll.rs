@@ -278,3 +278,20 @@ fn a_captured_call_replays_100_times_with_new_routings() {
         check_combine(&spec, &inputs, &out, &what);
     }
 }
+
+#[test]
+fn a_grid_that_cannot_be_co_resident_is_refused() {
+    let Some((gpu, jit, _dir)) = gpu_jit_or_skip("a_grid_that_cannot_be_co_resident_is_refused")
+    else {
+        return;
+    };
+    // 1024 ranks of 1024 threads each: far more blocks than any GPU holds at once.
+    let yaml = "name: too-many\nmode: low_latency\nhidden: 128\nexperts: 1024\ntop_k: 1\n\
+                ranks: 1024\nmax_tokens_per_rank: 1\ntuning: {warps_per_block: 32}\n";
+    let spec = Spec::from_yaml(yaml, None).unwrap();
+    match LowLatency::new(&gpu, &jit, &renderer(), &spec) {
+        Err(Error::Input(why)) => assert!(why.contains("co-resident"), "{why}"),
+        Err(other) => panic!("expected a co-residency error, got {other}"),
+        Ok(_) => panic!("expected a co-residency error"),
+    }
+}
