@@ -116,9 +116,9 @@ impl Window {
 }
 
 /// Ints of per-rank workspace: per-expert counts and bases `[E]` each, the last epoch, the
-/// bases-ready epoch, two done counters and four error words.
+/// bases-ready epoch, two done counters, four error words and each selection's slot `[M * K]`.
 pub fn workspace_ints(spec: &Spec) -> u32 {
-    2 * spec.experts + 8
+    2 * spec.experts + 8 + spec.max_tokens_per_rank * spec.top_k
 }
 
 /// Index of the error words inside a rank's workspace.
