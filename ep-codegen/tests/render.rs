@@ -74,6 +74,46 @@ fn every_builtin_spec_is_valid_and_renders() {
     );
 }
 
+/// The parameter names of `entry`'s definition in `source`.
+fn signature(source: &str, entry: &str) -> Vec<String> {
+    let start = source
+        .find(&format!("{entry}("))
+        .unwrap_or_else(|| panic!("{entry} is defined"))
+        + entry.len()
+        + 1;
+    let end = start + source[start..].find(") {").expect("a parameter list");
+    source[start..end]
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("{{") && !l.trim().is_empty())
+        .flat_map(|l| l.split(','))
+        .filter_map(|p| p.split_whitespace().last())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn manifest_parameters_match_the_generated_signatures() {
+    let renderer = Renderer::new().unwrap();
+    for b in builtin_specs() {
+        for k in renderer.render(&b.parse().unwrap()).unwrap() {
+            for entry in &k.entries {
+                let planned: Vec<&str> = k
+                    .params
+                    .iter()
+                    .filter(|p| p.entry == entry.as_str())
+                    .map(|p| p.name)
+                    .collect();
+                assert_eq!(
+                    planned,
+                    signature(&k.source, entry),
+                    "{} {entry}",
+                    k.file_name
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn rendering_is_deterministic_and_spec_sensitive() {
     let renderer = Renderer::new().unwrap();

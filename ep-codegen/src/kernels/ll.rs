@@ -192,59 +192,30 @@ fn common(spec: &Spec) -> Common {
     (constants, strings, flags, threads)
 }
 
-fn param(name: &'static str, ctype: &str, shape: &str) -> Param {
+fn param(entry: &'static str, name: &'static str, ctype: &str, shape: &str) -> Param {
     Param {
+        entry,
         name,
         ctype: ctype.into(),
         shape: shape.into(),
     }
 }
 
-/// The dispatch kernels (send, then receive).
-pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
+/// A plan of the LL family `name` (`ll_dispatch`, `ll_combine`) with send and receive entries.
+fn plan(
+    spec: &Spec,
+    name: &'static str,
+    template: &'static str,
+    title: String,
+    params: Vec<Param>,
+) -> KernelPlan {
     let (constants, strings, flags, threads) = common(spec);
-    let params = vec![
-        param(
-            "x",
-            "const unsigned short*",
-            "[G, M, H] (G = ranks in the launch)",
-        ),
-        param("topk_idx", "const index_t*", "[G, M, K]"),
-        param("num_tokens", "const int*", "[G]"),
-        param(
-            "dispatch_row",
-            "int*",
-            "[G, M, K]: row at the expert, -1 for none (send writes)",
-        ),
-        param(
-            "call_epoch",
-            "unsigned*",
-            "[G]: the call's epoch (send writes)",
-        ),
-        param("workspace", "int*", "[G, 2E + 8]"),
-        param("staging", "char*", "[G, M, staged row] (FP8 only)"),
-        param("peers", "char* const*", "[R] window bases"),
-        param("rank_base", "int", "scalar: rank of grid.y = 0"),
-        param("timeout_ns", "unsigned long long", "scalar"),
-        param("recv_count", "int*", "[G, L] (receive writes)"),
-    ];
+    let entry = |phase: &str| format!("epc_{name}_{phase}");
     KernelPlan {
-        name: "ll_dispatch",
-        title: format!(
-            "Low-latency dispatch: H={} {} -> {}, E={} over R={} ranks, top-{}, M={}.",
-            spec.hidden,
-            spec.dtype.as_str(),
-            spec.dispatch_dtype.as_str(),
-            spec.experts,
-            spec.ranks,
-            spec.top_k,
-            spec.max_tokens_per_rank
-        ),
-        template: "ll_dispatch.cu",
-        entries: vec![
-            ("entry_send", "epc_ll_dispatch_send".into()),
-            ("entry_recv", "epc_ll_dispatch_recv".into()),
-        ],
+        name,
+        title,
+        template,
+        entries: vec![("entry_send", entry("send")), ("entry_recv", entry("recv"))],
         constants,
         strings,
         flags,
@@ -258,46 +229,102 @@ pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
     }
 }
 
+/// The dispatch kernels (send, then receive).
+pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
+    const SEND: &str = "epc_ll_dispatch_send";
+    const RECV: &str = "epc_ll_dispatch_recv";
+    let mut params = vec![
+        param(
+            SEND,
+            "x",
+            "const unsigned short*",
+            "[G, M, H] (G = ranks in the launch)",
+        ),
+        param(SEND, "topk_idx", "const index_t*", "[G, M, K]"),
+        param(SEND, "num_tokens", "const int*", "[G]"),
+        param(
+            SEND,
+            "dispatch_row",
+            "int*",
+            "[G, M, K]: row at the expert, -1 for none",
+        ),
+        param(SEND, "call_epoch", "unsigned*", "[G]: the call's epoch"),
+        param(SEND, "workspace", "int*", "[G, 2E + 8 + M*K]"),
+    ];
+    if spec.fp8.is_some() {
+        params.push(param(SEND, "staging", "char*", "[G, M, staged row]"));
+    }
+    params.extend([
+        param(SEND, "peers", "char* const*", "[R] window bases"),
+        param(SEND, "rank_base", "int", "rank of grid.y = 0"),
+        param(
+            SEND,
+            "timeout_ns",
+            "unsigned long long",
+            "bound of every wait",
+        ),
+        param(RECV, "call_epoch", "const unsigned*", "[G]"),
+        param(RECV, "recv_count", "int*", "[G, L]"),
+        param(RECV, "workspace", "int*", "[G, 2E + 8 + M*K]"),
+        param(RECV, "peers", "char* const*", "[R] window bases"),
+        param(RECV, "rank_base", "int", "rank of grid.y = 0"),
+        param(
+            RECV,
+            "timeout_ns",
+            "unsigned long long",
+            "bound of every wait",
+        ),
+    ]);
+    let title = format!(
+        "Low-latency dispatch: H={} {} -> {}, E={} over R={} ranks, top-{}, M={}.",
+        spec.hidden,
+        spec.dtype.as_str(),
+        spec.dispatch_dtype.as_str(),
+        spec.experts,
+        spec.ranks,
+        spec.top_k,
+        spec.max_tokens_per_rank
+    );
+    plan(spec, "ll_dispatch", "ll_dispatch.cu", title, params)
+}
+
 /// The combine kernels (send, then receive).
 pub fn combine_plan(spec: &Spec) -> KernelPlan {
-    let (constants, strings, flags, threads) = common(spec);
+    const SEND: &str = "epc_ll_combine_send";
+    const RECV: &str = "epc_ll_combine_recv";
     let params = vec![
-        param("call_epoch", "const unsigned*", "[G] (from dispatch)"),
-        param("peers", "char* const*", "[R] window bases"),
-        param("rank_base", "int", "scalar"),
-        param("topk_idx", "const index_t*", "[G, M, K] (receive)"),
-        param("topk_weights", "const float*", "[G, M, K] (receive)"),
-        param("num_tokens", "const int*", "[G] (receive)"),
-        param("dispatch_row", "const int*", "[G, M, K] (from dispatch)"),
-        param("out", "unsigned short*", "[G, M, H] (receive)"),
-        param("workspace", "int*", "[G, 2E + 8]"),
-        param("timeout_ns", "unsigned long long", "scalar"),
-    ];
-    KernelPlan {
-        name: "ll_combine",
-        title: format!(
-            "Low-latency combine: H={} {}, E={} over R={} ranks, top-{}, M={}.",
-            spec.hidden,
-            spec.combine_dtype.as_str(),
-            spec.experts,
-            spec.ranks,
-            spec.top_k,
-            spec.max_tokens_per_rank
+        param(SEND, "call_epoch", "const unsigned*", "[G] (from dispatch)"),
+        param(SEND, "peers", "char* const*", "[R] window bases"),
+        param(SEND, "rank_base", "int", "rank of grid.y = 0"),
+        param(RECV, "topk_idx", "const index_t*", "[G, M, K]"),
+        param(RECV, "topk_weights", "const float*", "[G, M, K]"),
+        param(RECV, "num_tokens", "const int*", "[G]"),
+        param(
+            RECV,
+            "dispatch_row",
+            "const int*",
+            "[G, M, K] (from dispatch)",
         ),
-        template: "ll_combine.cu",
-        entries: vec![
-            ("entry_send", "epc_ll_combine_send".into()),
-            ("entry_recv", "epc_ll_combine_recv".into()),
-        ],
-        constants,
-        strings,
-        flags,
-        launch: LaunchShape {
-            block_threads: threads,
-            tokens_per_block: 0,
-            shared_mem_bytes: 0,
-            cooperative: true,
-        },
-        params,
-    }
+        param(RECV, "call_epoch", "const unsigned*", "[G] (from dispatch)"),
+        param(RECV, "out", "unsigned short*", "[G, M, H]"),
+        param(RECV, "workspace", "int*", "[G, 2E + 8 + M*K]"),
+        param(RECV, "peers", "char* const*", "[R] window bases"),
+        param(RECV, "rank_base", "int", "rank of grid.y = 0"),
+        param(
+            RECV,
+            "timeout_ns",
+            "unsigned long long",
+            "bound of every wait",
+        ),
+    ];
+    let title = format!(
+        "Low-latency combine: H={} {}, E={} over R={} ranks, top-{}, M={}.",
+        spec.hidden,
+        spec.combine_dtype.as_str(),
+        spec.experts,
+        spec.ranks,
+        spec.top_k,
+        spec.max_tokens_per_rank
+    );
+    plan(spec, "ll_combine", "ll_combine.cu", title, params)
 }

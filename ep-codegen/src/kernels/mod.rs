@@ -27,6 +27,8 @@ pub struct LaunchShape {
 /// One kernel parameter, documented for `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Param {
+    /// The entry point it belongs to.
+    pub entry: &'static str,
     /// Name in the generated source.
     pub name: &'static str,
     /// CUDA type.
