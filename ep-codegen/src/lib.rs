@@ -28,7 +28,7 @@ pub use error::{Error, SpecError, SpecErrors};
 pub use export::{Manifest, export};
 pub use render::{GENERATOR_VERSION, KernelSource, Renderer};
 pub use spec::{
-    Dtype, Fp8, HighThroughput, IndexDtype, Layout, Mode, ScaleFormat, Spec, Tuning, hex,
+    Dims, Dtype, Fp8, HighThroughput, IndexDtype, Layout, Mode, ScaleFormat, Spec, Tuning, hex,
 };
 pub use validate::{
     FP8_BLOCK, MAX_EXPERTS, MAX_HIDDEN, MAX_HT_TOKENS, MAX_LL_TOKENS, MAX_RANKS, MAX_TOP_K,

@@ -189,6 +189,18 @@ impl Spec {
         Spec::from_yaml(&s.to_canonical_yaml(), Some(&s.name))
     }
 
+    /// The sizes as `usize`, for indexing.
+    pub fn dims(&self) -> Dims {
+        Dims {
+            ranks: self.ranks as usize,
+            local: self.local_experts() as usize,
+            experts: self.experts as usize,
+            tokens: self.max_tokens_per_rank as usize,
+            hidden: self.hidden as usize,
+            top_k: self.top_k as usize,
+        }
+    }
+
     /// Local experts per rank, L = E / R.
     pub fn local_experts(&self) -> u32 {
         self.experts / self.ranks
@@ -206,6 +218,23 @@ impl Spec {
         let digest = Sha256::digest(self.to_canonical_yaml().as_bytes());
         hex(&digest[..8])
     }
+}
+
+/// A spec's sizes as `usize` (see [`Spec::dims`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    /// R.
+    pub ranks: usize,
+    /// L = E / R.
+    pub local: usize,
+    /// E.
+    pub experts: usize,
+    /// M, max tokens per rank.
+    pub tokens: usize,
+    /// H.
+    pub hidden: usize,
+    /// K.
+    pub top_k: usize,
 }
 
 /// Lower-case hex of bytes.

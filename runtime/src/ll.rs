@@ -105,12 +105,13 @@ impl LlCall {
     /// Uploads every rank's tokens, ids and weights (one [`RankInput`] per rank).
     pub fn set_inputs(&mut self, gpu: &Gpu, inputs: &[RankInput]) -> Result<(), Error> {
         let s = &self.spec;
-        let (r, m, h, k) = (
-            s.ranks as usize,
-            s.max_tokens_per_rank as usize,
-            s.hidden as usize,
-            s.top_k as usize,
-        );
+        let ep_codegen::Dims {
+            ranks: r,
+            tokens: m,
+            hidden: h,
+            top_k: k,
+            ..
+        } = s.dims();
         if inputs.len() != r {
             return Err(Error::Input(format!(
                 "{} rank inputs for {r} ranks",
@@ -282,13 +283,14 @@ impl LowLatency {
     /// Allocates the tensors of one call (two calls may be in flight at once).
     pub fn new_call(&self) -> Result<LlCall, Error> {
         let s = &self.spec;
-        let (r, l, m, h, k) = (
-            s.ranks as usize,
-            s.local_experts() as usize,
-            s.max_tokens_per_rank as usize,
-            s.hidden as usize,
-            s.top_k as usize,
-        );
+        let ep_codegen::Dims {
+            ranks: r,
+            local: l,
+            tokens: m,
+            hidden: h,
+            top_k: k,
+            ..
+        } = s.dims();
         let stream = self.gpu.stream();
         Ok(LlCall {
             x: stream.alloc_zeros::<u16>(r * m * h).cuda("allocating x")?,
@@ -690,10 +692,11 @@ impl LowLatency {
             .stream()
             .clone_dtoh(&call.out)
             .cuda("reading out")?;
-        let (m, h) = (
-            self.spec.max_tokens_per_rank as usize,
-            self.spec.hidden as usize,
-        );
+        let ep_codegen::Dims {
+            tokens: m,
+            hidden: h,
+            ..
+        } = self.spec.dims();
         Ok(call
             .tokens
             .iter()

@@ -92,12 +92,13 @@ pub fn check_dispatch(
 
 /// Expert outputs `y` for every rank in the received layout, from [`expert_value`].
 pub fn expert_outputs(spec: &Spec, got: &[RankDispatch]) -> Vec<Vec<u16>> {
-    let (r, l, m, h) = (
-        spec.ranks as usize,
-        spec.local_experts() as usize,
-        spec.max_tokens_per_rank as usize,
-        spec.hidden as usize,
-    );
+    let ep_codegen::Dims {
+        ranks: r,
+        local: l,
+        tokens: m,
+        hidden: h,
+        ..
+    } = spec.dims();
     (0..r)
         .map(|d| {
             let mut y = vec![0u16; l * r * m * h];

@@ -39,12 +39,13 @@ fn check_combine(spec: &Spec, inputs: &[RankInput], out: &[Vec<u16>], what: &str
 
 /// Random inputs of every rank for routing `i`: sizes T = 0, T = M and between, by rank.
 fn inputs_for(spec: &Spec, i: usize) -> Vec<RankInput> {
-    let (r, k, e, m) = (
-        spec.ranks as usize,
-        spec.top_k as usize,
-        spec.experts as usize,
-        spec.max_tokens_per_rank as usize,
-    );
+    let ep_codegen::Dims {
+        ranks: r,
+        top_k: k,
+        experts: e,
+        tokens: m,
+        ..
+    } = spec.dims();
     let pattern = Pattern::ALL[i % Pattern::ALL.len()];
     (0..r)
         .map(|rank| {

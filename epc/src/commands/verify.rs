@@ -45,12 +45,13 @@ pub fn verify_layout(
     plan: &Plan,
 ) -> Result<Verified> {
     let (kernel, _) = LayoutKernel::load(gpu, jit, spec, kernel)?;
-    let (e, r, k, m) = (
-        spec.experts as usize,
-        spec.ranks as usize,
-        spec.top_k as usize,
-        spec.max_tokens_per_rank as usize,
-    );
+    let ep_codegen::Dims {
+        experts: e,
+        ranks: r,
+        top_k: k,
+        tokens: m,
+        ..
+    } = spec.dims();
     let routing_of = |i: usize| {
         let (p, t) = if i == 0 {
             (plan.pattern, plan.tokens)
@@ -140,12 +141,13 @@ pub fn verify_ll(
     let (seed, routings) = (plan.seed, plan.routings);
     let mut ll = LowLatency::new(gpu, jit, renderer, spec)?;
     let mut call = ll.new_call()?;
-    let (r, k, e, m) = (
-        spec.ranks as usize,
-        spec.top_k as usize,
-        spec.experts as usize,
-        spec.max_tokens_per_rank as usize,
-    );
+    let ep_codegen::Dims {
+        ranks: r,
+        top_k: k,
+        experts: e,
+        tokens: m,
+        ..
+    } = spec.dims();
     let inputs_of = |i: usize| -> Vec<RankInput> {
         (0..r)
             .map(|rank| {
@@ -210,13 +212,14 @@ fn dump_call(
     out: &[Vec<u16>],
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (r, l, m, h, k) = (
-        spec.ranks as usize,
-        spec.local_experts() as usize,
-        spec.max_tokens_per_rank as usize,
-        spec.hidden as usize,
-        spec.top_k as usize,
-    );
+    let ep_codegen::Dims {
+        ranks: r,
+        local: l,
+        tokens: m,
+        hidden: h,
+        top_k: k,
+        ..
+    } = spec.dims();
     let rows = r * m;
     for (rank, input) in inputs.iter().enumerate() {
         let t = input.routing.num_tokens;

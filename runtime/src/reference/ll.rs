@@ -59,11 +59,12 @@ pub fn encode_row(spec: &Spec, x_row: &[u16]) -> (Vec<u8>, Vec<f32>) {
 
 /// Every rank's expected receive set: `[d][l]`, rows sorted by (source rank, token, slot).
 pub fn expected_dispatch(spec: &Spec, inputs: &[RankInput]) -> Vec<Vec<Vec<ExpectedRow>>> {
-    let (ranks, local, hidden) = (
-        spec.ranks as usize,
-        spec.local_experts() as usize,
-        spec.hidden as usize,
-    );
+    let ep_codegen::Dims {
+        ranks,
+        local,
+        hidden,
+        ..
+    } = spec.dims();
     let mut out = vec![vec![Vec::new(); local]; ranks];
     for (s, input) in inputs.iter().enumerate() {
         let r = &input.routing;
