@@ -15,6 +15,7 @@
 //! ```
 
 mod builtin;
+mod embedded;
 mod error;
 mod export;
 pub mod kernels;
@@ -24,6 +25,7 @@ mod spec;
 mod validate;
 
 pub use builtin::{BuiltinSpec, builtin_specs, find_builtin};
+pub use embedded::{EmbeddedKernel, KernelSpec};
 pub use error::{Error, SpecError, SpecErrors};
 pub use export::{Manifest, export};
 pub use render::{GENERATOR_VERSION, KernelSource, Renderer};

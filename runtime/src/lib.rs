@@ -22,6 +22,7 @@ mod nvrtc;
 pub mod reference;
 pub mod routing;
 pub mod timing;
+mod typed;
 mod virtual_ranks;
 
 pub use arch::Arch;
@@ -34,4 +35,5 @@ pub use layout::LayoutKernel;
 pub use ll::{DEFAULT_TIMEOUT, LlCall, LlGraphs, LowLatency, PhaseTimes, RankDispatch};
 pub use nvcc::Nvcc;
 pub use nvrtc::{Nvrtc, NvrtcLibrary};
+pub use typed::{LlKernels, SpecCall};
 pub use virtual_ranks::VirtualRanks;

@@ -207,13 +207,22 @@ impl LowLatency {
         renderer: &Renderer,
         spec: &Spec,
     ) -> Result<LowLatency, Error> {
+        LowLatency::from_kernels(gpu, jit, spec, renderer.render(spec)?)
+    }
+
+    /// Like [`LowLatency::new`], with kernels already rendered (as `#[ep_kernel]` embeds them).
+    pub fn from_kernels(
+        gpu: &Gpu,
+        jit: &Jit,
+        spec: &Spec,
+        kernels: Vec<ep_codegen::KernelSource>,
+    ) -> Result<LowLatency, Error> {
         if spec.mode != Mode::LowLatency {
             return Err(Error::Input(format!(
                 "spec `{}` is not low_latency",
                 spec.name
             )));
         }
-        let kernels = renderer.render(spec)?;
         let find = |name: &str| {
             kernels
                 .iter()
