@@ -16,7 +16,9 @@ use crate::Spec;
 pub struct LaunchShape {
     /// Threads per block.
     pub block_threads: u32,
-    /// Tokens each block covers: grid = ceil(T / tokens_per_block), at least one block.
+    /// Tokens each block covers: grid = ceil(T / tokens_per_block), at least one block; 0 when
+    /// the grid does not follow T (the LL kernels: grid.y = ranks, grid.x sized by the runtime
+    /// from the GPU's SMs).
     pub tokens_per_block: u32,
     /// Static shared memory per block, in bytes.
     pub shared_mem_bytes: u32,
