@@ -186,7 +186,12 @@ impl Spec {
         s.ranks = ranks;
         s.nvlink_domain = ranks;
         s.name = format!("{}-r{ranks}", self.name);
-        Spec::from_yaml(&s.to_canonical_yaml(), Some(&s.name))
+        s.revalidated()
+    }
+
+    /// This spec after edits of its fields, checked again by every rule.
+    pub fn revalidated(self) -> Result<Spec, crate::SpecErrors> {
+        Spec::from_yaml(&self.to_canonical_yaml(), Some(&self.name))
     }
 
     /// The sizes as `usize`, for indexing.

@@ -135,6 +135,12 @@ pub struct BenchArgs {
     /// Tokens per rank (default 128, at most max_tokens_per_rank).
     #[arg(long)]
     pub tokens: Option<usize>,
+    /// Set tuning.sms (SMs all ranks' kernels may occupy) of every spec.
+    #[arg(long)]
+    pub sms: Option<u32>,
+    /// Set tuning.warps_per_block of every spec.
+    #[arg(long)]
+    pub warps: Option<u32>,
     /// Also time tokens per rank 1, 2, 4, ... up to max_tokens_per_rank (for --csv / --svg).
     #[arg(long)]
     pub sweep: bool,

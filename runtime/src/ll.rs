@@ -240,7 +240,13 @@ impl LowLatency {
         let per_sm = dispatch[0]
             .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
             .cuda("querying occupancy")?;
-        let blocks_per_rank = (gpu.sms() / r as u32).max(1);
+        // tuning.sms: the SMs all ranks' kernels may occupy together (default: the whole GPU).
+        let sms = spec
+            .tuning
+            .sms
+            .unwrap_or(gpu.sms())
+            .min(gpu.sms() * per_sm.max(1));
+        let blocks_per_rank = (sms / r as u32).max(1);
         if per_sm == 0 || blocks_per_rank as usize * r > (gpu.sms() * per_sm) as usize {
             return Err(Error::Input(format!(
                 "{r} virtual ranks need {r} co-resident blocks of {threads} threads, more than \

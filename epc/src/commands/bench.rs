@@ -78,6 +78,18 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
         .iter()
         .map(|s| ranks.map_or(Ok(s.clone()), |r| Ok(s.with_ranks(r)?)))
         .collect::<Result<_>>()?;
+    let specs: Vec<Spec> = specs
+        .into_iter()
+        .map(|mut s| {
+            if args.sms.is_some() {
+                s.tuning.sms = args.sms;
+            }
+            if args.warps.is_some() {
+                s.tuning.warps_per_block = args.warps;
+            }
+            Ok(s.revalidated()?)
+        })
+        .collect::<Result<_>>()?;
     if let Some(s) = specs.iter().find(|s| s.mode != Mode::LowLatency) {
         bail!(
             "`epc bench` times low-latency specs; {} is high_throughput",
