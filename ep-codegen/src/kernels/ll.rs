@@ -328,3 +328,68 @@ pub fn combine_plan(spec: &Spec) -> KernelPlan {
     );
     plan(spec, "ll_combine", "ll_combine.cu", title, params)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> Spec {
+        sized(7168, 256, 8, extra)
+    }
+
+    fn sized(hidden: u32, experts: u32, top_k: u32, extra: &str) -> Spec {
+        let yaml = format!(
+            "name: w\nmode: low_latency\nhidden: {hidden}\nexperts: {experts}\ntop_k: {top_k}\n\
+             ranks: 8\nmax_tokens_per_rank: 128\n{extra}"
+        );
+        Spec::from_yaml(&yaml, None).unwrap()
+    }
+
+    #[test]
+    fn window_regions_are_aligned_ordered_and_large_enough() {
+        for s in [
+            spec(""),
+            spec("dispatch_dtype: fp8_e4m3\n"),
+            sized(2880, 128, 4, ""),
+        ] {
+            let w = Window::of(&s);
+            let rows = u64::from(s.local_experts()) * w.rows_per_expert;
+            let regions = [
+                (w.recv_x_offset, rows * w.payload_bytes),
+                (w.recv_scales_offset, rows * w.scale_count * 4),
+                (w.recv_meta_offset, rows * 8),
+                (w.y_offset, rows * u64::from(s.hidden) * 2),
+                (w.counter_offset, u64::from(s.local_experts()) * 4),
+                (w.range_offset, u64::from(s.local_experts() * s.ranks) * 8),
+                (w.dispatch_flags_offset, u64::from(s.ranks) * 8),
+                (w.combine_flags_offset, u64::from(s.ranks) * 8),
+            ];
+            for pair in regions.windows(2) {
+                let ((a, a_len), (b, _)) = (pair[0], pair[1]);
+                assert!(
+                    a + a_len <= b,
+                    "{}: region at {a} overlaps the next at {b}",
+                    s.name
+                );
+            }
+            for (offset, _) in regions {
+                assert_eq!(offset % 256, 0, "{}: offset {offset}", s.name);
+            }
+            let (last, last_len) = regions[regions.len() - 1];
+            assert!(last + last_len <= w.half_bytes);
+            assert_eq!(w.half_bytes % 4096, 0);
+            assert_eq!(w.payload_bytes % 16, 0, "rows copy as 16-byte vectors");
+            assert_eq!(w.half(1), w.half_bytes);
+            assert_eq!(w.half(2), 0);
+        }
+    }
+
+    #[test]
+    fn fp8_rows_stage_codes_then_scales() {
+        let w = Window::of(&spec("dispatch_dtype: fp8_e4m3\n"));
+        assert_eq!((w.payload_bytes, w.scale_count), (7168, 56));
+        assert_eq!(w.staged_scales_offset, 7168);
+        assert_eq!(w.staged_bytes, 7168 + 224);
+        assert_eq!(Window::of(&spec("")).staged_bytes, 0);
+    }
+}
