@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use ep_codegen::Spec;
-use ep_runtime::ll_check::{self, expert_outputs};
+use ep_runtime::check::ll::{self as ll_check, expert_outputs};
 use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::routing::{Pattern, generate};
 use ep_runtime::{Error, LlCall, LowLatency, RankDispatch};

@@ -7,7 +7,7 @@ use ep_codegen::{KernelSource, Renderer, Spec};
 use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::reference::{self, Layout};
 use ep_runtime::routing::{Pattern, generate};
-use ep_runtime::{Gpu, Jit, LayoutKernel, LowLatency, PhaseTimes, ll_check};
+use ep_runtime::{Gpu, Jit, LayoutKernel, LowLatency, PhaseTimes, check};
 
 use crate::npy;
 
@@ -172,18 +172,18 @@ pub fn verify_ll(
         ll.dispatch_send(&mut call)?;
         ll.dispatch_recv(&mut call)?;
         let got = ll.dispatched(&call)?;
-        ll_check::check_dispatch(spec, &inputs, &got).map_err(|why| {
+        check::ll::check_dispatch(spec, &inputs, &got).map_err(|why| {
             anyhow!(
                 "{}: dispatch of call {i} differs from the reference: {why}",
                 spec.name
             )
         })?;
-        let y = ll_check::expert_outputs(spec, &got);
+        let y = check::ll::expert_outputs(spec, &got);
         ll.set_expert_outputs(&call, &y)?;
         ll.combine_send(&call)?;
         ll.combine_recv(&mut call)?;
         let out = ll.combined(&call)?;
-        ll_check::check_combine(spec, &inputs, &out).map_err(|why| {
+        check::ll::check_combine(spec, &inputs, &out).map_err(|why| {
             anyhow!(
                 "{}: combine of call {i} differs from the reference: {why}",
                 spec.name

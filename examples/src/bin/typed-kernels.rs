@@ -12,7 +12,7 @@ use ep_codegen::KernelSpec;
 use ep_macros::{ep_kernel, ep_spec};
 use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::routing::{Pattern, generate};
-use ep_runtime::{Error, Gpu, Jit, LlKernels, ll_check};
+use ep_runtime::{Error, Gpu, Jit, LlKernels, check};
 
 /// DeepSeek-V3 decode on 8 ranks, FP8 dispatch with power-of-two scales.
 #[ep_kernel(
@@ -73,11 +73,11 @@ fn run<S: KernelSpec>(gpu: &Gpu, jit: &Jit, calls: usize) -> Result<()> {
             })
             .collect();
         let received = kernels.dispatch(&mut call, &inputs)?;
-        ll_check::check_dispatch(&spec, &inputs, &received)
+        check::ll::check_dispatch(&spec, &inputs, &received)
             .map_err(|why| anyhow!("{}: dispatch {i}: {why}", spec.name))?;
-        let y = ll_check::expert_outputs(&spec, &received);
+        let y = check::ll::expert_outputs(&spec, &received);
         let out = kernels.combine(&mut call, &y)?;
-        ll_check::check_combine(&spec, &inputs, &out)
+        check::ll::check_combine(&spec, &inputs, &out)
             .map_err(|why| anyhow!("{}: combine {i}: {why}", spec.name))?;
     }
     println!(

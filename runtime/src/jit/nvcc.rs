@@ -6,7 +6,7 @@ use std::process::Command;
 
 use ep_codegen::KernelSource;
 
-use crate::compiler::{CompileOutput, Compiler, listing};
+use crate::jit::compiler::{CompileOutput, Compiler, listing};
 use crate::{Arch, Error};
 
 /// The toolkit's `nvcc`.

@@ -12,7 +12,7 @@ use ep_codegen::KernelSource;
 
 pub use loader::NvrtcLibrary;
 
-use crate::compiler::{CompileOutput, Compiler, listing};
+use crate::jit::compiler::{CompileOutput, Compiler, listing};
 use crate::{Arch, Error};
 
 /// The NVRTC compiler, with its library loaded.

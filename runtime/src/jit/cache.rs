@@ -15,7 +15,7 @@ use ep_codegen::{GENERATOR_VERSION, KernelSource, hex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::compiler::{Compiler, KernelStats};
+use crate::jit::compiler::{Compiler, KernelStats};
 use crate::{Arch, Error};
 
 /// How a cubin was obtained.

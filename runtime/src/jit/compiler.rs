@@ -43,7 +43,7 @@ pub struct KernelStats {
 impl KernelStats {
     /// Figures of a cubin and the log of its compile.
     pub fn of(cubin: &[u8], log: &str) -> KernelStats {
-        let from_elf = crate::cubin::stats(cubin);
+        let from_elf = crate::jit::cubin::stats(cubin);
         let from_log = KernelStats::parse_log(log);
         KernelStats {
             registers: from_elf.registers.or(from_log.registers),

@@ -1,4 +1,15 @@
-//! Compiler + cache + module loading: rendered source in, launchable function out.
+//! The JIT floor: rendered source in, launchable function out.
+//!
+//! [`Compiler`] turns a [`KernelSource`] into a cubin for one exact [`Arch`] ([`Nvrtc`], or
+//! [`Nvcc`] for comparison); [`KernelCache`] keeps cubins on disk ([`cubin`] reads their resource
+//! figures); [`Jit`] joins compiler and cache and loads the result on a [`Gpu`].
+
+pub(crate) mod arch;
+pub(crate) mod cache;
+pub(crate) mod compiler;
+pub(crate) mod cubin;
+pub(crate) mod nvcc;
+pub(crate) mod nvrtc;
 
 use std::path::PathBuf;
 
@@ -6,9 +17,9 @@ use cudarc::driver::CudaFunction;
 use cudarc::nvrtc::Ptx;
 use ep_codegen::KernelSource;
 
-use crate::cache::{CachedCubin, KernelCache, compile_uncached};
-use crate::compiler::Compiler;
 use crate::error::CudaContextExt;
+use crate::jit::cache::{CachedCubin, KernelCache, compile_uncached};
+use crate::jit::compiler::Compiler;
 use crate::{Arch, Error, Gpu, Nvrtc};
 
 /// Just-in-time compilation through an on-disk cache.

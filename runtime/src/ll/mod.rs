@@ -8,6 +8,8 @@
 //! later), the windows are double-buffered so two calls can be in flight, and the call's epoch
 //! lives on the device, so nothing synchronizes with the host until results are read.
 
+mod typed;
+
 use std::time::Duration;
 
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
@@ -18,8 +20,10 @@ use crate::device_index::DeviceIndex;
 use crate::error::CudaContextExt;
 use crate::reference::ll::RankInput;
 use crate::timing;
-use crate::virtual_ranks::VirtualRanks;
+use crate::transport::VirtualRanks;
 use crate::{Error, Gpu, Jit};
+
+pub use typed::{LlKernels, SpecCall};
 
 /// How long a receive waits for a peer before reporting a timeout, unless changed.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

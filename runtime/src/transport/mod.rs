@@ -1,0 +1,6 @@
+//! Transports: how a rank's kernels reach its peers' windows. Kernels see a device table of peer
+//! window bases and signal through epoch-tagged flags in the windows, whatever the transport.
+
+mod virtual_ranks;
+
+pub use virtual_ranks::VirtualRanks;
