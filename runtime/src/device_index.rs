@@ -7,6 +7,7 @@ use ep_codegen::IndexDtype;
 
 use crate::Error;
 use crate::error::CudaContextExt;
+use crate::ll::{Elem, Tensor};
 
 /// Device copy of expert ids as `i32` or `i64`.
 #[derive(Debug)]
@@ -45,17 +46,48 @@ impl DeviceIndex {
         })
     }
 
-    /// Overwrites the ids in place (same length), so captured graphs keep seeing this buffer.
+    /// Overwrites the first `ids.len()` ids in place, so captured graphs keep seeing this
+    /// buffer.
     pub fn write(&mut self, stream: &Arc<CudaStream>, ids: &[i64]) -> Result<(), Error> {
+        let n = ids.len();
+        if n > self.len() {
+            return Err(Error::Input(format!(
+                "{n} expert ids for a buffer of {}",
+                self.len()
+            )));
+        }
+        if n == 0 {
+            return Ok(());
+        }
         match self {
-            DeviceIndex::I64(s) => stream.memcpy_htod(ids, s).cuda("uploading topk_idx"),
+            DeviceIndex::I64(s) => stream
+                .memcpy_htod(ids, &mut s.slice_mut(..n))
+                .cuda("uploading topk_idx"),
             DeviceIndex::I32(s) => {
                 let narrow: Vec<i32> = ids
                     .iter()
                     .map(|&v| v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
                     .collect();
-                stream.memcpy_htod(&narrow, s).cuda("uploading topk_idx")
+                stream
+                    .memcpy_htod(&narrow, &mut s.slice_mut(..n))
+                    .cuda("uploading topk_idx")
             }
+        }
+    }
+
+    /// Ids the buffer holds.
+    pub fn len(&self) -> usize {
+        match self {
+            DeviceIndex::I32(s) => s.len(),
+            DeviceIndex::I64(s) => s.len(),
+        }
+    }
+
+    /// A `shape` view of the ids, for the device API.
+    pub fn view(&self, stream: &CudaStream, shape: &[usize]) -> Result<Tensor, Error> {
+        match self {
+            DeviceIndex::I32(s) => Tensor::of_slice(s, stream, shape, Elem::I32),
+            DeviceIndex::I64(s) => Tensor::of_slice(s, stream, shape, Elem::I64),
         }
     }
 

@@ -33,6 +33,7 @@ pub use jit::nvcc::Nvcc;
 pub use jit::nvrtc::{Nvrtc, NvrtcLibrary};
 pub use jit::{Jit, LoadedKernel};
 pub use ll::{
-    DEFAULT_TIMEOUT, LlCall, LlGraphs, LlKernels, LowLatency, PhaseTimes, RankDispatch, SpecCall,
+    CombineInput, DEFAULT_TIMEOUT, DispatchInput, Elem, HostCall, LlCall, LlGraphs, LlGroup,
+    LlKernels, LowLatency, PhaseTimes, RankDispatch, Received, SpecCall, Stream, Tensor,
 };
 pub use transport::VirtualRanks;

@@ -50,25 +50,25 @@ pub fn plan(spec: &Spec) -> KernelPlan {
         },
         params: vec![
             Param {
-                entry: "epc_layout",
+                entry: "epc_layout".into(),
                 name: "topk_idx",
                 ctype: format!("const {index_ctype}*"),
                 shape: "[T, K]".into(),
             },
             Param {
-                entry: "epc_layout",
+                entry: "epc_layout".into(),
                 name: "num_tokens",
                 ctype: "int".into(),
                 shape: "scalar T <= M".into(),
             },
             Param {
-                entry: "epc_layout",
+                entry: "epc_layout".into(),
                 name: "counters",
                 ctype: "int*".into(),
                 shape: "[R + E + 2], zeroed by the caller".into(),
             },
             Param {
-                entry: "epc_layout",
+                entry: "epc_layout".into(),
                 name: "is_token_in_rank",
                 ctype: "bool*".into(),
                 shape: "[T, R]".into(),

@@ -4,12 +4,22 @@
 //! calls can be in flight. Senders write straight into the receivers' halves, so the receive
 //! tensors are views of the window and nothing is copied twice. A half holds, in order:
 //! - `recv_x [L][R*M][payload]`, `recv_scales [L][R*M][H/128]` (FP8 only) and
-//!   `recv_meta [L][R*M]` (int2: source `s * M + t`, slot k): dispatch's outputs;
+//!   `recv_src [L][R*M]` (int: source `s * M + t`): dispatch's outputs;
 //! - `y [L][R*M][H]`: the experts' outputs, which combine reads from the peers (pull);
 //! - `counter [L]`: rows reserved so far per local expert (senders add with system atomics,
 //!   the receive reads and resets it);
 //! - `range [L][R]` (int2: first row, rows) written by each sender;
 //! - dispatch flags `[R]` and combine flags `[R]` (u64: epoch << 32 | 1), one per peer.
+//!
+//! Which half a call uses is a property of the call (its [`CallLayout`] state says so to the
+//! kernels), not of its epoch, so the views a caller holds into a call's half keep their
+//! addresses across CUDA-graph replays.
+//!
+//! Every entry point takes one parameter, `LaunchArgs` by value (`__grid_constant__`): the
+//! timeout and, per rank of the launch (grid.y), a [`RANK_ARGS_BYTES`]-byte `RankArgs` with the
+//! caller's tensors, the rank's workspace, window half, peer table and this call's state. A
+//! launch covers at most [`launch_ranks`] ranks: one GPU's rank over NCCL, or a chunk of the
+//! virtual ranks of one GPU.
 
 use std::collections::BTreeMap;
 
@@ -36,8 +46,8 @@ pub struct Window {
     pub recv_x_offset: u64,
     /// `recv_scales`.
     pub recv_scales_offset: u64,
-    /// `recv_meta`.
-    pub recv_meta_offset: u64,
+    /// `recv_src`.
+    pub recv_src_offset: u64,
     /// `y`.
     pub y_offset: u64,
     /// `counter`.
@@ -70,8 +80,8 @@ impl Window {
         let scale_count = spec.fp8.map_or(0, |f| h / u64::from(f.block));
         let recv_x_offset = 0;
         let recv_scales_offset = align(recv_x_offset + rows * payload_bytes, 256);
-        let recv_meta_offset = align(recv_scales_offset + rows * scale_count * 4, 256);
-        let y_offset = align(recv_meta_offset + rows * 8, 256);
+        let recv_src_offset = align(recv_scales_offset + rows * scale_count * 4, 256);
+        let y_offset = align(recv_src_offset + rows * 4, 256);
         let counter_offset = align(
             y_offset + rows * h * u64::from(spec.combine_dtype.size()),
             256,
@@ -94,7 +104,7 @@ impl Window {
             rows_per_expert: r * m,
             recv_x_offset,
             recv_scales_offset,
-            recv_meta_offset,
+            recv_src_offset,
             y_offset,
             counter_offset,
             range_offset,
@@ -109,16 +119,73 @@ impl Window {
         2 * self.half_bytes
     }
 
-    /// Offset of the half used by the call with this epoch.
-    pub fn half(&self, epoch: u32) -> u64 {
-        u64::from(epoch & 1) * self.half_bytes
+    /// Offset of half `half` (0 or 1).
+    pub fn half(&self, half: u32) -> u64 {
+        u64::from(half & 1) * self.half_bytes
     }
 }
 
+/// One call's state on one rank, outside the window (the caller never reads it): the call's
+/// epoch and token count, the rows received per local expert, and where each of the rank's
+/// selections landed (expert, row), which combine follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLayout {
+    /// `u32`: the epoch the call's send took (0 before any send).
+    pub epoch_offset: u64,
+    /// `i32`: the tokens the send covered.
+    pub tokens_offset: u64,
+    /// `recv_count [L]` (`i32`).
+    pub recv_count_offset: u64,
+    /// `dispatch_row [M, K]` (`int2`: global expert and row there, `-1` for none).
+    pub dispatch_row_offset: u64,
+    /// Bytes per rank.
+    pub bytes: u64,
+}
+
+impl CallLayout {
+    /// The layout for a spec.
+    pub fn of(spec: &Spec) -> CallLayout {
+        let (l, m, k) = (
+            u64::from(spec.local_experts()),
+            u64::from(spec.max_tokens_per_rank),
+            u64::from(spec.top_k),
+        );
+        let recv_count_offset = 16;
+        let dispatch_row_offset = align(recv_count_offset + 4 * l, 16);
+        CallLayout {
+            epoch_offset: 0,
+            tokens_offset: 4,
+            recv_count_offset,
+            dispatch_row_offset,
+            bytes: align(dispatch_row_offset + 8 * m * k, 256),
+        }
+    }
+}
+
+/// Bytes of one rank's entry of `LaunchArgs` (8 pointers, then rank, tokens, half, padding).
+pub const RANK_ARGS_BYTES: usize = 80;
+
+/// The most ranks one launch covers: `LaunchArgs` is passed by value, so it stays small.
+pub const MAX_LAUNCH_RANKS: u32 = 8;
+
+/// Ranks per launch for a spec: `min(R, MAX_LAUNCH_RANKS)`.
+pub fn launch_ranks(spec: &Spec) -> u32 {
+    spec.ranks.min(MAX_LAUNCH_RANKS)
+}
+
+/// Bytes of the `LaunchArgs` parameter: the timeout, then [`launch_ranks`] rank entries.
+pub fn launch_args_bytes(spec: &Spec) -> usize {
+    8 + launch_ranks(spec) as usize * RANK_ARGS_BYTES
+}
+
+/// Error words per rank (see [`error_code`] for what they hold).
+pub const ERROR_WORDS: u32 = 8;
+
 /// Ints of per-rank workspace: per-expert counts and bases `[E]` each, the last epoch, the
-/// bases-ready epoch, two done counters, four error words and each selection's slot `[M * K]`.
+/// bases-ready epoch, two done counters, [`ERROR_WORDS`] error words and each selection's slot
+/// `[M * K]`.
 pub fn workspace_ints(spec: &Spec) -> u32 {
-    2 * spec.experts + 8 + spec.max_tokens_per_rank * spec.top_k
+    2 * spec.experts + 4 + ERROR_WORDS + spec.max_tokens_per_rank * spec.top_k
 }
 
 /// Index of the error words inside a rank's workspace.
@@ -126,7 +193,10 @@ pub fn errors_offset(spec: &Spec) -> u32 {
     2 * spec.experts + 4
 }
 
-/// Error codes the kernels write into `errors[0]` (the first error of a rank wins).
+/// Error codes the kernels write into `errors[0]` (the first error of a rank wins); `errors[1]`
+/// holds its detail. Bad expert ids also keep, whatever came first: `errors[2]` how many slots
+/// were bad, `errors[3]` = `i32::MAX - (first bad token * K + slot)`, and `errors[4..6]` the id
+/// found there (low, high 32 bits).
 pub mod error_code {
     /// A dispatch flag did not arrive in time; detail = source rank.
     pub const DISPATCH_TIMEOUT: i32 = 1;
@@ -151,6 +221,7 @@ type Common = (
 fn common(spec: &Spec) -> Common {
     let threads = 32 * spec.tuning.warps_per_block.unwrap_or(DEFAULT_WARPS);
     let w = Window::of(spec);
+    let c = CallLayout::of(spec);
     let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let constants = BTreeMap::from([
         ("hidden", i64::from(spec.hidden)),
@@ -164,7 +235,7 @@ fn common(spec: &Spec) -> Common {
         ("scale_count", as_i64(w.scale_count)),
         ("recv_x_offset", as_i64(w.recv_x_offset)),
         ("recv_scales_offset", as_i64(w.recv_scales_offset)),
-        ("recv_meta_offset", as_i64(w.recv_meta_offset)),
+        ("recv_src_offset", as_i64(w.recv_src_offset)),
         ("y_offset", as_i64(w.y_offset)),
         ("counter_offset", as_i64(w.counter_offset)),
         ("range_offset", as_i64(w.range_offset)),
@@ -174,6 +245,13 @@ fn common(spec: &Spec) -> Common {
         ("staged_scales_offset", as_i64(w.staged_scales_offset)),
         ("staged_bytes", as_i64(w.staged_bytes)),
         ("workspace_ints", i64::from(workspace_ints(spec))),
+        ("error_words", i64::from(ERROR_WORDS)),
+        ("launch_ranks", i64::from(launch_ranks(spec))),
+        ("rank_args_bytes", RANK_ARGS_BYTES as i64),
+        ("call_epoch_offset", as_i64(c.epoch_offset)),
+        ("call_tokens_offset", as_i64(c.tokens_offset)),
+        ("call_recv_count_offset", as_i64(c.recv_count_offset)),
+        ("call_dispatch_row_offset", as_i64(c.dispatch_row_offset)),
     ]);
     let index_ctype = match spec.index_dtype {
         IndexDtype::I32 => "epc::i32",
@@ -192,30 +270,30 @@ fn common(spec: &Spec) -> Common {
     (constants, strings, flags, threads)
 }
 
-fn param(entry: &'static str, name: &'static str, ctype: &str, shape: &str) -> Param {
+/// The one parameter of every LL entry point.
+fn args_param(entry: &str) -> Param {
     Param {
-        entry,
-        name,
-        ctype: ctype.into(),
-        shape: shape.into(),
+        entry: entry.to_owned(),
+        name: "args",
+        ctype: "const __grid_constant__ ll::LaunchArgs".into(),
+        shape: "by value: timeout_ns, then per rank of the launch (grid.y) x [T, H], topk_idx \
+                [T, K], topk_weights [T, K], out [T, H], call state, workspace, staging, peers \
+                [R], rank, tokens, half"
+            .into(),
     }
 }
 
 /// A plan of the LL family `name` (`ll_dispatch`, `ll_combine`) with send and receive entries.
-fn plan(
-    spec: &Spec,
-    name: &'static str,
-    template: &'static str,
-    title: String,
-    params: Vec<Param>,
-) -> KernelPlan {
+fn plan(spec: &Spec, name: &'static str, template: &'static str, title: String) -> KernelPlan {
     let (constants, strings, flags, threads) = common(spec);
-    let entry = |phase: &str| format!("epc_{name}_{phase}");
+    let send = format!("epc_{name}_send");
+    let recv = format!("epc_{name}_recv");
+    let params = vec![args_param(&send), args_param(&recv)];
     KernelPlan {
         name,
         title,
         template,
-        entries: vec![("entry_send", entry("send")), ("entry_recv", entry("recv"))],
+        entries: vec![("entry_send", send), ("entry_recv", recv)],
         constants,
         strings,
         flags,
@@ -231,50 +309,6 @@ fn plan(
 
 /// The dispatch kernels (send, then receive).
 pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
-    const SEND: &str = "epc_ll_dispatch_send";
-    const RECV: &str = "epc_ll_dispatch_recv";
-    let mut params = vec![
-        param(
-            SEND,
-            "x",
-            "const unsigned short*",
-            "[G, M, H] (G = ranks in the launch)",
-        ),
-        param(SEND, "topk_idx", "const index_t*", "[G, M, K]"),
-        param(SEND, "num_tokens", "const int*", "[G]"),
-        param(
-            SEND,
-            "dispatch_row",
-            "int*",
-            "[G, M, K]: row at the expert, -1 for none",
-        ),
-        param(SEND, "call_epoch", "unsigned*", "[G]: the call's epoch"),
-        param(SEND, "workspace", "int*", "[G, 2E + 8 + M*K]"),
-    ];
-    if spec.fp8.is_some() {
-        params.push(param(SEND, "staging", "char*", "[G, M, staged row]"));
-    }
-    params.extend([
-        param(SEND, "peers", "char* const*", "[R] window bases"),
-        param(SEND, "rank_base", "int", "rank of grid.y = 0"),
-        param(
-            SEND,
-            "timeout_ns",
-            "unsigned long long",
-            "bound of every wait",
-        ),
-        param(RECV, "call_epoch", "const unsigned*", "[G]"),
-        param(RECV, "recv_count", "int*", "[G, L]"),
-        param(RECV, "workspace", "int*", "[G, 2E + 8 + M*K]"),
-        param(RECV, "peers", "char* const*", "[R] window bases"),
-        param(RECV, "rank_base", "int", "rank of grid.y = 0"),
-        param(
-            RECV,
-            "timeout_ns",
-            "unsigned long long",
-            "bound of every wait",
-        ),
-    ]);
     let title = format!(
         "Low-latency dispatch: H={} {} -> {}, E={} over R={} ranks, top-{}, M={}.",
         spec.hidden,
@@ -285,38 +319,11 @@ pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
         spec.top_k,
         spec.max_tokens_per_rank
     );
-    plan(spec, "ll_dispatch", "ll_dispatch.cu", title, params)
+    plan(spec, "ll_dispatch", "ll_dispatch.cu", title)
 }
 
 /// The combine kernels (send, then receive).
 pub fn combine_plan(spec: &Spec) -> KernelPlan {
-    const SEND: &str = "epc_ll_combine_send";
-    const RECV: &str = "epc_ll_combine_recv";
-    let params = vec![
-        param(SEND, "call_epoch", "const unsigned*", "[G] (from dispatch)"),
-        param(SEND, "peers", "char* const*", "[R] window bases"),
-        param(SEND, "rank_base", "int", "rank of grid.y = 0"),
-        param(RECV, "topk_idx", "const index_t*", "[G, M, K]"),
-        param(RECV, "topk_weights", "const float*", "[G, M, K]"),
-        param(RECV, "num_tokens", "const int*", "[G]"),
-        param(
-            RECV,
-            "dispatch_row",
-            "const int*",
-            "[G, M, K] (from dispatch)",
-        ),
-        param(RECV, "call_epoch", "const unsigned*", "[G] (from dispatch)"),
-        param(RECV, "out", "unsigned short*", "[G, M, H]"),
-        param(RECV, "workspace", "int*", "[G, 2E + 8 + M*K]"),
-        param(RECV, "peers", "char* const*", "[R] window bases"),
-        param(RECV, "rank_base", "int", "rank of grid.y = 0"),
-        param(
-            RECV,
-            "timeout_ns",
-            "unsigned long long",
-            "bound of every wait",
-        ),
-    ];
     let title = format!(
         "Low-latency combine: H={} {}, E={} over R={} ranks, top-{}, M={}.",
         spec.hidden,
@@ -326,7 +333,7 @@ pub fn combine_plan(spec: &Spec) -> KernelPlan {
         spec.top_k,
         spec.max_tokens_per_rank
     );
-    plan(spec, "ll_combine", "ll_combine.cu", title, params)
+    plan(spec, "ll_combine", "ll_combine.cu", title)
 }
 
 #[cfg(test)]
@@ -357,7 +364,7 @@ mod tests {
             let regions = [
                 (w.recv_x_offset, rows * w.payload_bytes),
                 (w.recv_scales_offset, rows * w.scale_count * 4),
-                (w.recv_meta_offset, rows * 8),
+                (w.recv_src_offset, rows * 4),
                 (w.y_offset, rows * u64::from(s.hidden) * 2),
                 (w.counter_offset, u64::from(s.local_experts()) * 4),
                 (w.range_offset, u64::from(s.local_experts() * s.ranks) * 8),
@@ -380,7 +387,15 @@ mod tests {
             assert_eq!(w.half_bytes % 4096, 0);
             assert_eq!(w.payload_bytes % 16, 0, "rows copy as 16-byte vectors");
             assert_eq!(w.half(1), w.half_bytes);
-            assert_eq!(w.half(2), 0);
+            assert_eq!(w.half(0), 0);
+            let c = CallLayout::of(&s);
+            assert!(c.recv_count_offset >= c.tokens_offset + 4);
+            assert!(
+                c.dispatch_row_offset >= c.recv_count_offset + 4 * u64::from(s.local_experts())
+            );
+            assert_eq!(c.dispatch_row_offset % 8, 0, "int2 rows");
+            let rows = u64::from(s.max_tokens_per_rank * s.top_k);
+            assert!(c.dispatch_row_offset + 8 * rows <= c.bytes);
         }
     }
 

@@ -30,7 +30,7 @@ pub struct LaunchShape {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Param {
     /// The entry point it belongs to.
-    pub entry: &'static str,
+    pub entry: String,
     /// Name in the generated source.
     pub name: &'static str,
     /// CUDA type.

@@ -143,7 +143,7 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
 fn measure(
     gpu: &Gpu,
     ll: &mut LowLatency,
-    call: &mut ep_runtime::LlCall,
+    call: &mut ep_runtime::HostCall,
     spec: &Spec,
     tokens: usize,
     args: &BenchArgs,

@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 
 use ep_codegen::KernelSpec;
 
-use crate::ll::{LlCall, LowLatency, RankDispatch};
+use super::harness::{HostCall, LowLatency, RankDispatch};
 use crate::reference::ll::RankInput;
 use crate::{Error, Gpu, Jit};
 
@@ -20,7 +20,7 @@ pub struct LlKernels<S: KernelSpec> {
 
 /// One call's tensors for the kernels of `S`.
 pub struct SpecCall<S: KernelSpec> {
-    call: LlCall,
+    call: HostCall,
     _spec: PhantomData<S>,
 }
 
@@ -29,7 +29,7 @@ impl<S: KernelSpec> LlKernels<S> {
     /// windows on virtual ranks.
     pub fn load(gpu: &Gpu, jit: &Jit) -> Result<LlKernels<S>, Error> {
         let spec = S::spec()?;
-        let ll = LowLatency::from_kernels(gpu, jit, &spec, S::kernel_sources()?)?;
+        let ll = LowLatency::from_kernels(gpu, jit, &spec, &S::kernel_sources()?)?;
         Ok(LlKernels {
             ll,
             _spec: PhantomData,
@@ -37,7 +37,7 @@ impl<S: KernelSpec> LlKernels<S> {
     }
 
     /// A new call of `S`.
-    pub fn new_call(&self) -> Result<SpecCall<S>, Error> {
+    pub fn new_call(&mut self) -> Result<SpecCall<S>, Error> {
         Ok(SpecCall {
             call: self.ll.new_call()?,
             _spec: PhantomData,
@@ -78,7 +78,7 @@ impl<S: KernelSpec> LlKernels<S> {
 
 impl<S: KernelSpec> SpecCall<S> {
     /// The untyped call.
-    pub fn call(&mut self) -> &mut LlCall {
+    pub fn call(&mut self) -> &mut HostCall {
         &mut self.call
     }
 }

@@ -2,29 +2,23 @@
 //! device table of the R window bases plays the part of NVLink peer pointers, so kernels run the
 //! same code as across GPUs.
 
+use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, DevicePtr};
 
 use crate::error::CudaContextExt;
 use crate::{Error, Gpu};
 
-/// R windows, their pointer table, and R workspaces.
+/// R zeroed windows and their pointer table.
 #[derive(Debug)]
 pub struct VirtualRanks {
     windows: Vec<CudaSlice<u8>>,
+    bases: Vec<CUdeviceptr>,
     peers: CudaSlice<u64>,
-    workspace: CudaSlice<i32>,
-    ranks: usize,
-    workspace_ints: usize,
 }
 
 impl VirtualRanks {
-    /// Allocates `ranks` zeroed windows of `window_bytes` and workspaces of `workspace_ints`.
-    pub fn new(
-        gpu: &Gpu,
-        ranks: usize,
-        window_bytes: usize,
-        workspace_ints: usize,
-    ) -> Result<VirtualRanks, Error> {
+    /// Allocates `ranks` zeroed windows of `window_bytes` each.
+    pub fn new(gpu: &Gpu, ranks: usize, window_bytes: usize) -> Result<VirtualRanks, Error> {
         let stream = gpu.stream();
         let mut windows = Vec::with_capacity(ranks);
         let mut bases = Vec::with_capacity(ranks);
@@ -39,50 +33,25 @@ impl VirtualRanks {
             windows.push(w);
         }
         let peers = stream.clone_htod(&bases).cuda("uploading the peer table")?;
-        let workspace = stream
-            .alloc_zeros::<i32>(ranks * workspace_ints)
-            .cuda("allocating the rank workspaces")?;
         Ok(VirtualRanks {
             windows,
+            bases,
             peers,
-            workspace,
-            ranks,
-            workspace_ints,
         })
     }
 
-    /// Rank `rank`'s window.
-    pub fn window(&self, rank: usize) -> &CudaSlice<u8> {
-        &self.windows[rank]
+    /// Device address of rank `rank`'s window.
+    pub fn base(&self, rank: usize) -> CUdeviceptr {
+        self.bases[rank]
     }
 
-    /// Rank `rank`'s window, writable.
-    pub fn window_mut(&mut self, rank: usize) -> &mut CudaSlice<u8> {
-        &mut self.windows[rank]
-    }
-
-    /// The device table of window bases.
+    /// The device table of window bases, `[R]`.
     pub fn peers(&self) -> &CudaSlice<u64> {
         &self.peers
     }
 
-    /// All ranks' workspaces, `[R, workspace_ints]`.
-    pub fn workspace(&self) -> &CudaSlice<i32> {
-        &self.workspace
-    }
-
-    /// Mutable workspaces.
-    pub fn workspace_mut(&mut self) -> &mut CudaSlice<i32> {
-        &mut self.workspace
-    }
-
     /// Ranks.
     pub fn ranks(&self) -> usize {
-        self.ranks
-    }
-
-    /// Ints per workspace.
-    pub fn workspace_ints(&self) -> usize {
-        self.workspace_ints
+        self.windows.len()
     }
 }

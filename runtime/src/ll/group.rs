@@ -1,0 +1,432 @@
+//! [`LlGroup`]: the low-latency mode of one spec on the ranks this process drives on one GPU
+//! (R virtual ranks, or one NCCL rank), fed by the caller's device tensors on the caller's stream.
+
+use std::time::Duration;
+
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr};
+use ep_codegen::kernels::ll::{CallLayout, Window, launch_ranks, workspace_ints};
+use ep_codegen::{KernelSource, Mode, Spec};
+
+use super::call::{CombineInput, DispatchInput, LlCall};
+use super::errors::read_errors;
+use super::launch::{Grid, RankArgs, launch};
+use super::tensor::{Elem, Stream};
+use crate::error::CudaContextExt;
+use crate::transport::VirtualRanks;
+use crate::{Error, Gpu, Jit};
+
+/// How long a receive waits for a peer before reporting a timeout, unless changed.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keeps the windows of a group's ranks alive (kernels reach them through `LocalRank`).
+#[derive(Debug)]
+#[expect(dead_code, reason = "held only to keep the windows alive")]
+pub(crate) enum Transport {
+    /// R windows on this GPU.
+    Virtual(VirtualRanks),
+}
+
+/// One rank this process drives: its id and where its window and peer table are.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LocalRank {
+    pub rank: usize,
+    pub window: CUdeviceptr,
+    pub peers: CUdeviceptr,
+}
+
+/// Low-latency dispatch and combine of one spec, for the ranks this process drives on one GPU.
+///
+/// A call is [`LlGroup::dispatch_send`] (returns at once: the hook), [`LlGroup::dispatch_recv`]
+/// (when the tokens are wanted), the experts' kernel writing [`LlCall::received`]`.y` in place,
+/// [`LlGroup::combine_send`] and [`LlGroup::combine_recv`]. Every launch goes on the stream the
+/// caller gives; nothing is allocated, copied through the host or synchronized with the host,
+/// so the whole sequence can be captured into a CUDA graph. Errors the kernels find (an expert
+/// id outside `[-1, E)`, a peer that never signalled) are recorded on the device and read on
+/// request with [`LlGroup::check`].
+pub struct LlGroup {
+    gpu: Gpu,
+    spec: Spec,
+    window: Window,
+    call_layout: CallLayout,
+    dispatch: [CudaFunction; 2],
+    combine: [CudaFunction; 2],
+    _transport: Transport,
+    ranks: Vec<LocalRank>,
+    workspace: CudaSlice<i32>,
+    /// Owns the FP8 staging rows `staging_ptr` addresses.
+    _staging: Option<CudaSlice<u8>>,
+    workspace_ptr: CUdeviceptr,
+    staging_ptr: CUdeviceptr,
+    blocks_per_rank: u32,
+    threads: u32,
+    timeout_ns: u64,
+    calls_made: u32,
+    id: u64,
+}
+
+impl LlGroup {
+    /// All R ranks of `spec` as virtual ranks of `gpu`, with the spec's kernels (`kernels`,
+    /// from [`ep_codegen::Renderer::render`] or a macro's embedded sources) compiled by `jit`.
+    pub fn virtual_ranks(
+        gpu: &Gpu,
+        jit: &Jit,
+        spec: &Spec,
+        kernels: &[KernelSource],
+    ) -> Result<LlGroup, Error> {
+        check_mode(spec)?;
+        let r = spec.ranks as usize;
+        let bytes = usize::try_from(Window::of(spec).bytes()).unwrap_or(usize::MAX);
+        let windows = VirtualRanks::new(gpu, r, bytes)?;
+        let peers = {
+            let (ptr, _sync) = windows.peers().device_ptr(gpu.stream());
+            ptr
+        };
+        let ranks = (0..r)
+            .map(|rank| LocalRank {
+                rank,
+                window: windows.base(rank),
+                peers,
+            })
+            .collect();
+        LlGroup::build(gpu, jit, spec, kernels, Transport::Virtual(windows), ranks)
+    }
+
+    fn build(
+        gpu: &Gpu,
+        jit: &Jit,
+        spec: &Spec,
+        kernels: &[KernelSource],
+        transport: Transport,
+        ranks: Vec<LocalRank>,
+    ) -> Result<LlGroup, Error> {
+        check_mode(spec)?;
+        let find = |name: &str| {
+            kernels
+                .iter()
+                .find(|k| k.name == name)
+                .ok_or_else(|| Error::Input(format!("no {name} kernel rendered for {}", spec.name)))
+        };
+        let dispatch_src = find("ll_dispatch")?;
+        let pair = |functions: Vec<CudaFunction>, name: &str| -> Result<[CudaFunction; 2], Error> {
+            <[CudaFunction; 2]>::try_from(functions)
+                .map_err(|_| Error::Input(format!("{name} must have a send and a receive entry")))
+        };
+        let dispatch = pair(jit.load(gpu, dispatch_src)?.functions, "ll_dispatch")?;
+        let combine = pair(jit.load(gpu, find("ll_combine")?)?.functions, "ll_combine")?;
+        let threads = dispatch_src.launch.block_threads;
+        // The blocks of each rank's send meet once, so a launch's whole grid must be
+        // co-resident: the SMs are split between the ranks of one launch.
+        let per_sm = dispatch[0]
+            .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
+            .cuda("querying occupancy")?;
+        let per_launch = (launch_ranks(spec) as usize).min(ranks.len()).max(1) as u32;
+        // tuning.sms: the SMs a launch's ranks may occupy together (default: the whole GPU).
+        let sms = spec
+            .tuning
+            .sms
+            .unwrap_or(gpu.sms())
+            .min(gpu.sms() * per_sm.max(1));
+        let blocks_per_rank = (sms / per_launch).max(1);
+        if per_sm == 0 || blocks_per_rank * per_launch > gpu.sms() * per_sm {
+            return Err(Error::Input(format!(
+                "{per_launch} ranks per launch need {per_launch} co-resident blocks of {threads} \
+                 threads, more than this GPU's {} SMs x {per_sm} can hold; use fewer warps per \
+                 block",
+                gpu.sms()
+            )));
+        }
+        let stream = gpu.stream();
+        let g = ranks.len();
+        let workspace = stream
+            .alloc_zeros::<i32>(g * workspace_ints(spec) as usize)
+            .cuda("allocating the rank workspaces")?;
+        let window = Window::of(spec);
+        let staging = match window.staged_bytes {
+            0 => None,
+            bytes => Some(
+                stream
+                    .alloc_zeros::<u8>(g * spec.max_tokens_per_rank as usize * bytes as usize)
+                    .cuda("allocating the FP8 staging rows")?,
+            ),
+        };
+        let workspace_ptr = {
+            let (ptr, _sync) = workspace.device_ptr(stream);
+            ptr
+        };
+        let staging_ptr = staging.as_ref().map_or(0, |s| {
+            let (ptr, _sync) = s.device_ptr(stream);
+            ptr
+        });
+        Ok(LlGroup {
+            gpu: gpu.clone(),
+            spec: spec.clone(),
+            window,
+            call_layout: CallLayout::of(spec),
+            dispatch,
+            combine,
+            _transport: transport,
+            ranks,
+            workspace,
+            _staging: staging,
+            workspace_ptr,
+            staging_ptr,
+            blocks_per_rank,
+            threads,
+            timeout_ns: DEFAULT_TIMEOUT.as_nanos() as u64,
+            calls_made: 0,
+            id: next_group_id(),
+        })
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// The GPU.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The window layout.
+    pub fn window(&self) -> &Window {
+        &self.window
+    }
+
+    /// The global ranks this group drives, in the order of the per-rank arguments of every call.
+    pub fn ranks(&self) -> Vec<usize> {
+        self.ranks.iter().map(|r| r.rank).collect()
+    }
+
+    /// How many ranks this group drives.
+    pub fn local_ranks(&self) -> usize {
+        self.ranks.len()
+    }
+
+    /// How long receives wait for peers before reporting a timeout.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    }
+
+    /// Allocates one call's state (setup, not the hot path). Calls use the two halves of the
+    /// windows in turn: the first call made uses half 0, the second half 1, the third half 0...
+    /// Two calls may be in flight at once when they use different halves; every rank must make
+    /// its calls in the same order. A call can be reused for any number of consecutive calls.
+    pub fn new_call(&mut self) -> Result<LlCall, Error> {
+        let half = self.calls_made % 2;
+        self.calls_made += 1;
+        LlCall::new(self, half)
+    }
+
+    pub(crate) fn call_layout(&self) -> &CallLayout {
+        &self.call_layout
+    }
+
+    pub(crate) fn local(&self) -> &[LocalRank] {
+        &self.ranks
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Starts a call: each rank's selections are written into the experts' windows.
+    /// `inputs[i]` belongs to `ranks()[i]`: `x [T, H]` (the activation dtype) and
+    /// `topk_idx [T, K]` (the spec's index dtype), `T <= max_tokens_per_rank`, chosen per rank.
+    /// Ids outside `[-1, E)` are skipped (nothing is written for them) and recorded as an
+    /// error that [`LlGroup::check`] reports.
+    pub fn dispatch_send(
+        &self,
+        call: &mut LlCall,
+        inputs: &[DispatchInput],
+        stream: Stream<'_>,
+    ) -> Result<(), Error> {
+        call.belongs_to(self)?;
+        self.expect_ranks(inputs.len(), "dispatch inputs")?;
+        let (h, k, m) = (
+            self.spec.hidden as usize,
+            self.spec.top_k as usize,
+            self.spec.max_tokens_per_rank as usize,
+        );
+        let (act, index) = (
+            Elem::of(self.spec.dtype),
+            Elem::of_index(self.spec.index_dtype),
+        );
+        for (i, input) in inputs.iter().enumerate() {
+            let rank = self.ranks[i].rank;
+            let t = input.x.shape().first().copied().unwrap_or(0);
+            if t > m {
+                return Err(Error::Input(format!(
+                    "rank {rank}: {t} tokens exceed max_tokens_per_rank = {m}"
+                )));
+            }
+            input.x.expect(&format!("rank {rank}: x"), &[t, h], act)?;
+            input
+                .topk_idx
+                .expect(&format!("rank {rank}: topk_idx"), &[t, k], index)?;
+        }
+        let args = |i: usize, lr: &LocalRank| RankArgs {
+            x: inputs[i].x.ptr(),
+            topk_idx: inputs[i].topk_idx.ptr(),
+            tokens: inputs[i].x.shape()[0] as i32,
+            ..self.rank_args(call, i, lr)
+        };
+        self.launch_all(&self.dispatch[0], self.send_grid(), call, &args, stream)?;
+        call.sent(inputs.iter().map(|i| i.x.shape()[0]));
+        Ok(())
+    }
+
+    /// Completes a call's dispatch: waits for every rank's rows and takes the row counts. The
+    /// call's [`LlCall::received`] views are then valid on `stream`.
+    pub fn dispatch_recv(&self, call: &LlCall, stream: Stream<'_>) -> Result<(), Error> {
+        call.belongs_to(self)?;
+        call.require_sent("dispatch_recv")?;
+        let args = |i: usize, lr: &LocalRank| self.rank_args(call, i, lr);
+        self.launch_all(&self.dispatch[1], self.recv_grid(), call, &args, stream)
+    }
+
+    /// Announces that this group's experts have written the call's `y` (on `stream`).
+    pub fn combine_send(&self, call: &LlCall, stream: Stream<'_>) -> Result<(), Error> {
+        call.belongs_to(self)?;
+        call.require_sent("combine_send")?;
+        let args = |i: usize, lr: &LocalRank| self.rank_args(call, i, lr);
+        self.launch_all(&self.combine[0], self.recv_grid(), call, &args, stream)
+    }
+
+    /// Pulls the experts' rows of each rank's tokens and reduces them into `out [T, H]`:
+    /// `out[t] = sum over k of topk_weights[t, k] * y(row of t, k)` in f32, k in order. `T` is the
+    /// call's dispatch's; `inputs[i]` belongs to `ranks()[i]`.
+    pub fn combine_recv(
+        &self,
+        call: &LlCall,
+        inputs: &[CombineInput],
+        stream: Stream<'_>,
+    ) -> Result<(), Error> {
+        call.belongs_to(self)?;
+        call.require_sent("combine_recv")?;
+        self.expect_ranks(inputs.len(), "combine inputs")?;
+        let (h, k) = (self.spec.hidden as usize, self.spec.top_k as usize);
+        for (i, input) in inputs.iter().enumerate() {
+            let (rank, t) = (self.ranks[i].rank, call.tokens()[i]);
+            input
+                .topk_weights
+                .expect(&format!("rank {rank}: topk_weights"), &[t, k], Elem::F32)?;
+            input.out.expect(
+                &format!("rank {rank}: out"),
+                &[t, h],
+                Elem::of(self.spec.dtype),
+            )?;
+        }
+        let args = |i: usize, lr: &LocalRank| RankArgs {
+            topk_weights: inputs[i].topk_weights.ptr(),
+            out: inputs[i].out.ptr(),
+            ..self.rank_args(call, i, lr)
+        };
+        self.launch_all(&self.combine[1], self.send_grid(), call, &args, stream)
+    }
+
+    /// Waits for `stream`, then reports the first error the kernels recorded (the lowest rank's)
+    /// and clears every rank's error words, so the next call starts clean. This is the one
+    /// place that synchronizes with the host; call it when a result is wanted, not per step.
+    pub fn check(&mut self, stream: Stream<'_>) -> Result<(), Error> {
+        self.gpu
+            .context()
+            .bind_to_thread()
+            .cuda("binding the context")?;
+        // SAFETY: the stream belongs to this GPU's context (`Stream::from_raw`'s contract).
+        unsafe { cudarc::driver::result::stream::synchronize(stream.raw()) }
+            .cuda("waiting for the stream")?;
+        let ranks: Vec<usize> = self.ranks();
+        read_errors(&self.gpu, &self.spec, &mut self.workspace, &ranks)
+    }
+
+    fn expect_ranks(&self, n: usize, what: &str) -> Result<(), Error> {
+        if n != self.ranks.len() {
+            return Err(Error::Input(format!(
+                "{what}: {n} given for the {} ranks this group drives",
+                self.ranks.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The group's part of rank `i`'s arguments (no caller tensors).
+    fn rank_args(&self, call: &LlCall, i: usize, lr: &LocalRank) -> RankArgs {
+        let ints = u64::from(workspace_ints(&self.spec));
+        let staged = u64::from(self.spec.max_tokens_per_rank) * self.window.staged_bytes;
+        RankArgs {
+            call: call.state_ptr(i),
+            workspace: self.workspace_ptr + 4 * ints * i as u64,
+            staging: if self.staging_ptr == 0 {
+                0
+            } else {
+                self.staging_ptr + staged * i as u64
+            },
+            peers: lr.peers,
+            rank: lr.rank as i32,
+            half: call.half() as i32,
+            ..RankArgs::default()
+        }
+    }
+
+    fn send_grid(&self) -> Grid {
+        Grid {
+            blocks: self.blocks_per_rank,
+            threads: self.threads,
+            cooperative: true,
+        }
+    }
+
+    fn recv_grid(&self) -> Grid {
+        Grid {
+            blocks: 1,
+            threads: self.threads,
+            cooperative: false,
+        }
+    }
+
+    /// Launches `f` for every local rank, [`launch_ranks`] ranks at a time.
+    fn launch_all(
+        &self,
+        f: &CudaFunction,
+        grid: Grid,
+        call: &LlCall,
+        args: &dyn Fn(usize, &LocalRank) -> RankArgs,
+        stream: Stream<'_>,
+    ) -> Result<(), Error> {
+        call.belongs_to(self)?;
+        self.gpu
+            .context()
+            .bind_to_thread()
+            .cuda("binding the context")?;
+        let per = launch_ranks(&self.spec) as usize;
+        let mut chunk = [RankArgs::default(); ep_codegen::kernels::ll::MAX_LAUNCH_RANKS as usize];
+        for (c, ranks) in self.ranks.chunks(per).enumerate() {
+            for (j, lr) in ranks.iter().enumerate() {
+                chunk[j] = args(c * per + j, lr);
+            }
+            // SAFETY: `f` is an entry point of this spec's kernels; the caller's tensors were
+            // checked against the spec's shapes, and the group's memory (workspace, staging,
+            // call state, windows) was allocated for it and lives as long as the group and call.
+            unsafe { launch(f, grid, &chunk[..ranks.len()], self.timeout_ns, stream)? };
+        }
+        Ok(())
+    }
+}
+
+fn check_mode(spec: &Spec) -> Result<(), Error> {
+    if spec.mode != Mode::LowLatency {
+        return Err(Error::Input(format!(
+            "spec `{}` is not low_latency",
+            spec.name
+        )));
+    }
+    Ok(())
+}
+
+fn next_group_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,270 @@
+//! The LL device API on virtual ranks, fed only with buffers the test allocates itself on its
+//! own stream: no host-vector helper copies anything. Results are read from the window views
+//! the API returns and compared with the CPU reference bit for bit.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream};
+use ep_codegen::{IndexDtype, Spec};
+use ep_runtime::check::ll::{check_combine, check_dispatch, expert_outputs};
+use ep_runtime::reference::ll::{RankInput, random_activations};
+use ep_runtime::routing::{Pattern, generate};
+use ep_runtime::{
+    CombineInput, DispatchInput, Elem, Error, LlCall, LlGroup, RankDispatch, Stream, Tensor,
+};
+use ep_tests::{gpu_jit_or_skip, renderer};
+
+fn spec(r: u32, h: u32, k: u32, e: u32, extra: &str) -> Spec {
+    let yaml = format!(
+        "name: api-r{r}-h{h}\nmode: low_latency\nhidden: {h}\nexperts: {e}\ntop_k: {k}\n\
+         ranks: {r}\nmax_tokens_per_rank: 16\n{extra}"
+    );
+    Spec::from_yaml(&yaml, None).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+/// One rank's tensors, allocated by the test (as a framework would).
+struct Buffers {
+    x: CudaSlice<u16>,
+    idx32: Option<CudaSlice<i32>>,
+    idx64: Option<CudaSlice<i64>>,
+    w: CudaSlice<f32>,
+    out: CudaSlice<u16>,
+    t: usize,
+}
+
+fn upload(stream: &Arc<CudaStream>, spec: &Spec, input: &RankInput) -> Buffers {
+    let t = input.routing.num_tokens;
+    let pad = |n: usize| n.max(1);
+    let mut x = input.x.clone();
+    x.resize(pad(x.len()), 0);
+    let mut w = input.routing.topk_weights.clone();
+    w.resize(pad(w.len()), 0.0);
+    let mut ids = input.routing.topk_idx.clone();
+    ids.resize(pad(ids.len()), -1);
+    let (idx32, idx64) = match spec.index_dtype {
+        IndexDtype::I32 => {
+            let v: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+            (Some(stream.clone_htod(&v).unwrap()), None)
+        }
+        IndexDtype::I64 => (None, Some(stream.clone_htod(&ids).unwrap())),
+    };
+    Buffers {
+        x: stream.clone_htod(&x).unwrap(),
+        idx32,
+        idx64,
+        w: stream.clone_htod(&w).unwrap(),
+        out: stream
+            .alloc_zeros::<u16>(pad(t * spec.hidden as usize))
+            .unwrap(),
+        t,
+    }
+}
+
+fn dispatch_inputs(stream: &CudaStream, spec: &Spec, b: &[Buffers]) -> Vec<DispatchInput> {
+    let (h, k) = (spec.hidden as usize, spec.top_k as usize);
+    b.iter()
+        .map(|b| DispatchInput {
+            x: Tensor::of_slice(&b.x, stream, &[b.t, h], Elem::Bf16).unwrap(),
+            topk_idx: match (&b.idx32, &b.idx64) {
+                (Some(s), _) => Tensor::of_slice(s, stream, &[b.t, k], Elem::I32).unwrap(),
+                (_, Some(s)) => Tensor::of_slice(s, stream, &[b.t, k], Elem::I64).unwrap(),
+                _ => unreachable!(),
+            },
+        })
+        .collect()
+}
+
+fn combine_inputs(stream: &CudaStream, spec: &Spec, b: &[Buffers]) -> Vec<CombineInput> {
+    let (h, k) = (spec.hidden as usize, spec.top_k as usize);
+    b.iter()
+        .map(|b| CombineInput {
+            topk_weights: Tensor::of_slice(&b.w, stream, &[b.t, k], Elem::F32).unwrap(),
+            out: Tensor::of_slice(&b.out, stream, &[b.t, h], Elem::Bf16).unwrap(),
+        })
+        .collect()
+}
+
+fn read<T: Default + Clone>(stream: &CudaStream, view: &Tensor, n: usize) -> Vec<T> {
+    let mut v = vec![T::default(); n];
+    if n > 0 {
+        // SAFETY: the view lies inside the group's memory with at least `n` elements of T.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(&mut v, view.ptr(), stream.cu_stream())
+        }
+        .unwrap();
+    }
+    stream.synchronize().unwrap();
+    v
+}
+
+/// Reads what every rank received through the API's views.
+fn received(stream: &CudaStream, group: &LlGroup, call: &LlCall) -> Vec<RankDispatch> {
+    (0..group.local_ranks())
+        .map(|i| {
+            let v = call.received(group, i).unwrap();
+            let x_bytes = v.recv_x.elements() * v.recv_x.elem().size();
+            RankDispatch {
+                recv_count: read(stream, &v.recv_count, v.recv_count.elements()),
+                recv_src: read(stream, &v.recv_src, v.recv_src.elements()),
+                recv_range: read(stream, &v.recv_range, v.recv_range.elements()),
+                recv_x: read(stream, &v.recv_x, x_bytes),
+                recv_scales: v
+                    .recv_scales
+                    .map(|s| read(stream, &s, s.elements()))
+                    .unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// Writes the experts' outputs into each rank's `y` view (the expert kernel's job).
+fn write_y(stream: &CudaStream, group: &LlGroup, call: &LlCall, y: &[Vec<u16>]) {
+    for (i, values) in y.iter().enumerate() {
+        let v = call.received(group, i).unwrap();
+        assert_eq!(v.y.elements(), values.len());
+        // SAFETY: the y view holds exactly `values.len()` 16-bit elements.
+        unsafe { cudarc::driver::result::memcpy_htod_async(v.y.ptr(), values, stream.cu_stream()) }
+            .unwrap();
+    }
+    stream.synchronize().unwrap();
+}
+
+fn inputs(spec: &Spec, round: usize, tokens: &[usize]) -> Vec<RankInput> {
+    let d = spec.dims();
+    (0..d.ranks)
+        .map(|rank| {
+            let seed = (round * 1000 + rank) as u64;
+            let pattern = Pattern::ALL[(round + rank) % Pattern::ALL.len()];
+            RankInput {
+                routing: generate(pattern, tokens[rank], d.top_k, d.experts, d.ranks, seed),
+                x: random_activations(spec, tokens[rank], seed),
+            }
+        })
+        .collect()
+}
+
+fn tokens(spec: &Spec, round: usize) -> Vec<usize> {
+    let m = spec.max_tokens_per_rank as usize;
+    (0..spec.ranks as usize)
+        .map(|r| [m, 0, 1, (round * 7 + r * 3) % (m + 1)][(round + r) % 4])
+        .collect()
+}
+
+#[test]
+fn device_api_on_callers_buffers_and_stream_matches_the_reference() {
+    let Some((gpu, jit, _dir)) =
+        gpu_jit_or_skip("device_api_on_callers_buffers_and_stream_matches_the_reference")
+    else {
+        return;
+    };
+    // The caller's own stream, not the GPU's.
+    let stream = gpu.context().new_stream().unwrap();
+    for spec in [
+        spec(
+            8,
+            7168,
+            8,
+            64,
+            "dispatch_dtype: fp8_e4m3\nindex_dtype: i64\n",
+        ),
+        spec(4, 2880, 4, 16, "index_dtype: i32\n"),
+        spec(
+            16,
+            2048,
+            2,
+            32,
+            "dispatch_dtype: fp8_e4m3\nfp8: {scale: ue8m0}\n",
+        ),
+    ] {
+        let kernels = renderer().render(&spec).unwrap();
+        let mut group = LlGroup::virtual_ranks(&gpu, &jit, &spec, &kernels).unwrap();
+        let mut call = group.new_call().unwrap();
+        for round in 0..12 {
+            let what = format!("{} round {round}", spec.name);
+            let ins = inputs(&spec, round, &tokens(&spec, round));
+            let bufs: Vec<Buffers> = ins.iter().map(|i| upload(&stream, &spec, i)).collect();
+            let s = Stream::from(&*stream);
+            group
+                .dispatch_send(&mut call, &dispatch_inputs(&stream, &spec, &bufs), s)
+                .unwrap();
+            group.dispatch_recv(&call, s).unwrap();
+            group.check(s).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let got = received(&stream, &group, &call);
+            check_dispatch(&spec, &ins, &got).unwrap_or_else(|e| panic!("{what}: {e}"));
+            write_y(&stream, &group, &call, &expert_outputs(&spec, &got));
+            group.combine_send(&call, s).unwrap();
+            group
+                .combine_recv(&call, &combine_inputs(&stream, &spec, &bufs), s)
+                .unwrap();
+            group.check(s).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let out: Vec<Vec<u16>> = bufs
+                .iter()
+                .map(|b| {
+                    let mut v = vec![0u16; b.t * spec.hidden as usize];
+                    if !v.is_empty() {
+                        stream.memcpy_dtoh(&b.out.slice(..v.len()), &mut v).unwrap();
+                    }
+                    v
+                })
+                .collect();
+            stream.synchronize().unwrap();
+            check_combine(&spec, &ins, &out).unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        eprintln!("{}: 12 rounds through the device API match", spec.name);
+    }
+}
+
+#[test]
+fn device_api_reports_bad_ids_and_shapes() {
+    let Some((gpu, jit, _dir)) = gpu_jit_or_skip("device_api_reports_bad_ids_and_shapes") else {
+        return;
+    };
+    let stream = gpu.context().new_stream().unwrap();
+    let s = Stream::from(&*stream);
+    let spec = spec(2, 2048, 2, 8, "index_dtype: i64\n");
+    let kernels = renderer().render(&spec).unwrap();
+    let mut group = LlGroup::virtual_ranks(&gpu, &jit, &spec, &kernels).unwrap();
+    let mut call = group.new_call().unwrap();
+    let mut ins = inputs(&spec, 1, &[6, 6]);
+    ins[1].routing.topk_idx[3] = 1 << 40;
+    ins[1].routing.topk_idx[5] = -7;
+    let bufs: Vec<Buffers> = ins.iter().map(|i| upload(&stream, &spec, i)).collect();
+    let good = dispatch_inputs(&stream, &spec, &bufs);
+    // Shapes: one rank missing, a wrong dtype, T > M.
+    assert!(matches!(
+        group.dispatch_send(&mut call, &good[..1], s),
+        Err(Error::Input(_))
+    ));
+    let mut wrong = good.clone();
+    wrong[0].x = Tensor::of_slice(&bufs[0].x, &stream, &[6, 2048], Elem::F16).unwrap();
+    assert!(matches!(
+        group.dispatch_send(&mut call, &wrong, s),
+        Err(Error::Input(_))
+    ));
+    assert!(matches!(
+        group.dispatch_recv(&call, s),
+        Err(Error::Input(_))
+    ));
+    group.dispatch_send(&mut call, &good, s).unwrap();
+    group.dispatch_recv(&call, s).unwrap();
+    match group.check(s) {
+        Err(Error::OnRank { rank: 1, source }) => match *source {
+            Error::BadExpertId {
+                token,
+                slot,
+                value,
+                count,
+                ..
+            } => assert_eq!((token, slot, value, count), (1, 1, 1 << 40, 2)),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("expected a bad expert id on rank 1, got {other:?}"),
+    }
+    // The bad slots were skipped: the rest matches the reference with them as -1.
+    let mut fixed = ins.clone();
+    fixed[1].routing.topk_idx[3] = -1;
+    fixed[1].routing.topk_idx[5] = -1;
+    let got = received(&stream, &group, &call);
+    check_dispatch(&spec, &fixed, &got).unwrap();
+    group.check(s).unwrap();
+}
