@@ -138,8 +138,16 @@ pub fn verify_ll(
     spec: &Spec,
     plan: &LlPlan<'_>,
 ) -> Result<LlVerified> {
-    let (seed, routings) = (plan.seed, plan.routings);
     let mut ll = LowLatency::new(gpu, jit, renderer, spec)?;
+    verify_ll_on(&mut ll, spec, plan)
+}
+
+/// [`verify_ll`] on the ranks of any group (all virtual ranks, or this process's NCCL rank):
+/// every rank's inputs are made from the seed, so each process checks its own ranks.
+pub fn verify_ll_on(ll: &mut LowLatency, spec: &Spec, plan: &LlPlan<'_>) -> Result<LlVerified> {
+    let (seed, routings) = (plan.seed, plan.routings);
+    let gpu = ll.gpu().clone();
+    let mine = ll.group().ranks();
     let mut call = ll.new_call()?;
     let ep_codegen::Dims {
         ranks: r,
@@ -166,34 +174,37 @@ pub fn verify_ll(
             })
             .collect()
     };
+    let local = |all: &[RankInput]| -> Vec<RankInput> {
+        mine.iter().map(|&rank| all[rank].clone()).collect()
+    };
     for i in 0..routings.max(1) {
         let inputs = inputs_of(i);
-        call.set_inputs(gpu, &inputs)?;
+        call.set_inputs(&gpu, &local(&inputs))?;
         ll.dispatch_send(&mut call)?;
         ll.dispatch_recv(&mut call)?;
         let got = ll.dispatched(&call)?;
-        check::ll::check_dispatch(spec, &inputs, &got).map_err(|why| {
+        check::ll::check_dispatch_of(spec, &inputs, &mine, &got).map_err(|why| {
             anyhow!(
                 "{}: dispatch of call {i} differs from the reference: {why}",
                 spec.name
             )
         })?;
-        let y = check::ll::expert_outputs(spec, &got);
+        let y = check::ll::expert_outputs_of(spec, &mine, &got);
         ll.set_expert_outputs(&call, &y)?;
         ll.combine_send(&call)?;
         ll.combine_recv(&mut call)?;
         let out = ll.combined(&call)?;
-        check::ll::check_combine(spec, &inputs, &out).map_err(|why| {
+        check::ll::check_combine_of(spec, &inputs, &mine, &out).map_err(|why| {
             anyhow!(
                 "{}: combine of call {i} differs from the reference: {why}",
                 spec.name
             )
         })?;
         if let (0, Some(dir)) = (i, plan.dump) {
-            dump_call(dir, spec, &inputs, &got, &y, &out)?;
+            dump_call(dir, spec, &mine, &inputs, &got, &y, &out)?;
         }
     }
-    call.set_inputs(gpu, &inputs_of(0))?;
+    call.set_inputs(&gpu, &local(&inputs_of(0)))?;
     let times = ll.time_phases(&mut call, 10, plan.iters)?;
     Ok(LlVerified {
         ranks: spec.ranks,
@@ -206,6 +217,7 @@ pub fn verify_ll(
 fn dump_call(
     dir: &Path,
     spec: &Spec,
+    ranks: &[usize],
     inputs: &[RankInput],
     got: &[ep_runtime::RankDispatch],
     y: &[Vec<u16>],
@@ -221,7 +233,8 @@ fn dump_call(
         ..
     } = spec.dims();
     let rows = r * m;
-    for (rank, input) in inputs.iter().enumerate() {
+    for (i, &rank) in ranks.iter().enumerate() {
+        let input = &inputs[rank];
         let t = input.routing.num_tokens;
         let file = |name: &str| dir.join(format!("rank{rank}.{name}.npy"));
         npy::write(&file("x"), &[t, h], npy::Data::U16(&input.x))?;
@@ -235,7 +248,7 @@ fn dump_call(
             &[t, k],
             npy::Data::F32(&input.routing.topk_weights),
         )?;
-        let g = &got[rank];
+        let g = &got[i];
         if spec.fp8.is_some() {
             npy::write(&file("recv_x"), &[l, rows, h], npy::Data::U8(&g.recv_x))?;
             npy::write(
@@ -258,8 +271,8 @@ fn dump_call(
             &[l, r, 2],
             npy::Data::I32(&g.recv_range),
         )?;
-        npy::write(&file("y"), &[l, rows, h], npy::Data::U16(&y[rank]))?;
-        npy::write(&file("out"), &[t, h], npy::Data::U16(&out[rank]))?;
+        npy::write(&file("y"), &[l, rows, h], npy::Data::U16(&y[i]))?;
+        npy::write(&file("out"), &[t, h], npy::Data::U16(&out[i]))?;
     }
     Ok(())
 }

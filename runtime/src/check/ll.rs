@@ -20,24 +20,41 @@ pub fn check_dispatch(
     inputs: &[RankInput],
     got: &[RankDispatch],
 ) -> Result<(), String> {
+    let ranks: Vec<usize> = (0..spec.ranks as usize).collect();
+    check_dispatch_of(spec, inputs, &ranks, got)
+}
+
+/// Like [`check_dispatch`] for some ranks only (`got[i]` is rank `ranks[i]`'s), as a process
+/// that drives only its own ranks sees them; `inputs` holds every rank's.
+pub fn check_dispatch_of(
+    spec: &Spec,
+    inputs: &[RankInput],
+    ranks: &[usize],
+    got: &[RankDispatch],
+) -> Result<(), String> {
     let (r, m) = (spec.ranks as usize, spec.max_tokens_per_rank as usize);
     let payload = spec.hidden as usize * spec.dispatch_dtype.size() as usize;
     let sc = spec.fp8.map_or(0, |f| (spec.hidden / f.block) as usize);
+    if got.len() != ranks.len() || inputs.len() != r {
+        return Err(format!(
+            "{} results for {} ranks, {} inputs for {r}",
+            got.len(),
+            ranks.len(),
+            inputs.len()
+        ));
+    }
     let want = expected_dispatch(spec, inputs);
-    for d in 0..r {
+    for (g, &d) in got.iter().zip(ranks) {
         for (le, expect) in want[d].iter().enumerate() {
             let here = format!("rank {d} local expert {le}");
-            let count = got[d].recv_count[le] as usize;
+            let count = g.recv_count[le] as usize;
             if count != expect.len() {
                 return Err(format!("{here}: {count} rows, expected {}", expect.len()));
             }
             let base = le * r * m;
             for s in 0..r {
                 let at = (le * r + s) * 2;
-                let (begin, n) = (
-                    got[d].recv_range[at] as usize,
-                    got[d].recv_range[at + 1] as usize,
-                );
+                let (begin, n) = (g.recv_range[at] as usize, g.recv_range[at + 1] as usize);
                 let from_s = expect.iter().filter(|row| row.src_rank == s).count();
                 if n != from_s {
                     return Err(format!(
@@ -45,7 +62,7 @@ pub fn check_dispatch(
                     ));
                 }
                 if let Some(i) =
-                    (begin..begin + n).find(|&i| got[d].recv_src[base + i] as usize / m != s)
+                    (begin..begin + n).find(|&i| g.recv_src[base + i] as usize / m != s)
                 {
                     return Err(format!(
                         "{here}: row {i} inside source {s}'s range comes from elsewhere"
@@ -53,9 +70,9 @@ pub fn check_dispatch(
                 }
             }
             let mut rows: Vec<usize> = (0..count).collect();
-            rows.sort_by_key(|&i| got[d].recv_src[base + i]);
+            rows.sort_by_key(|&i| g.recv_src[base + i]);
             for (i, row) in rows.into_iter().zip(expect) {
-                let src = got[d].recv_src[base + i] as usize;
+                let src = g.recv_src[base + i] as usize;
                 if (src / m, src % m) != (row.src_rank, row.token) {
                     return Err(format!(
                         "{here}: row from ({}, {}), expected ({}, {})",
@@ -65,14 +82,14 @@ pub fn check_dispatch(
                         row.token
                     ));
                 }
-                if got[d].recv_x[(base + i) * payload..][..payload] != row.payload[..] {
+                if g.recv_x[(base + i) * payload..][..payload] != row.payload[..] {
                     return Err(format!(
                         "{here}: payload of ({}, {}) differs",
                         row.src_rank, row.token
                     ));
                 }
                 if sc > 0 {
-                    let scales = &got[d].recv_scales[(base + i) * sc..][..sc];
+                    let scales = &g.recv_scales[(base + i) * sc..][..sc];
                     if !scales
                         .iter()
                         .zip(&row.scales)
@@ -92,6 +109,12 @@ pub fn check_dispatch(
 
 /// Expert outputs `y` for every rank in the received layout, from [`expert_value`].
 pub fn expert_outputs(spec: &Spec, got: &[RankDispatch]) -> Vec<Vec<u16>> {
+    let ranks: Vec<usize> = (0..got.len()).collect();
+    expert_outputs_of(spec, &ranks, got)
+}
+
+/// Like [`expert_outputs`] for some ranks only (`got[i]` is rank `ranks[i]`'s).
+pub fn expert_outputs_of(spec: &Spec, ranks: &[usize], got: &[RankDispatch]) -> Vec<Vec<u16>> {
     let ep_codegen::Dims {
         ranks: r,
         local: l,
@@ -99,13 +122,14 @@ pub fn expert_outputs(spec: &Spec, got: &[RankDispatch]) -> Vec<Vec<u16>> {
         hidden: h,
         ..
     } = spec.dims();
-    (0..r)
-        .map(|d| {
+    got.iter()
+        .zip(ranks)
+        .map(|(g, &d)| {
             let mut y = vec![0u16; l * r * m * h];
             for le in 0..l {
-                for i in 0..got[d].recv_count[le].max(0) as usize {
+                for i in 0..g.recv_count[le].max(0) as usize {
                     let row = le * r * m + i;
-                    let src = got[d].recv_src[row] as usize;
+                    let src = g.recv_src[row] as usize;
                     for c in 0..h {
                         y[row * h + c] =
                             expert_value(src / m, src % m, d * l + le, c, spec.combine_dtype);
@@ -119,8 +143,25 @@ pub fn expert_outputs(spec: &Spec, got: &[RankDispatch]) -> Vec<Vec<u16>> {
 
 /// Checks every rank's combined output against the reference, bit for bit.
 pub fn check_combine(spec: &Spec, inputs: &[RankInput], out: &[Vec<u16>]) -> Result<(), String> {
+    let ranks: Vec<usize> = (0..inputs.len()).collect();
+    check_combine_of(spec, inputs, &ranks, out)
+}
+
+/// Like [`check_combine`] for some ranks only (`out[i]` is rank `ranks[i]`'s).
+pub fn check_combine_of(
+    spec: &Spec,
+    inputs: &[RankInput],
+    ranks: &[usize],
+    out: &[Vec<u16>],
+) -> Result<(), String> {
     let (h, k) = (spec.hidden as usize, spec.top_k as usize);
-    for (s, input) in inputs.iter().enumerate() {
+    if out.len() != ranks.len() {
+        return Err(format!("{} outputs for {} ranks", out.len(), ranks.len()));
+    }
+    for (out, &s) in out.iter().zip(ranks) {
+        let input = inputs
+            .get(s)
+            .ok_or_else(|| format!("no input of rank {s}"))?;
         let rows: Vec<Vec<Vec<u16>>> = (0..input.routing.num_tokens)
             .map(|t| {
                 (0..k)
@@ -134,17 +175,13 @@ pub fn check_combine(spec: &Spec, inputs: &[RankInput], out: &[Vec<u16>]) -> Res
             })
             .collect();
         let want = combine(spec, &input.routing, |t, slot| &rows[t][slot]);
-        if out[s] != want {
-            let first = out[s]
-                .iter()
-                .zip(&want)
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
+        if *out != want {
+            let first = out.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
             return Err(format!(
                 "combine of rank {s} differs first at token {} channel {}: {:#06x}, expected {:#06x}",
                 first / h,
                 first % h,
-                out[s].get(first).copied().unwrap_or(0),
+                out.get(first).copied().unwrap_or(0),
                 want.get(first).copied().unwrap_or(0)
             ));
         }
