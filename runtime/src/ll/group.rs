@@ -261,10 +261,8 @@ impl LlGroup {
                     "rank {rank}: {t} tokens exceed max_tokens_per_rank = {m}"
                 )));
             }
-            input.x.expect(&format!("rank {rank}: x"), &[t, h], act)?;
-            input
-                .topk_idx
-                .expect(&format!("rank {rank}: topk_idx"), &[t, k], index)?;
+            input.x.expect(rank, "x", &[t, h], act)?;
+            input.topk_idx.expect(rank, "topk_idx", &[t, k], index)?;
         }
         let args = |i: usize, lr: &LocalRank| RankArgs {
             x: inputs[i].x.ptr(),
@@ -309,14 +307,11 @@ impl LlGroup {
         let (h, k) = (self.spec.hidden as usize, self.spec.top_k as usize);
         for (i, input) in inputs.iter().enumerate() {
             let (rank, t) = (self.ranks[i].rank, call.tokens()[i]);
+            let act = Elem::of(self.spec.dtype);
             input
                 .topk_weights
-                .expect(&format!("rank {rank}: topk_weights"), &[t, k], Elem::F32)?;
-            input.out.expect(
-                &format!("rank {rank}: out"),
-                &[t, h],
-                Elem::of(self.spec.dtype),
-            )?;
+                .expect(rank, "topk_weights", &[t, k], Elem::F32)?;
+            input.out.expect(rank, "out", &[t, h], act)?;
         }
         let args = |i: usize, lr: &LocalRank| RankArgs {
             topk_weights: inputs[i].topk_weights.ptr(),

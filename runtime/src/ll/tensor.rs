@@ -142,11 +142,18 @@ impl Tensor {
         self.elements() * self.elem.size()
     }
 
-    /// Checks the shape and element type against what an argument needs.
-    pub(crate) fn expect(&self, what: &str, shape: &[usize], elem: Elem) -> Result<(), Error> {
+    /// Checks the shape and element type of rank `rank`'s argument `what` (allocation-free
+    /// unless it fails: this runs on the hot path).
+    pub(crate) fn expect(
+        &self,
+        rank: usize,
+        what: &str,
+        shape: &[usize],
+        elem: Elem,
+    ) -> Result<(), Error> {
         if self.shape() != shape || self.elem != elem {
             return Err(Error::Input(format!(
-                "{what}: expected {elem:?} {shape:?}, got {:?} {:?}",
+                "rank {rank}: {what}: expected {elem:?} {shape:?}, got {:?} {:?}",
                 self.elem,
                 self.shape()
             )));
