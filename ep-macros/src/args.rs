@@ -172,27 +172,49 @@ impl Parse for SpecFile {
 /// file's absolute path. The path is relative to the calling crate's manifest folder or, when
 /// no file is there, to the folder of the source file that calls the macro.
 pub fn spec_from_file(decl: &SpecFile) -> syn::Result<(Spec, String, String)> {
+    use std::path::{Path, PathBuf};
     let relative = decl.path.value();
-    let mut candidates = Vec::new();
+    // Each place to look, with how the error names it: the manifest folder by the crate's name
+    // (not its absolute path, which may lie in a build folder such as trybuild's generated
+    // project), the source file's folder as rustc names that file in its own diagnostics.
+    let mut candidates: Vec<(PathBuf, String)> = Vec::new();
     if let Ok(base) = std::env::var("CARGO_MANIFEST_DIR") {
-        candidates.push(std::path::Path::new(&base).join(&relative));
+        let krate = std::env::var("CARGO_PKG_NAME")
+            .map_or_else(|_| "the crate".to_string(), |n| format!("crate `{n}`"));
+        candidates.push((
+            Path::new(&base).join(&relative),
+            format!("`{relative}` in the manifest folder of {krate}"),
+        ));
     }
     if let Some(dir) = proc_macro::Span::call_site()
         .local_file()
-        .and_then(|f| f.parent().map(std::path::Path::to_path_buf))
+        .and_then(|f| f.parent().map(Path::to_path_buf))
     {
-        candidates.push(dir.join(&relative));
+        let path = dir.join(&relative);
+        let shown = format!("`{}` beside this source file", path.display());
+        candidates.push((path, shown));
     }
-    let Some(path) = candidates.iter().find(|p| p.is_file()).cloned() else {
-        let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-        return Err(syn::Error::new(
-            decl.path.span(),
+    let Some(path) = candidates
+        .iter()
+        .map(|(p, _)| p)
+        .find(|p| p.is_file())
+        .cloned()
+    else {
+        let message = if Path::new(&relative).is_absolute() {
+            format!("spec file `{relative}` not found")
+        } else if candidates.is_empty() {
             format!(
-                "spec file `{relative}` not found (relative to the crate's manifest folder or to \
-                 this source file; tried {})",
-                tried.join(", ")
-            ),
-        ));
+                "spec file `{relative}` not found (neither the crate's manifest folder nor this \
+                 source file's folder is known to look in)"
+            )
+        } else {
+            let tried: Vec<&str> = candidates.iter().map(|(_, s)| s.as_str()).collect();
+            format!(
+                "spec file `{relative}` not found; tried {}",
+                tried.join(" and ")
+            )
+        };
+        return Err(syn::Error::new(decl.path.span(), message));
     };
     let text = std::fs::read_to_string(&path).map_err(|e| {
         syn::Error::new(
