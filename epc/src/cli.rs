@@ -105,6 +105,42 @@ pub struct RunArgs {
     /// activations as their bit patterns, uint16).
     #[arg(long, value_name = "DIR")]
     pub dump: Option<PathBuf>,
+    /// Where the ranks run.
+    #[command(flatten)]
+    pub transport: TransportArgs,
+}
+
+/// Where low-latency ranks run (`epc run`, `epc bench`).
+#[derive(Debug, Args)]
+pub struct TransportArgs {
+    /// `virtual`: every rank on GPU 0. `nccl`: one rank per GPU over NCCL symmetric memory; with
+    /// one GPU a 1-rank communicator, with several epc starts one process per GPU, unless this
+    /// process is one rank of a job (--nccl-rank and --nccl-ranks, or torchrun's RANK and
+    /// WORLD_SIZE, or Open MPI's OMPI_COMM_WORLD_RANK and OMPI_COMM_WORLD_SIZE).
+    #[arg(long, value_enum, default_value_t = TransportArg::Virtual)]
+    pub transport: TransportArg,
+    /// This process's NCCL rank.
+    #[arg(long, value_name = "RANK")]
+    pub nccl_rank: Option<usize>,
+    /// Ranks of the NCCL job.
+    #[arg(long, value_name = "RANKS")]
+    pub nccl_ranks: Option<usize>,
+    /// GPU of this rank (default: LOCAL_RANK or OMPI_COMM_WORLD_LOCAL_RANK, else the rank).
+    #[arg(long, value_name = "GPU")]
+    pub nccl_device: Option<usize>,
+    /// File holding NCCL's unique id (hex) for the ranks of a job: rank 0 writes it when absent,
+    /// the others wait for it. `EPC_NCCL_ID` (the id itself, hex) takes precedence.
+    #[arg(long, env = "EPC_NCCL_ID_FILE", value_name = "FILE")]
+    pub nccl_id_file: Option<PathBuf>,
+}
+
+/// Transports of the LL ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// All ranks on one GPU.
+    Virtual,
+    /// One rank per GPU over NCCL.
+    Nccl,
 }
 
 /// `epc all`.
@@ -156,6 +192,9 @@ pub struct BenchArgs {
     /// Plot time against tokens per rank as SVG (with --sweep).
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+    /// Where the ranks run.
+    #[command(flatten)]
+    pub transport: TransportArgs,
 }
 
 /// Routing shapes (see `ep_runtime::routing::Pattern`).

@@ -9,6 +9,7 @@ mod inputs;
 mod npy;
 mod progress;
 mod svg;
+mod transport;
 
 use clap::Parser;
 

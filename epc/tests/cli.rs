@@ -189,3 +189,60 @@ fn the_main_job_checks_renders_and_compiles_everything() {
         assert!(out.contains("compile and GPU steps skipped"), "{out}");
     }
 }
+
+#[test]
+fn nccl_rank_options_are_checked_before_any_gpu_work() {
+    let cache = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "run",
+                "gpt-oss-120b-ll",
+                "--transport",
+                "nccl",
+                "--nccl-rank",
+                "2",
+                "--nccl-ranks",
+                "2",
+            ],
+            "must be below the rank count",
+        ),
+        (
+            &[
+                "run",
+                "gpt-oss-120b-ll",
+                "--transport",
+                "nccl",
+                "--nccl-rank",
+                "1",
+            ],
+            "needs both its rank and the rank count",
+        ),
+        (
+            &["bench", "--transport", "virtual", "--nccl-ranks", "2"],
+            "need --transport nccl",
+        ),
+        (
+            &["run", "gpt-oss-120b-ll", "--transport", "carrier-pigeon"],
+            "invalid value",
+        ),
+    ];
+    for (args, expected) in cases {
+        let o = epc(args, cache.path());
+        assert!(!o.status.success(), "{args:?} should fail: {}", text(&o));
+        assert!(text(&o).contains(expected), "{args:?}: {}", text(&o));
+    }
+    let o = Command::new(epc_binary())
+        .args(["run", "gpt-oss-120b-ll", "--transport", "nccl"])
+        .env("EPC_CACHE_DIR", cache.path())
+        .env("RANK", "zero")
+        .env("WORLD_SIZE", "2")
+        .output()
+        .expect("epc runs");
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("RANK=\"zero\" is not a rank number"),
+        "{}",
+        text(&o)
+    );
+}

@@ -130,6 +130,72 @@ pub enum Error {
     /// Spec or template problem from the code generator.
     #[error(transparent)]
     Codegen(#[from] ep_codegen::Error),
+    /// No usable libnccl (NCCL >= 2.28) was found in any place searched.
+    #[error(
+        "NCCL >= 2.28 (libnccl.so.2) was not found. Searched:\n  {}\nInstall it with \
+         `python3 -m pip install nvidia-nccl-cu13` (or use PyTorch's copy), or set EPC_NCCL to \
+         the library file or its folder.",
+        searched.join("\n  ")
+    )]
+    NcclNotFound {
+        /// Every file or name tried, with why it was not used.
+        searched: Vec<String>,
+    },
+    /// A libnccl that was named explicitly (`EPC_NCCL`) or found cannot be used: the file is
+    /// missing, does not load, or lacks a function epc calls.
+    #[error("the NCCL library {location} cannot be used: {detail}")]
+    NcclUnusable {
+        /// The file or name, and where it came from.
+        location: String,
+        /// What went wrong, and what to do.
+        detail: String,
+    },
+    /// The libnccl found is older than the 2.28 that symmetric memory and the device API need.
+    #[error(
+        "NCCL {version} at {location} is too old: epc needs NCCL >= 2.28 (symmetric windows and \
+         the device API). Install a newer one (`python3 -m pip install nvidia-nccl-cu13`) and \
+         point EPC_NCCL at it"
+    )]
+    NcclTooOld {
+        /// The version found.
+        version: String,
+        /// Where it was found.
+        location: String,
+    },
+    /// NCCL's headers (needed to compile the device side of the `nccl` transport) are missing
+    /// or belong to another NCCL version than the library.
+    #[error("NCCL headers: {detail}")]
+    NcclHeaders {
+        /// What was searched or found, and what to do.
+        detail: String,
+    },
+    /// An NCCL call failed.
+    #[error(
+        "NCCL {call} failed: {name} ({code}): {message}{}",
+        if .last_error.trim().is_empty() {
+            String::new()
+        } else {
+            format!(" (NCCL says: {})", .last_error.trim())
+        }
+    )]
+    Nccl {
+        /// The call, with what it was called for.
+        call: String,
+        /// NCCL's result code.
+        code: i32,
+        /// The result code's name (`ncclInvalidUsage`, ...).
+        name: &'static str,
+        /// `ncclGetErrorString` of the code.
+        message: String,
+        /// `ncclGetLastError`'s text (empty when NCCL gave none).
+        last_error: String,
+    },
+    /// A symmetric window could not be set up between the ranks.
+    #[error("NCCL symmetric window: {detail}")]
+    NcclWindow {
+        /// What went wrong, and what it needs.
+        detail: String,
+    },
 }
 
 impl Error {

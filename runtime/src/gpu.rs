@@ -55,6 +55,19 @@ impl Gpu {
         })
     }
 
+    /// GPUs the driver sees (0 on a machine without the driver or a GPU).
+    pub fn count() -> usize {
+        if probe_driver().is_err() {
+            return 0;
+        }
+        CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+    }
+
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
+
     /// The context.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx

@@ -214,7 +214,10 @@ fn device_api_on_callers_buffers_and_stream_matches_the_reference() {
             stream.synchronize().unwrap();
             check_combine(&spec, &ins, &out).unwrap_or_else(|e| panic!("{what}: {e}"));
         }
-        eprintln!("{}: {rounds} rounds through the device API match", spec.name);
+        eprintln!(
+            "{}: {rounds} rounds through the device API match",
+            spec.name
+        );
     }
 }
 

@@ -19,6 +19,7 @@ use ep_runtime::{Gpu, Jit, LowLatency, timing};
 use crate::cli::BenchArgs;
 use crate::inputs::{load_specs, renderer};
 use crate::svg;
+use crate::transport::{Placement, launch, ll_group};
 
 /// One measurement.
 struct Row {
@@ -71,9 +72,16 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
     if !args.specs.is_empty() {
         specs.extend(load_specs(&args.specs)?.into_iter().map(|l| l.spec));
     }
-    let ranks = args
+    let placement = Placement::of(&args.transport)?;
+    if let Placement::NcclLauncher { gpus } = placement {
+        return launch(gpus);
+    }
+    if let (Some(_), Some(r)) = (args.ranks, placement.ranks()) {
+        bail!("--ranks does not apply to --transport nccl: the job has {r} ranks, one per GPU");
+    }
+    let ranks = placement.ranks().or(args
         .ranks
-        .or((args.specs.is_empty() || args.standard).then_some(8));
+        .or((args.specs.is_empty() || args.standard).then_some(8)));
     let specs: Vec<Spec> = specs
         .iter()
         .map(|s| ranks.map_or(Ok(s.clone()), |r| Ok(s.with_ranks(r)?)))
@@ -96,7 +104,7 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
             s.name
         );
     }
-    let gpu = Gpu::open(0)?;
+    let gpu = Gpu::open(placement.device())?;
     let jit = Jit::nvrtc()?;
     let renderer = renderer(templates)?;
     println!(
@@ -121,7 +129,7 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
                 spec.name
             );
         }
-        let mut ll = LowLatency::new(&gpu, &jit, &renderer, spec)
+        let mut ll = ll_group(&placement, &args.transport, &gpu, &jit, &renderer, spec)
             .with_context(|| format!("setting up {}", spec.name))?;
         let mut call = ll.new_call()?;
         for &t in &tokens {
@@ -161,11 +169,18 @@ fn measure(
             x: random_activations(spec, tokens, rank as u64),
         })
         .collect();
-    let selections: u64 = inputs
+    // This process's ranks (all of them on virtual ranks): their selections are the bytes.
+    let mine: Vec<RankInput> = ll
+        .group()
+        .ranks()
+        .iter()
+        .map(|&rank| inputs[rank].clone())
+        .collect();
+    let selections: u64 = mine
         .iter()
         .map(|i| i.routing.topk_idx.iter().filter(|&&x| x >= 0).count() as u64)
         .sum();
-    call.set_inputs(gpu, &inputs)?;
+    call.set_inputs(gpu, &mine)?;
     let times = ll.time_phases(call, args.warmup, args.iters)?;
     let scale_bytes = spec.fp8.map_or(0, |f| h / u64::from(f.block) * 4);
     let dispatch_bytes = selections * (h * u64::from(spec.dispatch_dtype.size()) + scale_bytes);

@@ -7,17 +7,31 @@ use anyhow::{Result, bail};
 use ep_codegen::Mode;
 use ep_runtime::Jit;
 
-use super::verify::{LlPlan, Plan, fitting, verify_layout, verify_ll};
+use super::verify::{LlPlan, Plan, fitting, verify_layout, verify_ll_on};
 use crate::cli::RunArgs;
 use crate::inputs::{load_specs, renderer};
+use crate::transport::{Placement, launch, ll_group};
 
 /// Runs each spec's kernels once on the GPU, checks them, times them and prints the layout.
 pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
     let specs = load_specs(&args.specs.specs)?;
     let renderer = renderer(templates)?;
-    let gpu = ep_runtime::Gpu::open(0)?;
+    let placement = Placement::of(&args.transport)?;
+    if let Placement::NcclLauncher { gpus } = placement {
+        return launch(gpus);
+    }
+    if let (Some(_), Some(r)) = (args.ranks, placement.ranks()) {
+        bail!("--ranks does not apply to --transport nccl: the job has {r} ranks, one per GPU");
+    }
+    let gpu = ep_runtime::Gpu::open(placement.device())?;
     let jit = Jit::nvrtc()?;
     println!("GPU {} ({}, {} SMs)", gpu.name(), gpu.arch(), gpu.sms());
+    if let Placement::NcclRank { rank, ranks, .. } = placement {
+        println!(
+            "NCCL rank {rank} of {ranks} ({})",
+            ep_runtime::transport::NcclLibrary::load()?
+        );
+    }
     for l in &specs {
         let spec = &l.spec;
         let m = spec.max_tokens_per_rank as usize;
@@ -50,9 +64,9 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
             spec.name, args.seed, v.layout_us, v.layout.num_tokens_per_rank
         );
         if spec.mode == Mode::LowLatency {
-            let runnable = match args.ranks {
-                Some(r) => spec.with_ranks(r)?,
-                None => fitting(&gpu, spec)?,
+            let runnable = match (placement.ranks(), args.ranks) {
+                (Some(r), _) | (None, Some(r)) => spec.with_ranks(r)?,
+                (None, None) => fitting(&gpu, spec)?,
             };
             let plan = LlPlan {
                 seed: args.seed,
@@ -60,7 +74,15 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
                 iters: args.iters,
                 dump: args.dump.as_deref(),
             };
-            let l = verify_ll(&gpu, &jit, &renderer, &runnable, &plan)?;
+            let mut ll = ll_group(
+                &placement,
+                &args.transport,
+                &gpu,
+                &jit,
+                &renderer,
+                &runnable,
+            )?;
+            let l = verify_ll_on(&mut ll, &runnable, &plan)?;
             println!(
                 "{:<24} {} of {} ranks, {} call(s) match the reference (dispatch and combine); \
                  at T={}: dispatch {:.2} us (send {:.2} + receive {:.2}), combine {:.2} us \

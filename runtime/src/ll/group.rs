@@ -11,7 +11,7 @@ use ep_codegen::{KernelSource, Mode, Spec};
 use super::call::{CombineInput, DispatchInput, LlCall};
 use super::errors::read_errors;
 use super::launch::{Grid, RankArgs, launch};
-use super::tensor::{Elem, Stream};
+use super::tensor::{Elem, Stream, Tensor};
 use crate::error::CudaContextExt;
 use crate::transport::VirtualRanks;
 use crate::{Error, Gpu, Jit};
@@ -25,6 +25,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) enum Transport {
     /// R windows on this GPU.
     Virtual(VirtualRanks),
+    /// This GPU's rank's window in NCCL symmetric memory.
+    Nccl(crate::transport::SymmetricWindow),
 }
 
 /// One rank this process drives: its id and where its window and peer table are.
@@ -92,7 +94,7 @@ impl LlGroup {
         LlGroup::build(gpu, jit, spec, kernels, Transport::Virtual(windows), ranks)
     }
 
-    fn build(
+    pub(crate) fn build(
         gpu: &Gpu,
         jit: &Jit,
         spec: &Spec,
@@ -407,6 +409,46 @@ impl LlGroup {
             unsafe { launch(f, grid, &chunk[..ranks.len()], self.timeout_ns, stream)? };
         }
         Ok(())
+    }
+}
+
+impl Drop for LlGroup {
+    /// Over NCCL, peers read this rank's window until they finish their last combine: before
+    /// the window is freed, every rank meets once more (a dispatch of no tokens, whose receive
+    /// returns only when every rank has sent it, so when no rank touches this window again).
+    /// Every rank drops its groups in the same order, as it made them; a peer that is gone
+    /// costs one timeout and a warning.
+    fn drop(&mut self) {
+        if !matches!(self._transport, Transport::Nccl(_)) {
+            return;
+        }
+        if let Err(e) = self.meet() {
+            tracing::warn!(
+                "NCCL rank(s) {:?}: the last meeting before freeing the window failed: {e}",
+                self.ranks()
+            );
+        }
+    }
+}
+
+impl LlGroup {
+    /// A dispatch of zero tokens on every local rank, waited for.
+    fn meet(&mut self) -> Result<(), Error> {
+        let mut call = LlCall::new(self, 0)?;
+        let (h, k) = (self.spec.hidden as usize, self.spec.top_k as usize);
+        // SAFETY: empty tensors are never dereferenced.
+        let empty = unsafe {
+            DispatchInput {
+                x: Tensor::from_raw(0, &[0, h], Elem::of(self.spec.dtype))?,
+                topk_idx: Tensor::from_raw(0, &[0, k], Elem::of_index(self.spec.index_dtype))?,
+            }
+        };
+        let inputs = vec![empty; self.ranks.len()];
+        let cuda = self.gpu.stream().clone();
+        let stream = Stream::from(&*cuda);
+        self.dispatch_send(&mut call, &inputs, stream)?;
+        self.dispatch_recv(&call, stream)?;
+        self.check(stream)
     }
 }
 

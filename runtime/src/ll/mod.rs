@@ -13,6 +13,7 @@ mod graphs;
 mod group;
 mod harness;
 mod launch;
+mod nccl;
 mod tensor;
 mod typed;
 

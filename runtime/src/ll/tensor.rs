@@ -208,3 +208,32 @@ impl<'a> From<&'a CudaStream> for Stream<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_tensors_are_checked() {
+        // SAFETY: none of these tensors is used on a device; only the checks run.
+        unsafe {
+            assert!(Tensor::from_raw(0, &[4, 7168], Elem::Bf16).is_err(), "null");
+            assert!(
+                Tensor::from_raw(0x1008, &[4, 8], Elem::I64).is_err(),
+                "unaligned"
+            );
+            assert!(
+                Tensor::from_raw(0x1000, &[1, 2, 3, 4], Elem::F32).is_err(),
+                "4-D"
+            );
+            let empty = Tensor::from_raw(0, &[0, 7168], Elem::Bf16).unwrap();
+            assert_eq!((empty.elements(), empty.bytes()), (0, 0));
+            let t = Tensor::from_raw(0x1000, &[3, 8], Elem::I64).unwrap();
+            assert_eq!((t.shape(), t.bytes()), (&[3usize, 8][..], 192));
+            assert!(t.expect(0, "topk_idx", &[3, 8], Elem::I64).is_ok());
+            let e = t.expect(5, "topk_idx", &[3, 8], Elem::I32).unwrap_err();
+            assert!(e.to_string().contains("rank 5: topk_idx"), "{e}");
+            assert!(t.expect(0, "topk_idx", &[4, 8], Elem::I64).is_err());
+        }
+    }
+}

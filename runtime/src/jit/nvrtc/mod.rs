@@ -92,7 +92,7 @@ impl Compiler for Nvrtc {
 }
 
 /// Destroys the NVRTC program on every exit path.
-struct Program(sys::nvrtcProgram);
+pub(crate) struct Program(pub(crate) sys::nvrtcProgram);
 
 impl Drop for Program {
     fn drop(&mut self) {
@@ -102,7 +102,7 @@ impl Drop for Program {
 }
 
 /// The cubin of a compiled program (its target must be a real `sm_XX`).
-fn get_cubin(program: &Program) -> Result<Vec<u8>, Error> {
+pub(crate) fn get_cubin(program: &Program) -> Result<Vec<u8>, Error> {
     let mut size = 0usize;
     // SAFETY: the program is compiled and alive; `size` is valid for writes.
     unsafe { sys::nvrtcGetCUBINSize(program.0, &mut size) }

@@ -1,0 +1,265 @@
+//! Where `epc run` and `epc bench` put their ranks: all on one GPU as virtual ranks, or one per
+//! GPU over NCCL.
+//!
+//! With `--transport nccl`, a process is either one rank (`--nccl-rank`/`--nccl-ranks`, or the
+//! rank variables of torchrun (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`) or Open MPI
+//! (`OMPI_COMM_WORLD_RANK`, `OMPI_COMM_WORLD_SIZE`, `OMPI_COMM_WORLD_LOCAL_RANK`)), or the
+//! launcher: with one GPU it runs a 1-rank communicator itself, with several it starts one
+//! process of itself per GPU, hands them NCCL's unique id through `EPC_NCCL_ID`, and relays
+//! their output.
+//!
+//! The ranks of one job meet through NCCL's unique id: `EPC_NCCL_ID` (hex), or a file named by
+//! `--nccl-id-file` / `EPC_NCCL_ID_FILE` that rank 0 writes (atomically) and the other ranks
+//! wait for (at most 120 s; a file older than a minute when the rank started is a previous
+//! job's and is not read).
+
+use std::io::Read as _;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use ep_codegen::{Renderer, Spec};
+use ep_runtime::transport::{NcclComm, NcclUniqueId};
+use ep_runtime::{Gpu, Jit, LlGroup, LowLatency};
+
+use crate::cli::{TransportArg, TransportArgs};
+
+/// How long a rank waits for rank 0's unique-id file, and a launcher for its children.
+const ID_WAIT: Duration = Duration::from_secs(120);
+const CHILD_WAIT: Duration = Duration::from_secs(1800);
+
+/// This process's part of a job.
+pub enum Placement {
+    /// Every rank on GPU 0.
+    Virtual,
+    /// One NCCL rank of `ranks` on GPU `device`.
+    NcclRank {
+        /// This rank.
+        rank: usize,
+        /// Ranks in all.
+        ranks: usize,
+        /// The GPU.
+        device: usize,
+    },
+    /// Starts one process per GPU (`gpus` of them) and waits for them.
+    NcclLauncher {
+        /// GPUs, and so ranks.
+        gpus: usize,
+    },
+}
+
+impl Placement {
+    /// Decides from the arguments, the environment and the GPUs present.
+    pub fn of(args: &TransportArgs) -> Result<Placement> {
+        if args.transport == TransportArg::Virtual {
+            if args.nccl_rank.is_some() || args.nccl_ranks.is_some() {
+                bail!("--nccl-rank/--nccl-ranks need --transport nccl");
+            }
+            return Ok(Placement::Virtual);
+        }
+        let env = |names: &[&str]| -> Result<Option<usize>> {
+            for name in names {
+                if let Ok(v) = std::env::var(name) {
+                    return v
+                        .trim()
+                        .parse()
+                        .map(Some)
+                        .map_err(|_| anyhow!("{name}={v:?} is not a rank number"));
+                }
+            }
+            Ok(None)
+        };
+        let rank = match args.nccl_rank {
+            Some(r) => Some(r),
+            None => env(&["RANK", "OMPI_COMM_WORLD_RANK"])?,
+        };
+        let ranks = match args.nccl_ranks {
+            Some(r) => Some(r),
+            None => env(&["WORLD_SIZE", "OMPI_COMM_WORLD_SIZE"])?,
+        };
+        let gpus = Gpu::count();
+        match (rank, ranks) {
+            (Some(rank), Some(ranks)) => {
+                if ranks == 0 || rank >= ranks {
+                    bail!("NCCL rank {rank} of {ranks}: the rank must be below the rank count");
+                }
+                let device = match args.nccl_device {
+                    Some(d) => d,
+                    None => env(&["LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"])?
+                        .unwrap_or(rank % gpus.max(1)),
+                };
+                Ok(Placement::NcclRank {
+                    rank,
+                    ranks,
+                    device,
+                })
+            }
+            (None, None) if gpus <= 1 => Ok(Placement::NcclRank {
+                rank: 0,
+                ranks: 1,
+                device: 0,
+            }),
+            (None, None) => Ok(Placement::NcclLauncher { gpus }),
+            _ => bail!(
+                "an NCCL rank needs both its rank and the rank count (--nccl-rank and \
+                 --nccl-ranks, or RANK and WORLD_SIZE)"
+            ),
+        }
+    }
+
+    /// The rank count the spec must run with, if this placement fixes one.
+    pub fn ranks(&self) -> Option<u32> {
+        match self {
+            Placement::Virtual => None,
+            Placement::NcclRank { ranks, .. } => Some(*ranks as u32),
+            Placement::NcclLauncher { gpus } => Some(*gpus as u32),
+        }
+    }
+
+    /// The GPU this process uses.
+    pub fn device(&self) -> usize {
+        match self {
+            Placement::NcclRank { device, .. } => *device,
+            _ => 0,
+        }
+    }
+}
+
+/// The LL group of `spec` for this process: all virtual ranks, or its NCCL rank.
+pub fn ll_group(
+    placement: &Placement,
+    args: &TransportArgs,
+    gpu: &Gpu,
+    jit: &Jit,
+    renderer: &Renderer,
+    spec: &Spec,
+) -> Result<LowLatency> {
+    let kernels = renderer.render(spec)?;
+    match placement {
+        Placement::Virtual => Ok(LowLatency::from_group(LlGroup::virtual_ranks(
+            gpu, jit, spec, &kernels,
+        )?)),
+        Placement::NcclRank { rank, ranks, .. } => {
+            let id = unique_id(args, *rank)?;
+            let comm = NcclComm::init_rank(gpu, &id, *rank, *ranks)
+                .with_context(|| format!("NCCL rank {rank} of {ranks}"))?;
+            let mut groups = LlGroup::nccl(&[(gpu, &comm)], jit, spec, &kernels)?;
+            let group = groups.pop().context("one group per communicator")?;
+            drop(comm); // the window holds the communicator
+            Ok(LowLatency::from_group(group))
+        }
+        Placement::NcclLauncher { .. } => bail!("the launcher runs no ranks itself"),
+    }
+}
+
+/// NCCL's unique id for this job: `EPC_NCCL_ID`, the id file (rank 0 writes it), or, for a
+/// job of one process, a new one.
+fn unique_id(args: &TransportArgs, rank: usize) -> Result<NcclUniqueId> {
+    if let Ok(hex) = std::env::var("EPC_NCCL_ID") {
+        return NcclUniqueId::from_hex(hex.trim()).context("EPC_NCCL_ID");
+    }
+    let Some(path) = &args.nccl_id_file else {
+        if args.nccl_ranks.unwrap_or(1) <= 1 && std::env::var_os("WORLD_SIZE").is_none() {
+            return Ok(NcclComm::unique_id()?);
+        }
+        bail!(
+            "the ranks of an NCCL job need a shared unique id: set EPC_NCCL_ID (hex) or \
+             --nccl-id-file PATH (rank 0 writes it)"
+        );
+    };
+    if rank == 0 {
+        let id = NcclComm::unique_id()?;
+        write_atomically(path, &id.to_hex())?;
+        return Ok(id);
+    }
+    let start = Instant::now();
+    let fresh_after = std::time::SystemTime::now() - Duration::from_secs(60);
+    let fresh = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= fresh_after)
+    };
+    loop {
+        match std::fs::read_to_string(path) {
+            Ok(text) if fresh(path) => {
+                return NcclUniqueId::from_hex(text.trim())
+                    .with_context(|| format!("the NCCL id in {}", path.display()));
+            }
+            _ if start.elapsed() < ID_WAIT => std::thread::sleep(Duration::from_millis(50)),
+            _ => bail!(
+                "rank {rank}: waited {} s for rank 0 to write a fresh NCCL id to {}",
+                ID_WAIT.as_secs(),
+                path.display()
+            ),
+        }
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// Starts this program once per GPU as rank i of `gpus` (same arguments, plus the rank
+/// options), waits for all, prints each one's output under its rank, and fails if any failed.
+pub fn launch(gpus: usize) -> Result<ExitCode> {
+    let exe = std::env::current_exe().context("finding epc's own executable")?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let id = NcclComm::unique_id()?;
+    println!("NCCL: starting {gpus} processes, one per GPU");
+    let mut children = Vec::with_capacity(gpus);
+    for rank in 0..gpus {
+        let child = Command::new(&exe)
+            .args(&args)
+            .args(["--nccl-rank", &rank.to_string()])
+            .args(["--nccl-ranks", &gpus.to_string()])
+            .args(["--nccl-device", &rank.to_string()])
+            .env("EPC_NCCL_ID", id.to_hex())
+            .env_remove("RANK")
+            .env_remove("WORLD_SIZE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting rank {rank} ({})", exe.display()))?;
+        children.push(child);
+    }
+    let start = Instant::now();
+    let mut failed = Vec::new();
+    for (rank, mut child) in children.into_iter().enumerate() {
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break Some(status);
+            }
+            if start.elapsed() > CHILD_WAIT {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = String::new();
+        if let Some(mut s) = child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        if let Some(mut s) = child.stderr.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        for line in out.lines() {
+            println!("[rank {rank}] {line}");
+        }
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => failed.push(format!("rank {rank}: {s}")),
+            None => failed.push(format!(
+                "rank {rank}: still running after {} s; killed",
+                CHILD_WAIT.as_secs()
+            )),
+        }
+    }
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("NCCL ranks failed: {}", failed.join("; "))
+    }
+}

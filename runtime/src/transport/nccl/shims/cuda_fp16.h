@@ -1,0 +1,2 @@
+// epc shim of <cuda_fp16.h> for NVRTC: nccl.h includes it but uses none of its types in the
+// parts of NCCL's device API that epc compiles (window pointers and teams), so it is empty.

@@ -1,0 +1,307 @@
+//! LL over the `nccl` transport: NCCL symmetric windows, LSA peer pointers from NCCL's device
+//! API, the same kernels as on virtual ranks. One GPU runs a 1-rank communicator; the 2, 4 and
+//! 8-GPU tests (one process for all GPUs, and one process per GPU) skip with a printed reason
+//! where fewer GPUs exist.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ep_codegen::Spec;
+use ep_runtime::check::ll::{check_combine_of, check_dispatch_of, expert_outputs_of};
+use ep_runtime::reference::ll::{RankInput, random_activations};
+use ep_runtime::routing::{Pattern, generate};
+use ep_runtime::transport::{NcclComm, NcclLibrary, NcclUniqueId};
+use ep_runtime::{Gpu, LlGroup, LowLatency};
+use ep_tests::{fresh_jit, gpu_jit_or_skip, nvrtc_or_skip, renderer};
+
+const ROUNDS: usize = 12;
+
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn required() -> bool {
+    std::env::var("EPC_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// NCCL, or `None` after printing why the test is skipped (a failure under EPC_REQUIRE_GPU=1).
+fn nccl_or_skip(test: &str) -> Option<&'static NcclLibrary> {
+    match NcclLibrary::load() {
+        Ok(lib) => {
+            say(&format!("{test}: {lib}"));
+            Some(lib)
+        }
+        Err(e) if !required() => {
+            say(&format!("SKIP {test}: {e}"));
+            None
+        }
+        Err(e) => panic!("{test}: EPC_REQUIRE_GPU=1 but {e}"),
+    }
+}
+
+/// `n` GPUs, or `None` after printing why the test is skipped.
+fn gpus_or_skip(test: &str, n: usize) -> Option<Vec<Gpu>> {
+    let have = Gpu::count();
+    if have < n {
+        say(&format!("SKIP {test}: needs {n} GPUs, {have} present"));
+        return None;
+    }
+    Some(
+        (0..n)
+            .map(|i| Gpu::open(i).expect("a GPU the driver lists"))
+            .collect(),
+    )
+}
+
+fn spec(ranks: u32, extra: &str) -> Spec {
+    let yaml = format!(
+        "name: nccl-r{ranks}\nmode: low_latency\nhidden: 7168\nexperts: {}\ntop_k: 8\n\
+         ranks: {ranks}\nmax_tokens_per_rank: 32\n{extra}",
+        16 * ranks
+    );
+    Spec::from_yaml(&yaml, None).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+/// Every rank's inputs of round `round` (the same in every process).
+fn inputs(spec: &Spec, round: usize) -> Vec<RankInput> {
+    let d = spec.dims();
+    (0..d.ranks)
+        .map(|rank| {
+            let t = [d.tokens, 0, 1, (round * 7 + rank * 5) % (d.tokens + 1)][(round + rank) % 4];
+            let seed = (round * 1000 + rank) as u64;
+            let pattern = Pattern::ALL[(round + rank) % Pattern::ALL.len()];
+            RankInput {
+                routing: generate(pattern, t, d.top_k, d.experts, d.ranks, seed),
+                x: random_activations(spec, t, seed),
+            }
+        })
+        .collect()
+}
+
+/// Runs `ROUNDS` calls over the given groups (each driven by this process, on its own GPU) and
+/// checks every rank's dispatch and combine against the reference.
+fn run_rounds(spec: &Spec, lls: &mut [LowLatency], what: &str) {
+    let mut calls: Vec<_> = lls.iter_mut().map(|ll| ll.new_call().unwrap()).collect();
+    for round in 0..ROUNDS {
+        let all = inputs(spec, round);
+        let ranks: Vec<Vec<usize>> = lls.iter_mut().map(|ll| ll.group().ranks()).collect();
+        for ((ll, call), mine) in lls.iter_mut().zip(&mut calls).zip(&ranks) {
+            let local: Vec<RankInput> = mine.iter().map(|&r| all[r].clone()).collect();
+            call.set_inputs(&ll.gpu().clone(), &local).unwrap();
+            ll.dispatch_send(call).unwrap();
+        }
+        for (ll, call) in lls.iter_mut().zip(&mut calls) {
+            ll.dispatch_recv(call).unwrap();
+        }
+        for ((ll, call), mine) in lls.iter_mut().zip(&calls).zip(&ranks) {
+            let got = ll
+                .dispatched(call)
+                .unwrap_or_else(|e| panic!("{what} round {round}: {e}"));
+            check_dispatch_of(spec, &all, mine, &got)
+                .unwrap_or_else(|e| panic!("{what} round {round}: {e}"));
+            ll.set_expert_outputs(call, &expert_outputs_of(spec, mine, &got))
+                .unwrap();
+        }
+        for (ll, call) in lls.iter_mut().zip(&calls) {
+            ll.combine_send(call).unwrap();
+        }
+        for (ll, call) in lls.iter_mut().zip(&mut calls) {
+            ll.combine_recv(call).unwrap();
+        }
+        for ((ll, call), mine) in lls.iter_mut().zip(&calls).zip(&ranks) {
+            let out = ll
+                .combined(call)
+                .unwrap_or_else(|e| panic!("{what} round {round}: {e}"));
+            check_combine_of(spec, &all, mine, &out)
+                .unwrap_or_else(|e| panic!("{what} round {round}: {e}"));
+        }
+    }
+    say(&format!("{what}: {ROUNDS} rounds match the reference"));
+}
+
+#[test]
+fn one_rank_communicator_matches_the_reference_and_replays_graphs() {
+    let test = "one_rank_communicator_matches_the_reference_and_replays_graphs";
+    let Some((gpu, jit, _dir)) = gpu_jit_or_skip(test) else {
+        return;
+    };
+    if nccl_or_skip(test).is_none() {
+        return;
+    }
+    for spec in [
+        spec(1, "dispatch_dtype: fp8_e4m3\n"),
+        spec(1, "index_dtype: i32\n"),
+    ] {
+        let kernels = renderer().render(&spec).unwrap();
+        let comm = NcclComm::init_rank(&gpu, &NcclComm::unique_id().unwrap(), 0, 1).unwrap();
+        let group = LlGroup::nccl(&[(&gpu, &comm)], &jit, &spec, &kernels)
+            .unwrap()
+            .pop()
+            .unwrap();
+        let mut ll = [LowLatency::from_group(group)];
+        run_rounds(&spec, &mut ll, &format!("{} over NCCL", spec.name));
+        // Graph capture and replay with new routings of the same token count.
+        let ll = &mut ll[0];
+        let mut call = ll.new_call().unwrap();
+        let t = spec.max_tokens_per_rank as usize;
+        let with_t = |round: usize| -> Vec<RankInput> {
+            let d = spec.dims();
+            let seed = 50_000 + round as u64;
+            vec![RankInput {
+                routing: generate(Pattern::ALL[round % 4], t, d.top_k, d.experts, 1, seed),
+                x: random_activations(&spec, t, seed),
+            }]
+        };
+        call.set_inputs(&gpu, &with_t(0)).unwrap();
+        let graphs = ll.capture(&mut call).unwrap();
+        for replay in 0..50 {
+            let inputs = with_t(replay);
+            call.set_inputs(&gpu, &inputs).unwrap();
+            graphs.dispatch().unwrap();
+            let got = ll.dispatched(&call).unwrap();
+            check_dispatch_of(&spec, &inputs, &[0], &got)
+                .unwrap_or_else(|e| panic!("replay {replay}: {e}"));
+            ll.set_expert_outputs(&call, &expert_outputs_of(&spec, &[0], &got))
+                .unwrap();
+            graphs.combine().unwrap();
+            let out = ll.combined(&call).unwrap();
+            check_combine_of(&spec, &inputs, &[0], &out)
+                .unwrap_or_else(|e| panic!("replay {replay}: {e}"));
+        }
+        say(&format!("{}: 50 graph replays over NCCL match", spec.name));
+        drop(graphs);
+    }
+}
+
+/// One process drives `n` GPUs with `ncclCommInitAll`.
+fn one_process_for_all(n: usize) {
+    let test = format!("one_process_drives_{n}_gpus");
+    let Some(gpus) = gpus_or_skip(&test, n) else {
+        return;
+    };
+    let Some(nvrtc) = nvrtc_or_skip(&test) else {
+        return;
+    };
+    if nccl_or_skip(&test).is_none() {
+        return;
+    }
+    let (jit, _dir) = fresh_jit(nvrtc);
+    let spec = spec(n as u32, "dispatch_dtype: fp8_e4m3\n");
+    let kernels = renderer().render(&spec).unwrap();
+    let comms = NcclComm::init_all(&gpus).unwrap();
+    let members: Vec<(&Gpu, &NcclComm)> = gpus.iter().zip(&comms).collect();
+    let mut lls: Vec<LowLatency> = LlGroup::nccl(&members, &jit, &spec, &kernels)
+        .unwrap()
+        .into_iter()
+        .map(LowLatency::from_group)
+        .collect();
+    run_rounds(&spec, &mut lls, &test);
+}
+
+#[test]
+fn one_process_drives_2_gpus() {
+    one_process_for_all(2);
+}
+
+#[test]
+fn one_process_drives_4_gpus() {
+    one_process_for_all(4);
+}
+
+#[test]
+fn one_process_drives_8_gpus() {
+    one_process_for_all(8);
+}
+
+/// Starts `n` copies of this test executable, each running [`rank_process`] as one rank.
+fn one_process_per_gpu(n: usize) {
+    let test = format!("one_process_per_gpu_{n}");
+    if gpus_or_skip(&test, n).is_none() || nccl_or_skip(&test).is_none() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let id = NcclComm::unique_id().unwrap().to_hex();
+    let mut children: Vec<_> = (0..n)
+        .map(|rank| {
+            Command::new(&exe)
+                .args(["--exact", "rank_process", "--ignored", "--nocapture"])
+                .env("EPC_NCCL_TEST_RANK", rank.to_string())
+                .env("EPC_NCCL_TEST_RANKS", n.to_string())
+                .env("EPC_NCCL_ID", &id)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let start = Instant::now();
+    let mut failed = Vec::new();
+    for (rank, child) in children.iter_mut().enumerate() {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                if !status.success() {
+                    failed.push(rank);
+                }
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(600) {
+                let _ = child.kill();
+                failed.push(rank);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for (rank, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        for line in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .chain(String::from_utf8_lossy(&out.stderr).lines())
+        {
+            say(&format!("[rank {rank}] {line}"));
+        }
+    }
+    assert!(failed.is_empty(), "{test}: ranks {failed:?} failed");
+}
+
+#[test]
+fn one_process_per_gpu_2() {
+    one_process_per_gpu(2);
+}
+
+#[test]
+fn one_process_per_gpu_4() {
+    one_process_per_gpu(4);
+}
+
+#[test]
+fn one_process_per_gpu_8() {
+    one_process_per_gpu(8);
+}
+
+/// One rank of [`one_process_per_gpu`] (started by it; ignored in a normal run).
+#[test]
+#[ignore = "started by the one_process_per_gpu tests, one process per rank"]
+fn rank_process() {
+    let var = |name: &str| -> usize {
+        std::env::var(name)
+            .unwrap_or_else(|_| panic!("{name} is set by the parent test"))
+            .parse()
+            .unwrap()
+    };
+    let (rank, ranks) = (var("EPC_NCCL_TEST_RANK"), var("EPC_NCCL_TEST_RANKS"));
+    let id = NcclUniqueId::from_hex(&std::env::var("EPC_NCCL_ID").unwrap()).unwrap();
+    let gpu = Gpu::open(rank).unwrap();
+    let (jit, _dir) = fresh_jit(nvrtc_or_skip("rank_process").unwrap());
+    let spec = spec(ranks as u32, "");
+    let kernels = renderer().render(&spec).unwrap();
+    let comm = NcclComm::init_rank(&gpu, &id, rank, ranks).unwrap();
+    let group = LlGroup::nccl(&[(&gpu, &comm)], &jit, &spec, &kernels)
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(group.ranks(), vec![rank]);
+    let mut ll = [LowLatency::from_group(group)];
+    run_rounds(&spec, &mut ll, &format!("rank {rank} of {ranks}"));
+}
