@@ -256,11 +256,33 @@ impl SymmetricWindow {
             // On failure, only the communicators NCCL wrote (not all zero) are destroyed.
             p.dev_comm_created = created.is_ok() || p.dev_comm.as_slice().iter().any(|&b| b != 0);
         }
-        created.map_err(|e| match e {
-            Error::Nccl { code, .. } if code == NCCL_INVALID_USAGE => Error::NcclWindow {
-                detail: format!("{e}: the communicator has no symmetric memory support. {NEEDS}"),
-            },
-            e => e,
+        created.map_err(|e| {
+            let invalid = match &e {
+                Error::Nccl { code, .. } => *code == NCCL_INVALID_USAGE,
+                Error::OnRank { source, .. } => {
+                    matches!(**source, Error::Nccl { code, .. } if code == NCCL_INVALID_USAGE)
+                }
+                _ => false,
+            };
+            if !invalid {
+                return e;
+            }
+            let version = first_comm.library().version;
+            let one_rank =
+                if ranks == 1 && (version.major, version.minor, version.patch) < (2, 28, 9) {
+                    format!(
+                        " NCCL {version} gives a communicator of one rank no symmetric memory \
+                     (2.28.9 and later do): point EPC_NCCL at a newer libnccl (the \
+                     nvidia-nccl-cu13 wheel, or PyTorch's copy)."
+                    )
+                } else {
+                    String::new()
+                };
+            Error::NcclWindow {
+                detail: format!(
+                    "{e}: the communicator has no symmetric memory support.{one_rank} {NEEDS}"
+                ),
+            }
         })?;
 
         // 4. Each rank's peer table, read on its GPU with NCCL's device API.
