@@ -126,30 +126,47 @@ impl Placement {
     }
 }
 
-/// The LL group of `spec` for this process: all virtual ranks, or its NCCL rank.
-pub fn ll_group(
-    placement: &Placement,
-    args: &TransportArgs,
-    gpu: &Gpu,
-    jit: &Jit,
-    renderer: &Renderer,
-    spec: &Spec,
-) -> Result<LowLatency> {
-    let kernels = renderer.render(spec)?;
-    match placement {
-        Placement::Virtual => Ok(LowLatency::from_group(LlGroup::virtual_ranks(
-            gpu, jit, spec, &kernels,
-        )?)),
-        Placement::NcclRank { rank, ranks, .. } => {
-            let id = unique_id(args, *rank)?;
-            let comm = NcclComm::init_rank(gpu, &id, *rank, *ranks)
-                .with_context(|| format!("NCCL rank {rank} of {ranks}"))?;
-            let mut groups = LlGroup::nccl(&[(gpu, &comm)], jit, spec, &kernels)?;
-            let group = groups.pop().context("one group per communicator")?;
-            drop(comm); // the window holds the communicator
-            Ok(LowLatency::from_group(group))
-        }
-        Placement::NcclLauncher { .. } => bail!("the launcher runs no ranks itself"),
+/// This process's ranks, made once per process: nothing for virtual ranks, the NCCL
+/// communicator of its rank (a unique id serves one communicator, so every spec's group is
+/// registered on this one).
+pub struct Ranks {
+    comm: Option<NcclComm>,
+}
+
+impl Ranks {
+    /// Joins the job (NCCL: makes the communicator, collectively with the other ranks).
+    pub fn join(placement: &Placement, args: &TransportArgs, gpu: &Gpu) -> Result<Ranks> {
+        let comm = match placement {
+            Placement::Virtual => None,
+            Placement::NcclRank { rank, ranks, .. } => {
+                let id = unique_id(args, *rank)?;
+                Some(
+                    NcclComm::init_rank(gpu, &id, *rank, *ranks)
+                        .with_context(|| format!("NCCL rank {rank} of {ranks}"))?,
+                )
+            }
+            Placement::NcclLauncher { .. } => bail!("the launcher runs no ranks itself"),
+        };
+        Ok(Ranks { comm })
+    }
+
+    /// The LL group of `spec` on this process's ranks: all virtual ranks, or its NCCL rank
+    /// (collective: every rank sets up the same specs in the same order).
+    pub fn ll_group(
+        &self,
+        gpu: &Gpu,
+        jit: &Jit,
+        renderer: &Renderer,
+        spec: &Spec,
+    ) -> Result<LowLatency> {
+        let kernels = renderer.render(spec)?;
+        let group = match &self.comm {
+            None => LlGroup::virtual_ranks(gpu, jit, spec, &kernels)?,
+            Some(comm) => LlGroup::nccl(&[(gpu, comm)], jit, spec, &kernels)?
+                .pop()
+                .context("one group per communicator")?,
+        };
+        Ok(LowLatency::from_group(group))
     }
 }
 

@@ -126,7 +126,17 @@ fn one_rank_communicator_matches_the_reference_and_replays_graphs() {
     let Some((gpu, jit, _dir)) = gpu_jit_or_skip(test) else {
         return;
     };
-    if nccl_or_skip(test).is_none() {
+    let Some(lib) = nccl_or_skip(test) else {
+        return;
+    };
+    let v = lib.version;
+    if (v.major, v.minor, v.patch) < (2, 28, 9) {
+        // NCCL 2.28.0 to 2.28.8 give a communicator of one rank no symmetric memory (the
+        // window setup says so; 2.28.9 lifted it): a limit of that NCCL, not a failure here.
+        say(&format!(
+            "SKIP {test}: NCCL {v} has no symmetric memory for a 1-rank communicator; \
+             set EPC_NCCL to NCCL >= 2.28.9 (the nvidia-nccl-cu13 wheel or PyTorch's copy)"
+        ));
         return;
     }
     for spec in [

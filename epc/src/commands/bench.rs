@@ -19,7 +19,7 @@ use ep_runtime::{Gpu, Jit, LowLatency, timing};
 use crate::cli::BenchArgs;
 use crate::inputs::{load_specs, renderer};
 use crate::svg;
-use crate::transport::{Placement, launch, ll_group};
+use crate::transport::{Placement, Ranks, launch};
 
 /// One measurement.
 struct Row {
@@ -115,6 +115,7 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
         args.iters,
         args.warmup
     );
+    let mine = Ranks::join(&placement, &args.transport, &gpu)?;
     let mut rows = Vec::new();
     for spec in &specs {
         let m = spec.max_tokens_per_rank as usize;
@@ -129,7 +130,8 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
                 spec.name
             );
         }
-        let mut ll = ll_group(&placement, &args.transport, &gpu, &jit, &renderer, spec)
+        let mut ll = mine
+            .ll_group(&gpu, &jit, &renderer, spec)
             .with_context(|| format!("setting up {}", spec.name))?;
         let mut call = ll.new_call()?;
         for &t in &tokens {

@@ -10,7 +10,7 @@ use ep_runtime::Jit;
 use super::verify::{LlPlan, Plan, fitting, verify_layout, verify_ll_on};
 use crate::cli::RunArgs;
 use crate::inputs::{load_specs, renderer};
-use crate::transport::{Placement, launch, ll_group};
+use crate::transport::{Placement, Ranks, launch};
 
 /// Runs each spec's kernels once on the GPU, checks them, times them and prints the layout.
 pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
@@ -32,6 +32,7 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
             ep_runtime::transport::NcclLibrary::load()?
         );
     }
+    let mine = Ranks::join(&placement, &args.transport, &gpu)?;
     for l in &specs {
         let spec = &l.spec;
         let m = spec.max_tokens_per_rank as usize;
@@ -74,14 +75,7 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
                 iters: args.iters,
                 dump: args.dump.as_deref(),
             };
-            let mut ll = ll_group(
-                &placement,
-                &args.transport,
-                &gpu,
-                &jit,
-                &renderer,
-                &runnable,
-            )?;
+            let mut ll = mine.ll_group(&gpu, &jit, &renderer, &runnable)?;
             let l = verify_ll_on(&mut ll, &runnable, &plan)?;
             println!(
                 "{:<24} {} of {} ranks, {} call(s) match the reference (dispatch and combine); \
