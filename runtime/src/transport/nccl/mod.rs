@@ -25,6 +25,7 @@ pub mod kernels;
 mod loader;
 mod result;
 mod sys;
+mod version;
 mod window;
 
 pub use comm::{NcclComm, NcclUniqueId};
