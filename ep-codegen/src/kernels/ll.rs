@@ -165,8 +165,10 @@ impl CallLayout {
 /// Bytes of one rank's entry of `LaunchArgs` (8 pointers, then rank, tokens, half, padding).
 pub const RANK_ARGS_BYTES: usize = 80;
 
-/// The most ranks one launch covers: `LaunchArgs` is passed by value, so it stays small.
-pub const MAX_LAUNCH_RANKS: u32 = 8;
+/// The most ranks one launch covers. `LaunchArgs` is passed by value: 8 + 64 x 80 = 5128 bytes
+/// at most, within the 32 KiB kernel parameters of CUDA >= 12.1. Virtual ranks beyond 64 take
+/// several launches per phase (sends are independent; every send precedes every receive).
+pub const MAX_LAUNCH_RANKS: u32 = 64;
 
 /// Ranks per launch for a spec: `min(R, MAX_LAUNCH_RANKS)`.
 pub fn launch_ranks(spec: &Spec) -> u32 {
