@@ -127,8 +127,9 @@ fn preload_builtins(nvrtc: &Path) {
     }
 }
 
-/// Python's site-packages folders, asked from `python3` (none when Python is absent).
-fn python_site_packages() -> Vec<PathBuf> {
+/// Python's site-packages folders, asked from `python3` (none when Python is absent); where the
+/// pip wheels of NVRTC and NCCL live.
+pub(crate) fn python_site_packages() -> Vec<PathBuf> {
     let script = "import site, sys\nfor p in site.getsitepackages() + [site.getusersitepackages()]: print(p)";
     std::process::Command::new("python3")
         .args(["-c", script])

@@ -3,7 +3,7 @@
 //! cudarc's checked `result` layer creates and compiles programs; the cubin getters it lacks a
 //! safe wrapper for are called through its raw `sys` layer in [`get_cubin`].
 
-mod loader;
+pub(crate) mod loader;
 
 use std::ffi::CString;
 
@@ -71,12 +71,7 @@ impl Compiler for Nvrtc {
             result::create_program(&source, Some(&name))
                 .map_err(|e| nvrtc_error("nvrtcCreateProgram", e))?,
         );
-        // SAFETY: `program` was just created and is destroyed only by its Drop.
-        let compiled = unsafe { result::compile_program(program.0, &options) };
-        // SAFETY: as above.
-        let log = unsafe { result::get_program_log(program.0) }
-            .map(|raw| c_chars_to_string(&raw))
-            .unwrap_or_default();
+        let (compiled, log) = compile_with_log(&program, &options);
         if compiled.is_err() {
             return Err(Error::Compile {
                 kernel: kernel.file_name.clone(),
@@ -122,7 +117,22 @@ pub(crate) fn get_cubin(program: &Program) -> Result<Vec<u8>, Error> {
     Ok(cubin)
 }
 
-fn nvrtc_error(context: &str, e: result::NvrtcError) -> Error {
+/// Compiles `program` with `options`; returns whether it compiled and NVRTC's log.
+pub(crate) fn compile_with_log(
+    program: &Program,
+    options: &[String],
+) -> (Result<(), result::NvrtcError>, String) {
+    // SAFETY: `program` is alive (destroyed only by its Drop).
+    let compiled = unsafe { result::compile_program(program.0, options) };
+    // SAFETY: as above.
+    let log = unsafe { result::get_program_log(program.0) }
+        .map(|raw| c_chars_to_string(&raw))
+        .unwrap_or_default();
+    (compiled, log)
+}
+
+/// An NVRTC call's failure, with what was being done.
+pub(crate) fn nvrtc_error(context: &str, e: result::NvrtcError) -> Error {
     Error::Nvrtc {
         context: context.to_owned(),
         message: format!("{e:?}"),

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{Ptx, result as nvrtc_result, sys as nvrtc_sys};
+use cudarc::nvrtc::{Ptx, sys as nvrtc_sys};
 
 use super::NcclVersion;
 use crate::error::CudaContextExt;
-use crate::jit::nvrtc::{Program, get_cubin};
+use crate::jit::nvrtc::{Program, compile_with_log, get_cubin, nvrtc_error};
 use crate::listing;
 use crate::{Arch, Error, Gpu};
 
@@ -72,10 +72,6 @@ pub fn options(include_dir: &Path, arch: Arch) -> Vec<String> {
 pub fn compile_device_kernels(include_dir: &Path, arch: Arch) -> Result<Vec<u8>, Error> {
     // Loads libnvrtc (and its builtins) before cudarc's raw calls below need it.
     crate::Nvrtc::new()?;
-    let nvrtc_error = |context: &str, e: nvrtc_result::NvrtcError| Error::Nvrtc {
-        context: context.to_owned(),
-        message: format!("{e:?}"),
-    };
     let nul = |what: &str| Error::Input(format!("{what} holds a NUL byte"));
     let source = CString::new(SOURCE).map_err(|_| nul(SOURCE_NAME))?;
     let name = CString::new(SOURCE_NAME).map_err(|_| nul(SOURCE_NAME))?;
@@ -104,19 +100,7 @@ pub fn compile_device_kernels(include_dir: &Path, arch: Arch) -> Result<Vec<u8>,
     .map_err(|e| nvrtc_error("nvrtcCreateProgram", e))?;
     let program = Program(raw);
     let options = options(include_dir, arch);
-    // SAFETY: `program` was just created and is destroyed only by its Drop.
-    let compiled = unsafe { nvrtc_result::compile_program(program.0, &options) };
-    // SAFETY: as above.
-    let log = unsafe { nvrtc_result::get_program_log(program.0) }
-        .map(|raw| {
-            let bytes: Vec<u8> = raw
-                .iter()
-                .map(|&c| c as u8)
-                .take_while(|&b| b != 0)
-                .collect();
-            String::from_utf8_lossy(&bytes).trim_end().to_owned()
-        })
-        .unwrap_or_default();
+    let (compiled, log) = compile_with_log(&program, &options);
     if compiled.is_err() {
         return Err(Error::Compile {
             kernel: format!(

@@ -161,7 +161,7 @@ impl NcclSearch {
         let epc_nccl = var("EPC_NCCL");
         // Python is only asked when its answer is used.
         let site_packages = if epc_nccl.is_none() {
-            python_site_packages()
+            crate::jit::nvrtc::loader::python_site_packages()
         } else {
             Vec::new()
         };
@@ -409,24 +409,6 @@ pub(crate) fn mapped_file(maps: &str, addr: u64) -> Option<PathBuf> {
         let path = rest.trim();
         ((start..end).contains(&addr) && path.starts_with('/')).then(|| PathBuf::from(path))
     })
-}
-
-/// Python's site-packages folders, asked from `python3` (none when Python is absent).
-fn python_site_packages() -> Vec<PathBuf> {
-    let script = "import site, sys\nfor p in site.getsitepackages() + [site.getusersitepackages()]: print(p)";
-    std::process::Command::new("python3")
-        .args(["-c", script])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(PathBuf::from)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A copy of an error the search produced (they are all made of strings), so the cached
