@@ -207,6 +207,11 @@ fn one_process_for_all(n: usize) {
         .map(LowLatency::from_group)
         .collect();
     run_rounds(&spec, &mut lls, &test);
+    // One process closes its GPUs' groups together (each meets the others once more).
+    let start = Instant::now();
+    LlGroup::close(lls.into_iter().map(LowLatency::into_group).collect())
+        .unwrap_or_else(|e| panic!("{test}: closing: {e}"));
+    say(&format!("{test}: groups closed in {:?}", start.elapsed()));
 }
 
 #[test]

@@ -65,6 +65,8 @@ pub struct LlGroup {
     timeout_ns: u64,
     calls_made: u32,
     id: u64,
+    /// Met its peers for the last time ([`LlGroup::close`]).
+    closed: bool,
 }
 
 impl LlGroup {
@@ -178,6 +180,7 @@ impl LlGroup {
             timeout_ns: DEFAULT_TIMEOUT.as_nanos() as u64,
             calls_made: 0,
             id: next_group_id(),
+            closed: false,
         })
     }
 
@@ -414,15 +417,14 @@ impl LlGroup {
 
 impl Drop for LlGroup {
     /// Over NCCL, peers read this rank's window until they finish their last combine: before
-    /// the window is freed, every rank meets once more (a dispatch of no tokens, whose receive
-    /// returns only when every rank has sent it, so when no rank touches this window again).
-    /// Every rank drops its groups in the same order, as it made them; a peer that is gone
-    /// costs one timeout and a warning.
+    /// the window is freed, every rank meets once more (see [`LlGroup::close`]). Every rank
+    /// drops its groups in the same order, as it made them; a peer that is gone costs one
+    /// timeout and a warning.
     fn drop(&mut self) {
-        if !matches!(self._transport, Transport::Nccl(_)) {
+        if self.closed || !matches!(self._transport, Transport::Nccl(_)) {
             return;
         }
-        if let Err(e) = self.meet() {
+        if let Err(e) = LlGroup::meet(std::slice::from_mut(self)) {
             tracing::warn!(
                 "NCCL rank(s) {:?}: the last meeting before freeing the window failed: {e}",
                 self.ranks()
@@ -432,23 +434,59 @@ impl Drop for LlGroup {
 }
 
 impl LlGroup {
-    /// A dispatch of zero tokens on every local rank, waited for.
-    fn meet(&mut self) -> Result<(), Error> {
-        let mut call = LlCall::new(self, 0)?;
-        let (h, k) = (self.spec.hidden as usize, self.spec.top_k as usize);
-        // SAFETY: empty tensors are never dereferenced.
-        let empty = unsafe {
-            DispatchInput {
-                x: Tensor::from_raw(0, &[0, h], Elem::of(self.spec.dtype))?,
-                topk_idx: Tensor::from_raw(0, &[0, k], Elem::of_index(self.spec.index_dtype))?,
-            }
+    /// Closes groups together: every rank meets once more (a dispatch of no tokens, whose
+    /// receive returns only when every rank has sent it, so when no rank reads or writes this
+    /// rank's window again), then the groups are dropped and their windows freed. A process
+    /// driving several GPUs ([`NcclComm::init_all`](crate::transport::NcclComm::init_all)) closes
+    /// its groups with one call: dropped one by one, each would wait for the next one's meeting
+    /// (bounded by the timeout). A group dropped alone meets on its own; virtual ranks need none
+    /// of this.
+    pub fn close(mut groups: Vec<LlGroup>) -> Result<(), Error> {
+        let nccl: Vec<usize> = (0..groups.len())
+            .filter(|&i| matches!(groups[i]._transport, Transport::Nccl(_)))
+            .collect();
+        let met = if nccl.is_empty() {
+            Ok(())
+        } else {
+            LlGroup::meet(&mut groups)
         };
-        let inputs = vec![empty; self.ranks.len()];
-        let cuda = self.gpu.stream().clone();
-        let stream = Stream::from(&*cuda);
-        self.dispatch_send(&mut call, &inputs, stream)?;
-        self.dispatch_recv(&call, stream)?;
-        self.check(stream)
+        for g in &mut groups {
+            g.closed = true;
+        }
+        met
+    }
+
+    /// A dispatch of zero tokens on every local rank of every group, sent by all before any
+    /// receive, then waited for.
+    fn meet(groups: &mut [LlGroup]) -> Result<(), Error> {
+        let mut calls = Vec::with_capacity(groups.len());
+        for g in groups.iter() {
+            let mut call = LlCall::new(g, 0)?;
+            let (h, k) = (g.spec.hidden as usize, g.spec.top_k as usize);
+            // SAFETY: empty tensors are never dereferenced.
+            let empty = unsafe {
+                DispatchInput {
+                    x: Tensor::from_raw(0, &[0, h], Elem::of(g.spec.dtype))?,
+                    topk_idx: Tensor::from_raw(0, &[0, k], Elem::of_index(g.spec.index_dtype))?,
+                }
+            };
+            let cuda = g.gpu.stream().clone();
+            g.dispatch_send(&mut call, &vec![empty; g.ranks.len()], Stream::from(&*cuda))?;
+            calls.push(call);
+        }
+        for (g, call) in groups.iter().zip(&calls) {
+            let cuda = g.gpu.stream().clone();
+            g.dispatch_recv(call, Stream::from(&*cuda))?;
+        }
+        let mut first = Ok(());
+        for g in groups.iter_mut() {
+            let cuda = g.gpu.stream().clone();
+            let checked = g.check(Stream::from(&*cuda));
+            if first.is_ok() {
+                first = checked;
+            }
+        }
+        first
     }
 }
 

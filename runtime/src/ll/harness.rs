@@ -90,6 +90,11 @@ impl LowLatency {
         r * (w.bytes() + m * w.staged_bytes + 4 * u64::from(workspace_ints(spec))) + 2 * call
     }
 
+    /// The device-API group underneath, given back (to [`LlGroup::close`] it with others).
+    pub fn into_group(self) -> LlGroup {
+        self.group
+    }
+
     /// The device-API group underneath.
     pub fn group(&mut self) -> &mut LlGroup {
         &mut self.group
