@@ -139,12 +139,20 @@ fn one_rank_communicator_matches_the_reference_and_replays_graphs() {
         ));
         return;
     }
-    for spec in [
-        spec(1, "dispatch_dtype: fp8_e4m3\n"),
-        spec(1, "index_dtype: i32\n"),
+    for (spec, borrowed) in [
+        (spec(1, "dispatch_dtype: fp8_e4m3\n"), false),
+        (spec(1, "index_dtype: i32\n"), true),
     ] {
         let kernels = renderer().render(&spec).unwrap();
-        let comm = NcclComm::init_rank(&gpu, &NcclComm::unique_id().unwrap(), 0, 1).unwrap();
+        let owned = NcclComm::init_rank(&gpu, &NcclComm::unique_id().unwrap(), 0, 1).unwrap();
+        // The second spec runs on a caller's own ncclComm_t, which epc only borrows.
+        let comm = if borrowed {
+            // SAFETY: `owned` is a live communicator of the loaded libnccl and outlives `comm`
+            // and the group's window (both dropped before it, at the end of this iteration).
+            unsafe { NcclComm::from_raw(&gpu, owned.raw()) }.unwrap()
+        } else {
+            owned.clone()
+        };
         let group = LlGroup::nccl(&[(&gpu, &comm)], &jit, &spec, &kernels)
             .unwrap()
             .pop()
@@ -179,7 +187,11 @@ fn one_rank_communicator_matches_the_reference_and_replays_graphs() {
             check_combine_of(&spec, &inputs, &[0], &out)
                 .unwrap_or_else(|e| panic!("replay {replay}: {e}"));
         }
-        say(&format!("{}: 50 graph replays over NCCL match", spec.name));
+        say(&format!(
+            "{}: 50 graph replays over NCCL match ({} communicator)",
+            spec.name,
+            if borrowed { "a caller's" } else { "epc's own" }
+        ));
         drop(graphs);
     }
 }
