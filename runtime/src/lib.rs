@@ -30,7 +30,7 @@ pub use jit::arch::Arch;
 pub use jit::cache::{CacheOutcome, CachedCubin, KernelCache, Metadata, compile_uncached};
 pub use jit::compiler::{CompileOutput, Compiler, KernelStats, listing};
 pub use jit::nvcc::Nvcc;
-pub use jit::nvrtc::{Nvrtc, NvrtcLibrary};
+pub use jit::nvrtc::{Nvrtc, NvrtcLibrary, NvrtcSearch};
 pub use jit::{Jit, LoadedKernel};
 pub use ll::{
     CombineInput, DEFAULT_TIMEOUT, DispatchInput, Elem, HostCall, LlCall, LlGraphs, LlGroup,

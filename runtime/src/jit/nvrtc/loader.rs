@@ -4,6 +4,19 @@
 //! dynamic loader's search path reaches, and panics when none opens. So we search the places a
 //! user may have it ourselves, open the first that works by absolute path and keep it open: the
 //! loader then answers cudarc's later open of the same soname with that library.
+//!
+//! Candidates, in order ([`NvrtcSearch::candidates`]):
+//! 1. `EPC_NVRTC` (the library file, or a folder holding it). When it is set it is the only
+//!    candidate: a missing or unusable file is an error naming it, never skipped.
+//! 2. The dynamic loader's own path, by bare name.
+//! 3. CUDA's folders: `$CUDA_PATH/lib64`, `/usr/local/cuda/lib64`.
+//! 4. The project-local install of the test command (`.epc/pip/nvidia/cu13/lib`) in the folders
+//!    above the running executable (a build under the repository's `target/` finds the
+//!    repository's), never above the working folder: anyone can write to some folder above it
+//!    (`/tmp`), and a library there would run its code in epc.
+//! 5. The pip wheels in Python's site-packages (`nvidia-cuda-nvrtc`).
+//!
+//! A candidate that loads but lacks NVRTC's functions is refused, naming the file.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -16,6 +29,16 @@ const NAMES: &[&str] = &["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
 const WHEEL_DIRS: &[&str] = &["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"];
 /// The project-local install made by `scripts/test`.
 const LOCAL_PIP: &str = ".epc/pip";
+/// Functions epc calls; a library without them is not a usable NVRTC.
+const SYMBOLS: &[&str] = &[
+    "nvrtcVersion",
+    "nvrtcCreateProgram",
+    "nvrtcCompileProgram",
+    "nvrtcGetProgramLog",
+    "nvrtcGetCUBINSize",
+    "nvrtcGetCUBIN",
+    "nvrtcDestroyProgram",
+];
 
 /// The library that was loaded.
 #[derive(Debug, Clone)]
@@ -24,82 +47,140 @@ pub struct NvrtcLibrary {
     pub location: String,
 }
 
-static LOADED: OnceLock<Result<NvrtcLibrary, Vec<String>>> = OnceLock::new();
+static LOADED: OnceLock<Result<NvrtcLibrary, Error>> = OnceLock::new();
 
 /// Loads libnvrtc once per process (see the module docs for the search order).
 pub fn load() -> Result<&'static NvrtcLibrary, Error> {
     LOADED
-        .get_or_init(search)
+        .get_or_init(|| NvrtcSearch::from_env().load())
         .as_ref()
-        .map_err(|searched| Error::NvrtcNotFound {
-            searched: searched.clone(),
-        })
+        .map_err(clone_error)
 }
 
-/// Every candidate in order: `EPC_NVRTC`, the loader's own path, `CUDA_PATH`, `/usr/local/cuda`,
-/// a project-local wheel (`.epc/pip` above the working directory or the executable), then the
-/// wheel in Python's site-packages.
-fn candidates() -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(p) = std::env::var_os("EPC_NVRTC") {
-        let p = PathBuf::from(p);
-        if p.is_dir() {
-            out.extend(NAMES.iter().map(|n| p.join(n).display().to_string()));
-        } else {
-            out.push(p.display().to_string());
-        }
-    }
-    out.extend(NAMES.iter().map(|n| (*n).to_owned()));
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Some(cuda) = std::env::var_os("CUDA_PATH") {
-        dirs.push(Path::new(&cuda).join("lib64"));
-    }
-    dirs.push(PathBuf::from("/usr/local/cuda/lib64"));
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.extend(cwd.ancestors().map(Path::to_path_buf));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
-    }
-    for root in roots {
-        dirs.extend(WHEEL_DIRS.iter().map(|w| root.join(LOCAL_PIP).join(w)));
-    }
-    for site in python_site_packages() {
-        dirs.extend(WHEEL_DIRS.iter().map(|w| site.join(w)));
-    }
-    for d in dirs {
-        out.extend(NAMES.iter().map(|n| d.join(n).display().to_string()));
-    }
-    out.dedup();
-    out
+/// Where to look for libnvrtc: the inputs of the search, so it can be tested without touching
+/// the process's environment.
+#[derive(Debug, Clone, Default)]
+pub struct NvrtcSearch {
+    /// `EPC_NVRTC`.
+    pub epc_nvrtc: Option<PathBuf>,
+    /// `CUDA_PATH`.
+    pub cuda_path: Option<PathBuf>,
+    /// The running executable.
+    pub executable: Option<PathBuf>,
+    /// Python's site-packages folders.
+    pub site_packages: Vec<PathBuf>,
 }
 
-fn search() -> Result<NvrtcLibrary, Vec<String>> {
-    let mut tried = Vec::new();
-    for candidate in candidates() {
-        let is_path = candidate.contains('/');
-        if is_path && !Path::new(&candidate).exists() {
-            continue;
+impl NvrtcSearch {
+    /// The search of this process (site-packages are asked from `python3` only when
+    /// `EPC_NVRTC` is unset).
+    pub fn from_env() -> NvrtcSearch {
+        let epc_nvrtc = std::env::var_os("EPC_NVRTC").map(PathBuf::from);
+        NvrtcSearch {
+            site_packages: if epc_nvrtc.is_some() {
+                Vec::new()
+            } else {
+                python_site_packages()
+            },
+            epc_nvrtc,
+            cuda_path: std::env::var_os("CUDA_PATH").map(PathBuf::from),
+            executable: std::env::current_exe().ok(),
         }
-        // SAFETY: loading libnvrtc runs only its initializers, which have no preconditions; the
-        // library is never unloaded (leaked below), so no symbol outlives it.
-        match unsafe { libloading::Library::new(&candidate) } {
-            Ok(lib) => {
-                std::mem::forget(lib);
-                preload_builtins(Path::new(&candidate));
-                tracing::debug!(library = %candidate, "loaded NVRTC");
-                return Ok(NvrtcLibrary {
-                    location: candidate,
-                });
+    }
+
+    /// Every candidate in order (see the module docs): absolute paths, or bare names for the
+    /// loader's path.
+    pub fn candidates(&self) -> Vec<String> {
+        if let Some(p) = &self.epc_nvrtc {
+            return if p.is_dir() {
+                NAMES
+                    .iter()
+                    .map(|n| p.join(n).display().to_string())
+                    .collect()
+            } else {
+                vec![p.display().to_string()]
+            };
+        }
+        let mut out: Vec<String> = NAMES.iter().map(|n| (*n).to_owned()).collect();
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        if let Some(cuda) = &self.cuda_path {
+            dirs.push(cuda.join("lib64"));
+        }
+        dirs.push(PathBuf::from("/usr/local/cuda/lib64"));
+        if let Some(exe) = &self.executable {
+            for root in exe.ancestors().skip(1) {
+                dirs.extend(WHEEL_DIRS.iter().map(|w| root.join(LOCAL_PIP).join(w)));
             }
-            Err(e) => tried.push(format!("{candidate}: {e}")),
+        }
+        for site in &self.site_packages {
+            dirs.extend(WHEEL_DIRS.iter().map(|w| site.join(w)));
+        }
+        for d in dirs {
+            out.extend(NAMES.iter().map(|n| d.join(n).display().to_string()));
+        }
+        out.dedup();
+        out
+    }
+
+    /// Loads the first usable candidate (uncached; [`load`] caches the process's).
+    pub fn load(&self) -> Result<NvrtcLibrary, Error> {
+        let explicit = self.epc_nvrtc.is_some();
+        let mut tried = Vec::new();
+        for candidate in self.candidates() {
+            let is_path = candidate.contains('/');
+            if is_path && !Path::new(&candidate).exists() {
+                if explicit {
+                    tried.push(format!("{candidate}: no such file (from EPC_NVRTC)"));
+                }
+                continue;
+            }
+            match open(&candidate) {
+                Ok(lib) => {
+                    preload_builtins(Path::new(&candidate));
+                    tracing::debug!(library = %candidate, "loaded NVRTC");
+                    return Ok(lib);
+                }
+                Err(why) => tried.push(format!("{candidate}: {why}")),
+            }
+        }
+        if tried.is_empty() {
+            tried.push(
+                "no candidate file exists (the loader's path, CUDA_PATH, /usr/local/cuda, \
+                 .epc/pip above the executable, site-packages)"
+                    .into(),
+            );
+        }
+        Err(Error::NvrtcNotFound { searched: tried })
+    }
+}
+
+/// Opens one candidate and checks it exports NVRTC's functions; the library stays loaded.
+fn open(candidate: &str) -> Result<NvrtcLibrary, String> {
+    // SAFETY: loading a library runs its initializers; the candidates are only the places the
+    // module docs list (chosen by the user or the system), and the library is never unloaded
+    // (leaked below), so no symbol outlives it.
+    let lib = unsafe { libloading::Library::new(candidate) }.map_err(|e| e.to_string())?;
+    for symbol in SYMBOLS {
+        // SAFETY: only the symbol's presence is checked; it is not called here.
+        let found = unsafe { lib.get::<unsafe extern "C" fn()>(symbol.as_bytes()) };
+        if found.is_err() {
+            std::mem::forget(lib);
+            return Err(format!("loads, but is not NVRTC: it lacks {symbol}"));
         }
     }
-    if tried.is_empty() {
-        tried.push("no candidate file exists (EPC_NVRTC, CUDA_PATH, /usr/local/cuda, .epc/pip, site-packages)".into());
+    std::mem::forget(lib);
+    Ok(NvrtcLibrary {
+        location: candidate.to_owned(),
+    })
+}
+
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::NvrtcNotFound { searched } => Error::NvrtcNotFound {
+            searched: searched.clone(),
+        },
+        other => Error::Input(other.to_string()),
     }
-    Err(tried)
 }
 
 /// NVRTC opens `libnvrtc-builtins.so.X.Y` by bare name at compile time, which fails when libnvrtc

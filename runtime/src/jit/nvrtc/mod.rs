@@ -10,7 +10,7 @@ use std::ffi::CString;
 use cudarc::nvrtc::{result, sys};
 use ep_codegen::KernelSource;
 
-pub use loader::NvrtcLibrary;
+pub use loader::{NvrtcLibrary, NvrtcSearch};
 
 use crate::jit::compiler::{CompileOutput, Compiler, listing};
 use crate::{Arch, Error};
