@@ -26,7 +26,7 @@ pub enum Command {
     All(AllArgs),
     /// Validate specs and print their key figures.
     Check(SpecArgs),
-    /// Write each spec's generated `.cu` files and `manifest.json` under DIR/<spec name>/.
+    /// Write each spec's generated `.cu` files and `manifest.json` under `DIR/<spec name>/`.
     Export {
         /// Specs to export.
         #[command(flatten)]
@@ -101,7 +101,7 @@ pub struct RunArgs {
     /// Run low-latency specs on this many virtual ranks instead of their own.
     #[arg(long)]
     pub ranks: Option<u32>,
-    /// Write the first low-latency call's tensors here as .npy (rank<r>.<tensor>.npy; 16-bit
+    /// Write the first low-latency call's tensors here as .npy (`rank<r>.<tensor>.npy`; 16-bit
     /// activations as their bit patterns, uint16).
     #[arg(long, value_name = "DIR")]
     pub dump: Option<PathBuf>,

@@ -7,7 +7,7 @@
 //! - [`transport`]: how ranks reach each other's windows ([`VirtualRanks`] on one GPU);
 //! - [`ll`]: low-latency mode (the per-rank device API and the host-vector helpers on top);
 //!   [`ht`]: high-throughput mode (so far the routing layout kernel, [`LayoutKernel`]);
-//! - [`reference`]: the CPU definitions of every kernel, [`check`]: comparisons with them, and
+//! - [`reference`](mod@reference): the CPU definitions of every kernel, [`check`]: comparisons with them, and
 //!   [`routing`]: reproducible inputs.
 
 mod device_index;

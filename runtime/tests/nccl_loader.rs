@@ -450,7 +450,10 @@ fn device_kernels_without_headers_report_the_compile_log() {
 fn one_rank_window_on_a_gpu() {
     let test = "one_rank_window_on_a_gpu";
     let gpu = match Gpu::open(0) {
-        Ok(g) => g,
+        Ok(g) => {
+            say(&format!("GPU {test}: on {}", g.name()));
+            g
+        }
         Err(e @ (Error::DriverNotFound { .. } | Error::NoGpu { .. }))
             if !required("EPC_REQUIRE_GPU") =>
         {

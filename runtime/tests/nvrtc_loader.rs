@@ -59,7 +59,11 @@ fn stand_in(dir: &Path) -> Option<PathBuf> {
 fn a_library_without_nvrtcs_functions_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let Some(lib) = stand_in(dir.path()) else {
-        eprintln!("SKIP a_library_without_nvrtcs_functions_is_refused_by_name: no C compiler");
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP a_library_without_nvrtcs_functions_is_refused_by_name: no C compiler"
+        );
         return;
     };
     let search = NvrtcSearch {

@@ -29,10 +29,14 @@ pub fn nvrtc_or_skip(test: &str) -> Option<Nvrtc> {
     }
 }
 
-/// A GPU, or `None` after printing why the test is skipped.
+/// A GPU, or `None` after printing why the test is skipped. Both outcomes print one line
+/// (`GPU test: ...` or `SKIP test: no GPU: ...`) that the test command counts.
 pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
     match Gpu::open(0) {
-        Ok(g) => Some(g),
+        Ok(g) => {
+            say(&format!("GPU {test}: on {}", g.name()));
+            Some(g)
+        }
         Err(e @ (Error::DriverNotFound { .. } | Error::NoGpu { .. }))
             if !required("EPC_REQUIRE_GPU") =>
         {

@@ -47,6 +47,7 @@ fn gpus_or_skip(test: &str, n: usize) -> Option<Vec<Gpu>> {
         say(&format!("SKIP {test}: needs {n} GPUs, {have} present"));
         return None;
     }
+    say(&format!("GPU {test}: on {n} GPUs"));
     Some(
         (0..n)
             .map(|i| Gpu::open(i).expect("a GPU the driver lists"))

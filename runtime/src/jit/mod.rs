@@ -1,7 +1,7 @@
 //! The JIT floor: rendered source in, launchable function out.
 //!
 //! [`Compiler`] turns a [`KernelSource`] into a cubin for one exact [`Arch`] ([`Nvrtc`], or
-//! [`Nvcc`] for comparison); [`KernelCache`] keeps cubins on disk ([`cubin`] reads their resource
+//! [`Nvcc`](crate::Nvcc) for comparison); [`KernelCache`] keeps cubins on disk (`cubin` reads their resource
 //! figures); [`Jit`] joins compiler and cache and loads the result on a [`Gpu`].
 
 pub(crate) mod arch;

@@ -122,7 +122,7 @@ impl NvrtcSearch {
         out
     }
 
-    /// Loads the first usable candidate (uncached; [`load`] caches the process's).
+    /// Loads the first usable candidate (uncached; the process's own search is cached).
     pub fn load(&self) -> Result<NvrtcLibrary, Error> {
         let explicit = self.epc_nvrtc.is_some();
         let mut tried = Vec::new();

@@ -23,7 +23,7 @@ pub struct Nvrtc {
 }
 
 impl Nvrtc {
-    /// Finds and loads libnvrtc (see [`loader`] for where it looks).
+    /// Finds and loads libnvrtc (see [`NvrtcSearch`] for where it looks).
     pub fn new() -> Result<Nvrtc, Error> {
         let library = loader::load()?;
         let (mut major, mut minor) = (0, 0);

@@ -1,7 +1,7 @@
 //! The `nccl` transport's lower floors: ranks on several GPUs reaching each other's windows
 //! through NCCL (>= 2.28) symmetric memory.
 //!
-//! - [`NcclLibrary`] ([`loader`]): libnccl found at run time like libnvrtc (`EPC_NCCL`, the
+//! - [`NcclLibrary`] (`loader.rs`): libnccl found at run time like libnvrtc (`EPC_NCCL`, the
 //!   dynamic loader's path, the pip wheels in site-packages), its version checked, its headers
 //!   found; [`NcclSearch`] is the same search with explicit inputs.
 //! - `sys` / `result`: raw function pointers resolved from that library (not cudarc's `nccl`
