@@ -111,12 +111,18 @@ fn write_meta(
     Ok(())
 }
 
-/// A YAML scalar for a string argument: plain when it is a simple word, else quoted.
+/// A YAML scalar for a string argument: plain when it is a simple word YAML reads as a string,
+/// else quoted, so `hidden = "7168"` stays a string (and is refused as one) instead of turning
+/// into the number it spells.
 fn yaml_string(s: &str) -> String {
-    if !s.is_empty()
+    let word = s.starts_with(|c: char| c.is_ascii_alphabetic())
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let keyword = matches!(
+        s.to_ascii_lowercase().as_str(),
+        "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n" | "null"
+    );
+    if word && !keyword {
         s.to_owned()
     } else {
         format!("{s:?}")
