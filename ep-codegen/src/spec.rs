@@ -139,7 +139,7 @@ fn auto_or_value<S: serde::Serializer>(knob: &Option<u32>, s: S) -> Result<S::Ok
 /// One deployment's dispatch/combine problem, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Spec {
-    /// Name, used for files and kernel folders: letters, digits, `-` and `_`.
+    /// Name, used for files and kernel folders: 1 to 64 letters, digits, `-` and `_`.
     pub name: String,
     /// Kernel family.
     pub mode: Mode,

@@ -180,18 +180,38 @@ pub(crate) fn parse_and_validate(text: &str, file: Option<&str>) -> Result<Spec,
     }
 }
 
+/// The longest spec name: it names files and cache folders.
+pub const MAX_NAME: usize = 64;
+
+/// A value as shown in a message: at most 80 characters, the middle elided.
+fn shortened(value: &str) -> String {
+    let chars: Vec<char> = value.chars().collect();
+    if chars.len() <= 80 {
+        return value.to_owned();
+    }
+    let head: String = chars[..50].iter().collect();
+    let tail: String = chars[chars.len() - 20..].iter().collect();
+    format!("{head}...{tail} ({} characters)", chars.len())
+}
+
 /// Applies the rules; the returned spec is meaningful only when no error was recorded.
 fn check(c: &mut Checker<'_>, raw: RawSpec) -> Spec {
-    if raw.name.is_empty()
-        || !raw
-            .name
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    let name_chars = raw.name.chars().count();
+    if name_chars == 0 || name_chars > MAX_NAME {
+        c.fail(
+            "name",
+            shortened(&format!("{:?}", raw.name)),
+            format!("must be 1 to {MAX_NAME} characters (it names files), not {name_chars}"),
+        );
+    } else if !raw
+        .name
+        .chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
     {
         c.fail(
             "name",
             format!("{:?}", raw.name),
-            "must be non-empty and use only letters, digits, `-` and `_` (it names files)",
+            "must use only letters, digits, `-` and `_` (it names files)",
         );
     }
 

@@ -105,8 +105,28 @@ fn name_must_be_a_file_name() {
         &with(BASE_LL, &[("name", Some("\"\""))]),
         "name",
         "\"\"",
-        &["non-empty"],
+        &["1 to 64"],
     );
+    let long = "n".repeat(65);
+    expect(
+        &with(BASE_LL, &[("name", Some(long.as_str()))]),
+        "name",
+        &format!("\"{long}\""),
+        &["1 to 64", "not 65"],
+    );
+}
+
+#[test]
+fn a_huge_name_is_refused_and_not_echoed_whole() {
+    let huge = "x".repeat(5 << 20);
+    let e = errors(&with(BASE_LL, &[("name", Some(huge.as_str()))]));
+    let message = e.to_string();
+    assert!(
+        message.contains("1 to 64"),
+        "{}",
+        &message[..200.min(message.len())]
+    );
+    assert!(message.len() < 1000, "{} bytes of message", message.len());
 }
 
 #[test]
