@@ -275,7 +275,7 @@ impl LlGroup {
             tokens: inputs[i].x.shape()[0] as i32,
             ..self.rank_args(call, i, lr)
         };
-        self.launch_all(&self.dispatch[0], self.send_grid(), call, &args, stream)?;
+        self.launch_all(&self.dispatch[0], self.send_grid(), &args, stream)?;
         call.sent(inputs.iter().map(|i| i.x.shape()[0]));
         Ok(())
     }
@@ -286,7 +286,7 @@ impl LlGroup {
         call.belongs_to(self)?;
         call.require_sent("dispatch_recv")?;
         let args = |i: usize, lr: &LocalRank| self.rank_args(call, i, lr);
-        self.launch_all(&self.dispatch[1], self.recv_grid(), call, &args, stream)
+        self.launch_all(&self.dispatch[1], self.recv_grid(), &args, stream)
     }
 
     /// Announces that this group's experts have written the call's `y` (on `stream`).
@@ -294,7 +294,7 @@ impl LlGroup {
         call.belongs_to(self)?;
         call.require_sent("combine_send")?;
         let args = |i: usize, lr: &LocalRank| self.rank_args(call, i, lr);
-        self.launch_all(&self.combine[0], self.recv_grid(), call, &args, stream)
+        self.launch_all(&self.combine[0], self.recv_grid(), &args, stream)
     }
 
     /// Pulls the experts' rows of each rank's tokens and reduces them into `out [T, H]`:
@@ -323,7 +323,7 @@ impl LlGroup {
             out: inputs[i].out.ptr(),
             ..self.rank_args(call, i, lr)
         };
-        self.launch_all(&self.combine[1], self.send_grid(), call, &args, stream)
+        self.launch_all(&self.combine[1], self.send_grid(), &args, stream)
     }
 
     /// Waits for `stream`, then reports the first error the kernels recorded (the lowest rank's)
@@ -391,11 +391,9 @@ impl LlGroup {
         &self,
         f: &CudaFunction,
         grid: Grid,
-        call: &LlCall,
         args: &dyn Fn(usize, &LocalRank) -> RankArgs,
         stream: Stream<'_>,
     ) -> Result<(), Error> {
-        call.belongs_to(self)?;
         self.gpu
             .context()
             .bind_to_thread()
@@ -442,13 +440,13 @@ impl LlGroup {
     /// (bounded by the timeout). A group dropped alone meets on its own; virtual ranks need none
     /// of this.
     pub fn close(mut groups: Vec<LlGroup>) -> Result<(), Error> {
-        let nccl: Vec<usize> = (0..groups.len())
-            .filter(|&i| matches!(groups[i]._transport, Transport::Nccl(_)))
-            .collect();
-        let met = if nccl.is_empty() {
-            Ok(())
-        } else {
+        let met = if groups
+            .iter()
+            .any(|g| matches!(g._transport, Transport::Nccl(_)))
+        {
             LlGroup::meet(&mut groups)
+        } else {
+            Ok(())
         };
         for g in &mut groups {
             g.closed = true;
