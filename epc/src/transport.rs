@@ -242,37 +242,58 @@ pub fn launch(gpus: usize) -> Result<ExitCode> {
             .with_context(|| format!("starting rank {rank} ({})", exe.display()))?;
         children.push(child);
     }
+    // Each child's output is drained as it comes (a full pipe would stall it), and printed
+    // under its rank once it ends. When one rank fails, the others (which would wait for it in
+    // NCCL, with no timeout of NCCL's own) are stopped.
+    let mut readers = Vec::with_capacity(gpus);
+    for child in &mut children {
+        let pipes = (child.stdout.take(), child.stderr.take());
+        readers.push(Some(std::thread::spawn(move || {
+            let mut out = String::new();
+            if let Some(mut s) = pipes.0 {
+                let _ = s.read_to_string(&mut out);
+            }
+            if let Some(mut s) = pipes.1 {
+                let _ = s.read_to_string(&mut out);
+            }
+            out
+        })));
+    }
     let start = Instant::now();
+    let mut ended = vec![false; gpus];
     let mut failed = Vec::new();
-    for (rank, mut child) in children.into_iter().enumerate() {
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break Some(status);
+    while ended.contains(&false) {
+        for (rank, child) in children.iter_mut().enumerate() {
+            if ended[rank] {
+                continue;
             }
-            if start.elapsed() > CHILD_WAIT {
+            let done = if !failed.is_empty() || start.elapsed() > CHILD_WAIT {
                 let _ = child.kill();
-                break None;
+                let _ = child.wait();
+                Some((
+                    false,
+                    if failed.is_empty() {
+                        format!("still running after {} s; stopped", CHILD_WAIT.as_secs())
+                    } else {
+                        "stopped after another rank failed".to_owned()
+                    },
+                ))
+            } else {
+                child.try_wait()?.map(|s| (s.success(), s.to_string()))
+            };
+            if let Some((ok, how)) = done {
+                if !ok {
+                    failed.push(format!("rank {rank}: {how}"));
+                }
+                if let Some(out) = readers[rank].take().and_then(|r| r.join().ok()) {
+                    for line in out.lines() {
+                        println!("[rank {rank}] {line}");
+                    }
+                }
+                ended[rank] = true;
             }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut out = String::new();
-        if let Some(mut s) = child.stdout.take() {
-            let _ = s.read_to_string(&mut out);
         }
-        if let Some(mut s) = child.stderr.take() {
-            let _ = s.read_to_string(&mut out);
-        }
-        for line in out.lines() {
-            println!("[rank {rank}] {line}");
-        }
-        match status {
-            Some(s) if s.success() => {}
-            Some(s) => failed.push(format!("rank {rank}: {s}")),
-            None => failed.push(format!(
-                "rank {rank}: still running after {} s; killed",
-                CHILD_WAIT.as_secs()
-            )),
-        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     if failed.is_empty() {
         Ok(ExitCode::SUCCESS)

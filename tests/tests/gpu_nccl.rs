@@ -250,42 +250,50 @@ fn one_process_per_gpu(n: usize) {
     }
     let exe = std::env::current_exe().unwrap();
     let id = NcclComm::unique_id().unwrap().to_hex();
+    // Each rank writes into a file (a pipe left unread could fill and stall it).
+    let logs = tempfile::tempdir().unwrap();
+    let log = |rank: usize| logs.path().join(format!("rank{rank}.log"));
     let mut children: Vec<_> = (0..n)
         .map(|rank| {
+            let out = std::fs::File::create(log(rank)).unwrap();
             Command::new(&exe)
                 .args(["--exact", "rank_process", "--ignored", "--nocapture"])
                 .env("EPC_NCCL_TEST_RANK", rank.to_string())
                 .env("EPC_NCCL_TEST_RANKS", n.to_string())
                 .env("EPC_NCCL_ID", &id)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
+                .stdout(Stdio::from(out.try_clone().unwrap()))
+                .stderr(Stdio::from(out))
                 .spawn()
                 .unwrap()
         })
         .collect();
+    // Every rank must end; when one fails the others (waiting for it) are stopped.
     let start = Instant::now();
     let mut failed = Vec::new();
-    for (rank, child) in children.iter_mut().enumerate() {
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
+    let mut ended = vec![false; n];
+    while ended.contains(&false) {
+        for (rank, child) in children.iter_mut().enumerate() {
+            if ended[rank] {
+                continue;
+            }
+            if !failed.is_empty() || start.elapsed() > Duration::from_secs(600) {
+                let _ = child.kill();
+                let _ = child.wait();
+                failed.push(rank);
+                ended[rank] = true;
+            } else if let Some(status) = child.try_wait().unwrap() {
                 if !status.success() {
                     failed.push(rank);
                 }
-                break;
+                ended[rank] = true;
             }
-            if start.elapsed() > Duration::from_secs(600) {
-                let _ = child.kill();
-                failed.push(rank);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    for (rank, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        for line in String::from_utf8_lossy(&out.stdout)
+    for rank in 0..n {
+        for line in std::fs::read_to_string(log(rank))
+            .unwrap_or_default()
             .lines()
-            .chain(String::from_utf8_lossy(&out.stderr).lines())
         {
             say(&format!("[rank {rank}] {line}"));
         }
