@@ -64,17 +64,13 @@ impl KernelSource {
             .into_iter()
             .find(|p| p.name == embedded.name)
             .ok_or_else(|| {
-                Error::Spec(SpecErrors(vec![SpecError {
-                    file: None,
-                    line: None,
-                    column: None,
-                    path: String::new(),
-                    value: embedded.name.to_owned(),
-                    rule: format!(
+                Error::Spec(SpecErrors(vec![SpecError::unplaced(
+                    embedded.name.to_owned(),
+                    format!(
                         "spec `{}` has no kernel family `{}` (macros and ep-codegen differ in version?)",
                         spec.name, embedded.name
                     ),
-                }]))
+                )]))
             })?;
         Ok(KernelSource {
             spec_name: spec.name.clone(),

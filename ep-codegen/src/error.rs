@@ -9,14 +9,91 @@ pub struct SpecError {
     pub file: Option<String>,
     /// 1-based line, when known.
     pub line: Option<usize>,
-    /// 1-based column, when known.
+    /// 1-based column (in characters), when known.
     pub column: Option<usize>,
     /// Dotted field path (`tuning.sms`); empty for the document itself.
     pub path: String,
-    /// The offending value as written (or `(missing)`).
+    /// The offending value as written, shortened (or `(missing)`).
     pub value: String,
     /// The rule that the value breaks, in words.
     pub rule: String,
+    /// The line of text the problem is on, with the caret's place in it.
+    pub snippet: Option<Snippet>,
+}
+
+/// A line of the spec as shown under a message: at most [`Snippet::WIDTH`] characters around
+/// the place, control characters shown as `?`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snippet {
+    /// The (possibly cut) line.
+    pub text: String,
+    /// 1-based column of the caret within `text`.
+    pub caret: usize,
+}
+
+impl Snippet {
+    /// The most characters of a line shown.
+    pub const WIDTH: usize = 100;
+
+    /// The part of `line` around 1-based `column`.
+    pub fn new(line: &str, column: usize) -> Snippet {
+        let chars: Vec<char> = line
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        let column = column.clamp(1, chars.len() + 1);
+        let start = column.saturating_sub(Self::WIDTH / 2).min(
+            chars.len().saturating_sub(Self::WIDTH), // show a full window near the end
+        );
+        let end = (start + Self::WIDTH).min(chars.len());
+        let mut text: String = chars[start..end].iter().collect();
+        let mut caret = column - start;
+        if start > 0 {
+            text.insert_str(0, "...");
+            caret += 3;
+        }
+        if end < chars.len() {
+            text.push_str("...");
+        }
+        Snippet { text, caret }
+    }
+}
+
+impl SpecError {
+    /// An error at `line:column` of `text`, with that line as its snippet.
+    pub(crate) fn at(
+        file: Option<&str>,
+        line: usize,
+        column: usize,
+        text: &str,
+        path: String,
+        value: String,
+        rule: String,
+    ) -> SpecError {
+        let snippet = text.lines().nth(line - 1).map(|l| Snippet::new(l, column));
+        SpecError {
+            file: file.map(str::to_owned),
+            line: Some(line),
+            column: Some(column),
+            path,
+            value,
+            rule,
+            snippet,
+        }
+    }
+
+    /// An error about a spec as a whole, with no place in a text.
+    pub(crate) fn unplaced(value: String, rule: String) -> SpecError {
+        SpecError {
+            file: None,
+            line: None,
+            column: None,
+            path: String::new(),
+            value,
+            rule,
+            snippet: None,
+        }
+    }
 }
 
 impl fmt::Display for SpecError {
@@ -29,10 +106,21 @@ impl fmt::Display for SpecError {
             }
         }
         if self.path.is_empty() {
-            write!(f, ": {}", self.rule)
+            write!(f, ": {}", self.rule)?;
         } else {
-            write!(f, ": `{}` = {}: {}", self.path, self.value, self.rule)
+            write!(f, ": `{}` = {}: {}", self.path, self.value, self.rule)?;
         }
+        if let (Some(line), Some(s)) = (self.line, &self.snippet) {
+            let number = line.to_string();
+            let pad = " ".repeat(number.len());
+            write!(
+                f,
+                "\n{pad} |\n{number} | {}\n{pad} | {}^",
+                s.text,
+                " ".repeat(s.caret - 1)
+            )?;
+        }
+        Ok(())
     }
 }
 

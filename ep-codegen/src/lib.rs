@@ -15,30 +15,88 @@
 //! ```
 
 mod builtin;
+mod canonical;
 mod embedded;
 mod error;
 mod export;
 pub mod kernels;
-mod locate;
 mod render;
 mod spec;
 mod validate;
+mod yaml;
 
 pub use builtin::{BuiltinSpec, builtin_specs, find_builtin};
 pub use embedded::{EmbeddedKernel, KernelSpec};
-pub use error::{Error, SpecError, SpecErrors};
+pub use error::{Error, Snippet, SpecError, SpecErrors};
 pub use export::{Manifest, export};
 pub use render::{GENERATOR_VERSION, KernelSource, Renderer};
 pub use spec::{
     Dims, Dtype, Fp8, HighThroughput, IndexDtype, Layout, Mode, ScaleFormat, Spec, Tuning, hex,
 };
 pub use validate::{
-    FP8_BLOCK, MAX_EXPERTS, MAX_HIDDEN, MAX_HT_TOKENS, MAX_LL_TOKENS, MAX_RANKS, MAX_TOP_K,
-    did_you_mean,
+    FP8_BLOCK, MAX_EXPERTS, MAX_HIDDEN, MAX_HT_TOKENS, MAX_LL_TOKENS, MAX_NAME, MAX_RANKS,
+    MAX_TOP_K, did_you_mean,
 };
+pub use yaml::MAX_SPEC_BYTES;
 
-/// Reads, parses and validates a spec file.
+/// Reads, parses and validates a spec file: at most [`MAX_SPEC_BYTES`] are read, and text that
+/// is not UTF-8 is refused with the place of the first bad byte.
 pub fn parse_spec_file(path: &std::path::Path) -> Result<Spec, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    Ok(Spec::from_yaml(&text, Some(&path.display().to_string()))?)
+    let label = path.display().to_string();
+    let bytes = read_bounded(path)?;
+    let text = spec_text(&bytes, &label)?;
+    Ok(Spec::from_yaml(text, Some(&label))?)
+}
+
+/// Reads at most one byte more than a spec may hold, so that a huge file (or an endless one,
+/// such as a device) is refused without being read whole.
+fn read_bounded(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SPEC_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(bytes)
+}
+
+/// The bytes of a spec as text: UTF-8 (a byte-order mark is allowed), at most [`MAX_SPEC_BYTES`].
+pub fn spec_text<'b>(bytes: &'b [u8], label: &str) -> Result<&'b str, Error> {
+    let placed = |rule: String, line: usize, column: usize, before: Option<&str>| {
+        Error::Spec(SpecErrors(vec![SpecError {
+            file: Some(label.to_owned()),
+            line: Some(line),
+            column: Some(column),
+            path: String::new(),
+            value: String::new(),
+            rule,
+            snippet: before.map(|b| Snippet::new(b.rsplit('\n').next().unwrap_or(""), column)),
+        }]))
+    };
+    if bytes.len() > MAX_SPEC_BYTES {
+        return Err(placed(
+            format!(
+                "the file holds more than {MAX_SPEC_BYTES} bytes (1 MiB); a spec is a few hundred"
+            ),
+            1,
+            1,
+            None,
+        ));
+    }
+    std::str::from_utf8(bytes).map_err(|e| {
+        let good = e.valid_up_to();
+        // The prefix before the first bad byte is valid UTF-8 by definition.
+        let before = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        placed(
+            format!(
+                "not UTF-8 text: byte {good} (0x{:02x}) is not valid UTF-8; save the spec as UTF-8",
+                bytes[good]
+            ),
+            line,
+            column,
+            Some(before),
+        )
+    })
 }

@@ -214,8 +214,7 @@ impl Spec {
     /// The spec as canonical YAML (every default resolved): what the hash covers. It parses back
     /// to the same spec.
     pub fn to_canonical_yaml(&self) -> String {
-        // Serializing plain structs of integers, strings and unit enums cannot fail.
-        serde_yaml_ng::to_string(self).unwrap_or_default()
+        crate::canonical::to_yaml(self)
     }
 
     /// SHA-256 of the canonical YAML, as 16 hex digits: names the spec in generated files.
