@@ -22,7 +22,8 @@ pub struct SpecError {
 }
 
 /// A line of the spec as shown under a message: at most [`Snippet::WIDTH`] characters around
-/// the place, control characters shown as `?`.
+/// the place; a tab is shown as a space and other control characters as `?`, one character each,
+/// so that the caret stays under the place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snippet {
     /// The (possibly cut) line.
@@ -39,7 +40,11 @@ impl Snippet {
     pub fn new(line: &str, column: usize) -> Snippet {
         let chars: Vec<char> = line
             .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
+            .map(|c| match c {
+                '\t' => ' ',
+                c if c.is_control() => '?',
+                c => c,
+            })
             .collect();
         let column = column.clamp(1, chars.len() + 1);
         let start = column.saturating_sub(Self::WIDTH / 2).min(
@@ -70,7 +75,16 @@ impl SpecError {
         value: String,
         rule: String,
     ) -> SpecError {
-        let snippet = text.lines().nth(line - 1).map(|l| Snippet::new(l, column));
+        // A place past the last line (the end of the text) is shown at the end of the last one.
+        let (line, column, shown) = match text.lines().nth(line.max(1) - 1) {
+            Some(l) => (line.max(1), column, l),
+            None => {
+                let count = text.lines().count().max(1);
+                let last = text.lines().last().unwrap_or("");
+                (count, last.chars().count() + 1, last)
+            }
+        };
+        let snippet = Some(Snippet::new(shown, column));
         SpecError {
             file: file.map(str::to_owned),
             line: Some(line),

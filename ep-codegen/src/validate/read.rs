@@ -475,6 +475,9 @@ fn describe(node: &Node) -> String {
         Kind::Scalar { text, plain: true } if matches!(text.as_str(), "true" | "false") => {
             format!("the boolean `{text}`")
         }
+        Kind::Scalar { text, plain: true } if parse_int(text).is_some() => {
+            format!("the integer `{}`", super::shortened(text))
+        }
         Kind::Scalar { text, plain: true } if looks_like_float(text) => {
             format!("the fractional number `{}`", super::shortened(text))
         }

@@ -249,10 +249,10 @@ fn build(text: &str, limits: &Limits) -> Result<Document, Problem> {
         let (event, span) = next.map_err(|e| Problem {
             at: Mark::of(e.marker()),
             // The scanner has its own (higher) nesting cap, met first when it reads ahead.
-            message: if e.info() == "recursion limit exceeded" {
-                depth_message(limits)
-            } else {
-                format!("YAML syntax: {}", e.info())
+            message: match e.info() {
+                "recursion limit exceeded" => depth_message(limits),
+                "while parsing node, found unknown anchor" => unknown_anchor().into(),
+                info => format!("YAML syntax: {info}"),
             },
         })?;
         let at = Mark::of(&span.start);
@@ -279,7 +279,7 @@ fn build(text: &str, limits: &Limits) -> Result<Document, Problem> {
                 }
                 let mut node = b.anchors.get(&id).cloned().ok_or_else(|| Problem {
                     at,
-                    message: "this alias names no anchor defined before it".into(),
+                    message: unknown_anchor().into(),
                 })?;
                 b.spend(node.count, at)?;
                 node.at = at;
@@ -332,6 +332,10 @@ fn build(text: &str, limits: &Limits) -> Result<Document, Problem> {
         root: b.root,
         trailing,
     })
+}
+
+fn unknown_anchor() -> &'static str {
+    "this alias (`*name`) names no anchor (`&name`) defined before it"
 }
 
 fn depth_message(limits: &Limits) -> String {
