@@ -20,6 +20,7 @@ mod error;
 mod export;
 pub mod kernels;
 mod locate;
+pub mod memory;
 mod render;
 mod spec;
 mod validate;
@@ -28,6 +29,7 @@ pub use builtin::{BuiltinSpec, builtin_specs, find_builtin};
 pub use embedded::{EmbeddedKernel, KernelSpec};
 pub use error::{Error, SpecError, SpecErrors};
 pub use export::{Manifest, export};
+pub use memory::{MemoryError, MemoryPlan, human_bytes, parse_size};
 pub use render::{GENERATOR_VERSION, KernelSource, Renderer};
 pub use spec::{
     Dims, Dtype, Fp8, HighThroughput, IndexDtype, Layout, Mode, ScaleFormat, Spec, Tuning, hex,

@@ -246,3 +246,60 @@ fn nccl_rank_options_are_checked_before_any_gpu_work() {
         text(&o)
     );
 }
+
+const HUGE: &str = "name: huge\nmode: low_latency\nhidden: 65536\nexperts: 4096\ntop_k: 32\n\
+                    ranks: 1024\nmax_tokens_per_rank: 1024\n";
+
+#[test]
+fn check_prints_each_specs_memory_and_refuses_one_too_large_for_a_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = epc(&["check", "gpt-oss-120b-ll"], dir.path());
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("memory cap per rank: "), "{out}");
+    assert!(
+        out.contains("     memory 720.3 MiB per rank (window 720.3 MiB")
+            && out.contains("; 5.6 GiB for 8 virtual ranks on one GPU"),
+        "{out}"
+    );
+
+    let huge = dir.path().join("huge.yaml");
+    std::fs::write(&huge, HUGE).unwrap();
+    let o = epc(&["check", huge.to_str().unwrap()], dir.path());
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    for part in [
+        "FAIL ",
+        "2.0 TiB per rank",
+        "spec `huge` needs 2.0 TiB of device memory per rank, more than the cap of",
+        "lower `max_tokens_per_rank` (1024), `experts` (4096) or `hidden` (65536)",
+    ] {
+        assert!(out.contains(part), "{part}: {out}");
+    }
+
+    let o = epc(
+        &["check", "gpt-oss-120b-ll", "--max-memory", "512MiB"],
+        dir.path(),
+    );
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("memory cap per rank: 512.0 MiB (--max-memory)"),
+        "{out}"
+    );
+    assert!(out.contains("more than the cap of 512.0 MiB"), "{out}");
+    let o = epc(
+        &["check", "gpt-oss-120b-ll", "--max-memory", "1TiB"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    for bad in ["16G", "16", "lots", "0GiB"] {
+        let o = epc(&["check", "--max-memory", bad], dir.path());
+        assert!(!o.status.success(), "{bad}: {}", text(&o));
+        assert!(
+            text(&o).contains(&format!("`{bad}` is not a memory size")),
+            "{bad}: {}",
+            text(&o)
+        );
+    }
+}
