@@ -10,6 +10,7 @@ mod npy;
 mod progress;
 mod svg;
 mod transport;
+mod words;
 
 use clap::Parser;
 

@@ -303,3 +303,46 @@ fn check_prints_each_specs_memory_and_refuses_one_too_large_for_a_rank() {
         );
     }
 }
+
+#[test]
+fn high_throughput_specs_say_once_which_kernels_are_not_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let note = "note: mixtral-8x7b-ht: high_throughput: layout kernel built; notify, dispatch and \
+                combine are not built yet (HT mode is in progress)";
+    let out_dir = dir.path().join("out");
+    let runs: [&[&str]; 3] = [
+        &["check", "mixtral-8x7b-ht", "gpt-oss-120b-ll"],
+        &[
+            "export",
+            "mixtral-8x7b-ht",
+            "gpt-oss-120b-ll",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        &["all", "mixtral-8x7b-ht", "gpt-oss-120b-ll"],
+    ];
+    for args in runs {
+        let o = epc(args, dir.path());
+        let out = text(&o);
+        assert!(o.status.success(), "{args:?}: {out}");
+        assert_eq!(out.matches(note).count(), 1, "{args:?}: {out}");
+        assert_eq!(out.matches("not built yet").count(), 1, "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn counts_are_singular_for_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = epc(&["all", "mixtral-8x7b-ht"], dir.path());
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("1 spec checked:"), "{out}");
+    assert!(out.contains("1 kernel rendered"), "{out}");
+    if nvrtc_present() {
+        assert!(out.contains("1 kernel, "), "{out}");
+    }
+    assert!(
+        !out.contains("1 kernels") && !out.contains("1 specs"),
+        "{out}"
+    );
+}

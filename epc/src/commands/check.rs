@@ -6,13 +6,13 @@ use anyhow::{Result, bail};
 use ep_codegen::{MemoryPlan, Mode, Spec, human_bytes};
 
 use crate::cli::CheckArgs;
-use crate::inputs::load_specs;
+use crate::inputs::{load_specs, note_progress};
 
 /// The memory cap per rank without a GPU to size it by.
 const DEFAULT_CAP: u64 = 64 << 30;
 
-/// Validates specs; prints two lines per spec (its key figures, the memory it needs). An
-/// invalid spec fails with every error, and so does a spec whose
+/// Validates specs; prints two lines per spec (its key figures, the memory it needs) and a note
+/// per high-throughput spec. An invalid spec fails with every error, and so does a spec whose
 /// ranks need more memory than the cap.
 pub fn check(args: &CheckArgs) -> Result<ExitCode> {
     let specs = load_specs(&args.specs.specs)?;
@@ -29,6 +29,7 @@ pub fn check(args: &CheckArgs) -> Result<ExitCode> {
             memory.push_str(" (above the cap: `epc run` runs fewer virtual ranks)");
         }
         println!("     memory {memory}");
+        note_progress(&l.spec);
         if let Err(e) = verdict {
             too_large.push(format!("{}: {e}", l.origin));
         }
