@@ -23,9 +23,10 @@ mod locate;
 pub mod memory;
 mod render;
 mod spec;
+mod suggest;
 mod validate;
 
-pub use builtin::{BuiltinSpec, builtin_specs, find_builtin};
+pub use builtin::{BuiltinSpec, builtin_specs, closest_builtin, find_builtin};
 pub use embedded::{EmbeddedKernel, KernelSpec};
 pub use error::{Error, SpecError, SpecErrors};
 pub use export::{Manifest, export};
@@ -34,6 +35,7 @@ pub use render::{GENERATOR_VERSION, KernelSource, Renderer};
 pub use spec::{
     Dims, Dtype, Fp8, HighThroughput, IndexDtype, Layout, Mode, ScaleFormat, Spec, Tuning, hex,
 };
+pub use suggest::closest;
 pub use validate::{
     FP8_BLOCK, MAX_EXPERTS, MAX_HIDDEN, MAX_HT_TOKENS, MAX_LL_TOKENS, MAX_RANKS, MAX_TOP_K,
     did_you_mean,

@@ -46,7 +46,8 @@ pub enum Command {
 /// Spec selection.
 #[derive(Debug, Args)]
 pub struct SpecArgs {
-    /// YAML files or built-in spec names (default: every built-in spec).
+    /// YAML files, `-` for one spec on standard input, or built-in spec names (default: every
+    /// built-in spec).
     #[arg(value_name = "SPEC")]
     pub specs: Vec<String>,
 }

@@ -1,0 +1,50 @@
+//! "Did you mean ...?": the closest of a few known names to a misspelled one.
+
+/// The candidate closest to `word` by edit distance, when it is close enough to be a likely
+/// misspelling (at most 2 edits, or a quarter of the candidate's length for long names).
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|&(d, c)| d > 0 && d <= 2.max(c.chars().count() / 4))
+        .min()
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = Vec::with_capacity(b.len() + 1);
+        cur.push(i + 1);
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_names_are_suggested_and_far_ones_are_not() {
+        let names = ["layout.cu.hbs", "ll_dispatch.cu.hbs", "partials/header.hbs"];
+        assert_eq!(closest("layuot.cu.hbs", names), Some("layout.cu.hbs"));
+        assert_eq!(
+            closest("partials/haeder.hbs", names),
+            Some("partials/header.hbs")
+        );
+        assert_eq!(closest("README.md", names), None);
+        assert_eq!(
+            closest("layout.cu.hbs", names),
+            None,
+            "an exact name is no misspelling"
+        );
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}
