@@ -43,3 +43,9 @@ pub fn find_builtin(name: &str) -> Option<BuiltinSpec> {
     builtin_specs()
         .find(|s| s.stem() == name || s.parse().map(|spec| spec.name == name).unwrap_or(false))
 }
+
+/// The built-in spec stem closest to a misspelled `name` (`deepseek-v3-l` ->
+/// `deepseek-v3-ll`), when one is close.
+pub fn closest_builtin(name: &str) -> Option<&'static str> {
+    crate::closest(name, builtin_specs().map(|s| s.stem()))
+}

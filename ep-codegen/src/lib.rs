@@ -20,19 +20,23 @@ mod embedded;
 mod error;
 mod export;
 pub mod kernels;
+pub mod memory;
 mod render;
 mod spec;
+mod suggest;
 mod validate;
 mod yaml;
 
-pub use builtin::{BuiltinSpec, builtin_specs, find_builtin};
+pub use builtin::{BuiltinSpec, builtin_specs, closest_builtin, find_builtin};
 pub use embedded::{EmbeddedKernel, KernelSpec};
 pub use error::{Error, Snippet, SpecError, SpecErrors};
 pub use export::{Manifest, export};
+pub use memory::{MemoryError, MemoryPlan, human_bytes, parse_size};
 pub use render::{GENERATOR_VERSION, KernelSource, Renderer};
 pub use spec::{
     Dims, Dtype, Fp8, HighThroughput, IndexDtype, Layout, Mode, ScaleFormat, Spec, Tuning, hex,
 };
+pub use suggest::closest;
 pub use validate::{
     FP8_BLOCK, MAX_EXPERTS, MAX_HIDDEN, MAX_HT_TOKENS, MAX_LL_TOKENS, MAX_NAME, MAX_RANKS,
     MAX_TOP_K, did_you_mean,

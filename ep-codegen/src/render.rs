@@ -94,10 +94,15 @@ impl Renderer {
         Ok(Renderer { registry })
     }
 
-    /// The embedded templates, with every `*.hbs` file under `dir` replacing (or adding) the
-    /// template of the same relative path.
+    /// The embedded templates, with every `*.hbs` file under `dir` replacing the template of
+    /// the same relative path. A new partial (`partials/x.hbs`) is allowed when a template
+    /// includes it (`{{> partials/x}}`); any other file that matches no embedded template
+    /// (`layuot.cu.hbs`, or `layout.cu` without `.hbs`) is an error naming the closest
+    /// template, so a misspelled override is never silently ignored.
     pub fn with_overrides(dir: &Path) -> Result<Renderer, Error> {
         let mut renderer = Renderer::new()?;
+        let mut overrides: Vec<(String, String)> = Vec::new();
+        let mut near_misses: Vec<String> = Vec::new();
         let mut stack = vec![dir.to_path_buf()];
         while let Some(folder) = stack.pop() {
             for entry in std::fs::read_dir(&folder).map_err(|e| Error::io(&folder, e))? {
@@ -106,15 +111,47 @@ impl Renderer {
                     stack.push(path);
                     continue;
                 }
-                let Ok(relative) = path.strip_prefix(dir) else {
+                let Some(relative) = path
+                    .strip_prefix(dir)
+                    .ok()
+                    .and_then(Path::to_str)
+                    .map(|r| r.replace('\\', "/"))
+                else {
                     continue;
                 };
-                let Some(name) = relative.to_str().and_then(|r| r.strip_suffix(".hbs")) else {
+                let Some(name) = relative.strip_suffix(".hbs") else {
+                    // Not a template, unless it looks like a misspelled template file name.
+                    if template_files().contains(&format!("{relative}.hbs"))
+                        || closest_template(&relative).is_some()
+                    {
+                        near_misses.push(relative);
+                    }
                     continue;
                 };
                 let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-                register(&mut renderer.registry, &name.replace('\\', "/"), &text)?;
+                overrides.push((name.to_owned(), text));
             }
+        }
+        overrides.sort();
+        let mut unknown: Vec<String> = near_misses;
+        for (name, _) in &overrides {
+            let embedded = TEMPLATES.iter().any(|(n, _)| n == name);
+            let included = name.starts_with("partials/")
+                && TEMPLATES
+                    .iter()
+                    .map(|(_, text)| *text)
+                    .chain(overrides.iter().map(|(_, text)| text.as_str()))
+                    .any(|text| includes(text, name));
+            if !embedded && !included {
+                unknown.push(format!("{name}.hbs"));
+            }
+        }
+        if !unknown.is_empty() {
+            unknown.sort();
+            return Err(unknown_overrides(dir, &unknown));
+        }
+        for (name, text) in &overrides {
+            register(&mut renderer.registry, name, text)?;
         }
         Ok(renderer)
     }
@@ -183,6 +220,47 @@ impl Renderer {
     }
 }
 
+/// File names of the embedded templates, relative to `templates/` (`layout.cu.hbs`).
+fn template_files() -> Vec<String> {
+    TEMPLATES.iter().map(|(n, _)| format!("{n}.hbs")).collect()
+}
+
+/// The embedded template file closest to a misspelled `file`, if any is close.
+fn closest_template(file: &str) -> Option<String> {
+    let files = template_files();
+    crate::closest(file, files.iter().map(String::as_str)).map(str::to_owned)
+}
+
+/// Whether `text` includes the partial `name` (`{{> name}}`, `{{~> name}}`, `{{#> name}}`).
+fn includes(text: &str, name: &str) -> bool {
+    text.match_indices(name).any(|(at, _)| {
+        let before = text[..at].trim_end_matches([' ', '\t']);
+        let after = text[at + name.len()..].chars().next();
+        before.ends_with('>')
+            && !after.is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '/' | '.'))
+    })
+}
+
+/// The error for override files that match no embedded template.
+fn unknown_overrides(dir: &Path, unknown: &[String]) -> Error {
+    let each: Vec<String> = unknown
+        .iter()
+        .map(|file| match closest_template(file) {
+            Some(best) => format!("`{file}` matches no template; did you mean `{best}`?"),
+            None => format!("`{file}` matches no template"),
+        })
+        .collect();
+    Error::Template {
+        name: dir.display().to_string(),
+        message: format!(
+            "{} (an override replaces the embedded template of the same relative path: {}; a \
+             new partial under partials/ is allowed where a template includes it)",
+            each.join("; "),
+            template_files().join(", ")
+        ),
+    }
+}
+
 fn register(registry: &mut Handlebars<'static>, name: &str, text: &str) -> Result<(), Error> {
     registry
         .register_template_string(name, text)
@@ -190,4 +268,46 @@ fn register(registry: &mut Handlebars<'static>, name: &str, text: &str) -> Resul
             name: name.to_owned(),
             message: e.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_includes_are_found() {
+        assert!(includes("{{> partials/mine}}\n", "partials/mine"));
+        assert!(includes("{{~>partials/mine ~}}", "partials/mine"));
+        assert!(!includes("{{> partials/mine2}}", "partials/mine"));
+        assert!(!includes("// partials/mine", "partials/mine"));
+    }
+
+    #[test]
+    fn misspelled_overrides_are_refused_and_new_included_partials_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("partials")).unwrap();
+        std::fs::write(dir.path().join("README.md"), "notes").unwrap();
+        std::fs::write(
+            dir.path().join("layout.cu.hbs"),
+            "{{> partials/header}}{{> partials/mine}}",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("partials/mine.hbs"), "// mine").unwrap();
+        assert!(Renderer::with_overrides(dir.path()).is_ok());
+        std::fs::write(dir.path().join("layuot.cu.hbs"), "x").unwrap();
+        std::fs::write(dir.path().join("partials/haeder.hbs"), "x").unwrap();
+        std::fs::write(dir.path().join("ll_combine.cu"), "x").unwrap();
+        let Err(e) = Renderer::with_overrides(dir.path()) else {
+            panic!("misspelled overrides were accepted");
+        };
+        let e = e.to_string();
+        for part in [
+            "`layuot.cu.hbs` matches no template; did you mean `layout.cu.hbs`?",
+            "`partials/haeder.hbs` matches no template; did you mean `partials/header.hbs`?",
+            "`ll_combine.cu` matches no template; did you mean `ll_combine.cu.hbs`?",
+        ] {
+            assert!(e.contains(part), "{part}: {e}");
+        }
+        assert!(!e.contains("README"), "{e}");
+    }
 }

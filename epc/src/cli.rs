@@ -24,8 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Check, render, compile and (on a GPU) run, verify and time every spec: the main job.
     All(AllArgs),
-    /// Validate specs and print their key figures.
-    Check(SpecArgs),
+    /// Validate specs and print their key figures and the device memory they need.
+    Check(CheckArgs),
     /// Write each spec's generated `.cu` files and `manifest.json` under `DIR/<spec name>/`.
     Export {
         /// Specs to export.
@@ -46,9 +46,27 @@ pub enum Command {
 /// Spec selection.
 #[derive(Debug, Args)]
 pub struct SpecArgs {
-    /// YAML files or built-in spec names (default: every built-in spec).
+    /// YAML files, `-` for one spec on standard input, or built-in spec names (default: every
+    /// built-in spec).
     #[arg(value_name = "SPEC")]
     pub specs: Vec<String>,
+}
+
+/// `epc check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Specs to check.
+    #[command(flatten)]
+    pub specs: SpecArgs,
+    /// The most device memory one rank may need (`16GiB`, `512MiB`, `1.5TiB`); a spec above it
+    /// is an error. Default: 80% of GPU 0's memory, or 64GiB without a GPU.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+}
+
+/// `--max-memory`'s parser.
+fn parse_size(text: &str) -> Result<u64, String> {
+    ep_codegen::parse_size(text).map_err(|e| e.to_string())
 }
 
 /// `epc compile`.

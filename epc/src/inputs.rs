@@ -1,9 +1,10 @@
 //! Resolving SPEC arguments and the environment's optional pieces (NVRTC, GPU).
 
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use ep_codegen::{Renderer, Spec, builtin_specs, find_builtin, parse_spec_file};
+use ep_codegen::{Renderer, Spec, builtin_specs, closest_builtin, find_builtin, parse_spec_file};
 use ep_runtime::{Error, Gpu, Jit};
 
 /// A spec and where it came from.
@@ -14,8 +15,11 @@ pub struct Loaded {
     pub spec: Spec,
 }
 
-/// Resolves SPEC arguments (files or built-in names); none means every built-in spec. Every
-/// argument is tried, and all errors are reported together.
+/// The most a spec read from standard input may hold.
+const STDIN_LIMIT: u64 = 1 << 20;
+
+/// Resolves SPEC arguments (files, `-` for standard input, or built-in names); none means every
+/// built-in spec. Every argument is tried, and all errors are reported together.
 pub fn load_specs(args: &[String]) -> Result<Vec<Loaded>> {
     let mut results: Vec<(String, Result<Spec, String>)> = Vec::new();
     if args.is_empty() {
@@ -26,9 +30,20 @@ pub fn load_specs(args: &[String]) -> Result<Vec<Loaded>> {
             ));
         }
     }
+    let mut stdin_read = false;
     for arg in args {
         let path = Path::new(arg);
-        let parsed = if path.is_file() {
+        let parsed = if arg == "-" {
+            let parsed = if stdin_read {
+                Err("`-` is given twice; standard input holds one spec".to_owned())
+            } else {
+                stdin_read = true;
+                read_stdin().and_then(|text| {
+                    Spec::from_yaml(&text, Some(STDIN_ORIGIN)).map_err(|e| e.to_string())
+                })
+            };
+            (STDIN_ORIGIN.to_owned(), parsed)
+        } else if path.is_file() {
             (
                 arg.clone(),
                 parse_spec_file(path).map_err(|e| e.to_string()),
@@ -39,12 +54,7 @@ pub fn load_specs(args: &[String]) -> Result<Vec<Loaded>> {
                 b.parse().map_err(|e| e.to_string()),
             )
         } else {
-            let names: Vec<&str> = builtin_specs().map(|b| b.stem()).collect();
-            let why = format!(
-                "`{arg}` is neither a file nor a built-in spec (built-ins: {})",
-                names.join(", ")
-            );
-            (arg.clone(), Err(why))
+            (arg.clone(), Err(unknown(arg)))
         };
         results.push(parsed);
     }
@@ -62,11 +72,84 @@ pub fn load_specs(args: &[String]) -> Result<Vec<Loaded>> {
     Ok(loaded)
 }
 
+/// How a spec read from standard input is named in messages.
+const STDIN_ORIGIN: &str = "<stdin>";
+
+/// Standard input as text, at most [`STDIN_LIMIT`] bytes.
+fn read_stdin() -> std::result::Result<String, String> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(STDIN_LIMIT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("reading a spec from standard input: {e}"))?;
+    if bytes.len() as u64 > STDIN_LIMIT {
+        return Err(format!(
+            "standard input holds more than {} (a spec is a few hundred bytes)",
+            ep_codegen::human_bytes(STDIN_LIMIT)
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "standard input is not UTF-8 text (byte {} is not)",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Why `arg` names no spec: a folder, a missing file, or an unknown (perhaps misspelled)
+/// built-in name.
+fn unknown(arg: &str) -> String {
+    let path = Path::new(arg);
+    if path.is_dir() {
+        return format!("`{arg}` is a folder; give a .yaml file or a built-in name");
+    }
+    let looks_like_a_file = arg.contains(std::path::MAIN_SEPARATOR)
+        || arg.contains('/')
+        || path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+    if looks_like_a_file {
+        return format!("`{arg}`: no such file");
+    }
+    match closest_builtin(arg) {
+        Some(best) => {
+            format!("`{arg}` is neither a file nor a built-in spec; did you mean `{best}`?")
+        }
+        None => {
+            let names: Vec<&str> = builtin_specs().map(|b| b.stem()).collect();
+            format!(
+                "`{arg}` is neither a file nor a built-in spec (built-ins: {})",
+                names.join(", ")
+            )
+        }
+    }
+}
+
+/// Says once per spec, on standard error, which kernels of its mode are not built yet (HT).
+pub fn note_progress(spec: &Spec) {
+    if let Some(note) = ep_codegen::kernels::progress_note(spec) {
+        eprintln!("note: {}: {note}", spec_name(spec));
+    }
+}
+
+/// [`note_progress`] for every spec.
+pub fn note_progress_all(specs: &[Loaded]) {
+    for l in specs {
+        note_progress(&l.spec);
+    }
+}
+
+fn spec_name(spec: &Spec) -> &str {
+    &spec.name
+}
+
 /// The renderer, with the override folder when one is given.
 pub fn renderer(templates: Option<&Path>) -> Result<Renderer> {
     match templates {
-        Some(dir) => Renderer::with_overrides(dir)
-            .with_context(|| format!("loading templates from {}", dir.display())),
+        Some(dir) => {
+            Renderer::with_overrides(dir).context("loading the template overrides (--templates)")
+        }
         None => Ok(Renderer::new()?),
     }
 }

@@ -225,7 +225,10 @@ pub fn launch(gpus: usize) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("finding epc's own executable")?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let id = NcclComm::unique_id()?;
-    println!("NCCL: starting {gpus} processes, one per GPU");
+    println!(
+        "NCCL: starting {}, one per GPU",
+        crate::words::count(gpus, "process")
+    );
     let mut children = Vec::with_capacity(gpus);
     for rank in 0..gpus {
         let child = Command::new(&exe)

@@ -246,3 +246,279 @@ fn nccl_rank_options_are_checked_before_any_gpu_work() {
         text(&o)
     );
 }
+
+/// `epc` with `stdin` as its standard input.
+fn epc_with_stdin(args: &[&str], cache: &std::path::Path, stdin: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(epc_binary())
+        .args(args)
+        .env("EPC_CACHE_DIR", cache)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("epc starts");
+    let mut input = child.stdin.take().expect("a stdin pipe");
+    // epc may stop reading early (over 1 MiB), which breaks the pipe: that is fine.
+    let _ = input.write_all(stdin);
+    drop(input);
+    child.wait_with_output().expect("epc runs")
+}
+
+const HUGE: &str = "name: huge\nmode: low_latency\nhidden: 65536\nexperts: 4096\ntop_k: 32\n\
+                    ranks: 1024\nmax_tokens_per_rank: 1024\n";
+
+#[test]
+fn check_prints_each_specs_memory_and_refuses_one_too_large_for_a_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = epc(&["check", "gpt-oss-120b-ll"], dir.path());
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("memory cap per rank: "), "{out}");
+    assert!(
+        out.contains("     memory 720.3 MiB per rank (window 720.3 MiB")
+            && out.contains("; 5.6 GiB for 8 virtual ranks on one GPU"),
+        "{out}"
+    );
+
+    let huge = dir.path().join("huge.yaml");
+    std::fs::write(&huge, HUGE).unwrap();
+    let o = epc(&["check", huge.to_str().unwrap()], dir.path());
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    for part in [
+        "FAIL ",
+        "2.0 TiB per rank",
+        "spec `huge` needs 2.0 TiB of device memory per rank, more than the cap of",
+        "lower `max_tokens_per_rank` (1024), `experts` (4096) or `hidden` (65536)",
+    ] {
+        assert!(out.contains(part), "{part}: {out}");
+    }
+
+    let o = epc(
+        &["check", "gpt-oss-120b-ll", "--max-memory", "512MiB"],
+        dir.path(),
+    );
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("memory cap per rank: 512.0 MiB (--max-memory)"),
+        "{out}"
+    );
+    assert!(out.contains("more than the cap of 512.0 MiB"), "{out}");
+    let o = epc(
+        &["check", "gpt-oss-120b-ll", "--max-memory", "1TiB"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    for bad in ["16G", "16", "lots", "0GiB"] {
+        let o = epc(&["check", "--max-memory", bad], dir.path());
+        assert!(!o.status.success(), "{bad}: {}", text(&o));
+        assert!(
+            text(&o).contains(&format!("`{bad}` is not a memory size")),
+            "{bad}: {}",
+            text(&o)
+        );
+    }
+}
+
+#[test]
+fn high_throughput_specs_say_once_which_kernels_are_not_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let note = "note: mixtral-8x7b-ht: high_throughput: layout kernel built; notify, dispatch and \
+                combine are not built yet (HT mode is in progress)";
+    let out_dir = dir.path().join("out");
+    let runs: [&[&str]; 3] = [
+        &["check", "mixtral-8x7b-ht", "gpt-oss-120b-ll"],
+        &[
+            "export",
+            "mixtral-8x7b-ht",
+            "gpt-oss-120b-ll",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        &["all", "mixtral-8x7b-ht", "gpt-oss-120b-ll"],
+    ];
+    for args in runs {
+        let o = epc(args, dir.path());
+        let out = text(&o);
+        assert!(o.status.success(), "{args:?}: {out}");
+        assert_eq!(out.matches(note).count(), 1, "{args:?}: {out}");
+        assert_eq!(out.matches("not built yet").count(), 1, "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn spec_arguments_that_name_nothing_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let out = out_dir.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["export", dir.path().to_str().unwrap(), "--out", out],
+            "is a folder; give a .yaml file or a built-in name",
+        ),
+        (
+            &["export", "deepseek-v3-l", "--out", out],
+            "`deepseek-v3-l` is neither a file nor a built-in spec; did you mean `deepseek-v3-ll`?",
+        ),
+        (
+            &["export", "llama", "--out", out],
+            "`llama` is neither a file nor a built-in spec (built-ins: deepseek-v2-lite-ll,",
+        ),
+        (
+            &["export", "missing/spec.yaml", "--out", out],
+            "`missing/spec.yaml`: no such file",
+        ),
+    ];
+    for (args, expected) in cases {
+        let o = epc(args, dir.path());
+        assert!(!o.status.success(), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(expected), "{args:?}: {}", text(&o));
+    }
+}
+
+#[test]
+fn a_spec_can_come_from_standard_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let yaml = "name: piped\nmode: low_latency\nhidden: 1024\nexperts: 16\ntop_k: 2\nranks: 4\n\
+                max_tokens_per_rank: 32\n";
+    let o = epc_with_stdin(
+        &["export", "-", "--out", out_dir.to_str().unwrap()],
+        dir.path(),
+        yaml.as_bytes(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out_dir.join("piped/piped.ll_dispatch.cu").is_file());
+
+    let o = epc_with_stdin(&["check", "-"], dir.path(), b"name: piped\nhidden: x\n");
+    assert!(!o.status.success());
+    assert!(text(&o).contains("<stdin>:2:9: `hidden`"), "{}", text(&o));
+
+    let o = epc_with_stdin(&["check", "-", "-"], dir.path(), yaml.as_bytes());
+    assert!(!o.status.success());
+    assert!(text(&o).contains("`-` is given twice"), "{}", text(&o));
+
+    let big = vec![b'#'; (1 << 20) + 10];
+    let o = epc_with_stdin(&["check", "-"], dir.path(), &big);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("standard input holds more than 1.0 MiB"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn an_io_error_prints_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-folder");
+    let out_dir = dir.path().join("out");
+    let o = epc(
+        &[
+            "export",
+            "mixtral-8x7b-ht",
+            "--templates",
+            missing.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert_eq!(out.matches("os error").count(), 1, "{out}");
+    assert_eq!(out.matches("no-such-folder").count(), 1, "{out}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let o = epc(
+        &[
+            "export",
+            "mixtral-8x7b-ht",
+            "--out",
+            file.join("below").to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert_eq!(out.matches("os error").count(), 1, "{out}");
+}
+
+#[test]
+fn no_colour_codes_off_a_terminal_or_with_no_color() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    for no_color in [None, Some("1")] {
+        let mut cmd = Command::new(epc_binary());
+        cmd.args([
+            "export",
+            "mixtral-8x7b-ht",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+        .env("EPC_CACHE_DIR", dir.path())
+        .env("EPC_LOG", "debug")
+        .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let o = cmd.output().expect("epc runs");
+        let out = text(&o);
+        assert!(o.status.success(), "{out}");
+        assert!(out.contains("DEBUG"), "debug logs are on: {out}");
+        assert!(!out.contains('\u{1b}'), "escape codes in: {out}");
+        let o = Command::new(epc_binary())
+            .args(["check", "--no-such-option"])
+            .envs(no_color.map(|v| ("NO_COLOR", v)))
+            .output()
+            .expect("epc runs");
+        assert!(!o.status.success());
+        assert!(!text(&o).contains('\u{1b}'), "{}", text(&o));
+    }
+}
+
+#[test]
+fn a_misspelled_template_override_is_an_error_with_a_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("t");
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::write(templates.join("layuot.cu.hbs"), "// mine\n").unwrap();
+    let out_dir = dir.path().join("out");
+    let o = epc(
+        &[
+            "export",
+            "mixtral-8x7b-ht",
+            "--templates",
+            templates.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("`layuot.cu.hbs` matches no template; did you mean `layout.cu.hbs`?"),
+        "{out}"
+    );
+}
+
+#[test]
+fn counts_are_singular_for_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = epc(&["all", "mixtral-8x7b-ht"], dir.path());
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("1 spec checked:"), "{out}");
+    assert!(out.contains("1 kernel rendered"), "{out}");
+    if nvrtc_present() {
+        assert!(out.contains("1 kernel, "), "{out}");
+    }
+    assert!(
+        !out.contains("1 kernels") && !out.contains("1 specs"),
+        "{out}"
+    );
+}

@@ -109,3 +109,25 @@ fn probe_driver() -> Result<(), Error> {
         detail: errors.join("; "),
     })
 }
+
+impl Gpu {
+    /// Total memory of device `ordinal` in bytes, read without creating a context (so it is
+    /// cheap enough for `epc check`). Fails like [`Gpu::open`] where there is no driver or no
+    /// such device.
+    pub fn total_memory(ordinal: usize) -> Result<u64, Error> {
+        probe_driver()?;
+        let count = match CudaContext::device_count() {
+            Ok(n) => n,
+            Err(DriverError(CUresult::CUDA_ERROR_NO_DEVICE)) => 0,
+            Err(e) => return Err(e).cuda("cuInit / cuDeviceGetCount"),
+        };
+        if count <= 0 || ordinal >= count as usize {
+            return Err(Error::NoGpu { count, ordinal });
+        }
+        let dev = cudarc::driver::result::device::get(ordinal as i32).cuda("cuDeviceGet")?;
+        // SAFETY: `dev` came from cuDeviceGet for a device the driver reported.
+        let bytes = unsafe { cudarc::driver::result::device::total_mem(dev) }
+            .cuda("reading the device's memory size")?;
+        Ok(bytes as u64)
+    }
+}

@@ -71,3 +71,61 @@ pub fn plans(spec: &Spec) -> Vec<KernelPlan> {
     }
     plans
 }
+
+/// Kernels a spec's mode needs that this version does not build yet, in launch order (empty
+/// when [`plans`] covers the whole mode). High-throughput mode has only its layout kernel so far.
+pub fn not_built(spec: &Spec) -> &'static [&'static str] {
+    match spec.mode {
+        crate::Mode::LowLatency => &[],
+        crate::Mode::HighThroughput => &["notify", "dispatch", "combine"],
+    }
+}
+
+/// One line saying which of a spec's kernels are built and which are not yet, or `None` when
+/// every kernel of its mode is built: `high_throughput: layout kernel built; notify, dispatch
+/// and combine are not built yet (HT mode is in progress)`.
+pub fn progress_note(spec: &Spec) -> Option<String> {
+    let missing = not_built(spec);
+    let (last, rest) = missing.split_last()?;
+    let built: Vec<&str> = plans(spec).iter().map(|p| p.name).collect();
+    let list = if rest.is_empty() {
+        (*last).to_owned()
+    } else {
+        format!("{} and {last}", rest.join(", "))
+    };
+    Some(format!(
+        "high_throughput: {} kernel{} built; {list} {} not built yet (HT mode is in progress)",
+        built.join(", "),
+        if built.len() == 1 { "" } else { "s" },
+        if missing.len() == 1 { "is" } else { "are" }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn high_throughput_specs_say_which_kernels_are_missing() {
+        let ht = Spec::from_yaml(
+            "name: ht\nmode: high_throughput\nhidden: 4096\nexperts: 64\ntop_k: 6\nranks: 8\n\
+             max_tokens_per_rank: 4096\nmax_recv_tokens_per_rank: 32768\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            progress_note(&ht).as_deref(),
+            Some(
+                "high_throughput: layout kernel built; notify, dispatch and combine are not \
+                 built yet (HT mode is in progress)"
+            )
+        );
+        let ll = Spec::from_yaml(
+            "name: ll\nmode: low_latency\nhidden: 4096\nexperts: 64\ntop_k: 6\nranks: 8\n\
+             max_tokens_per_rank: 128\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(progress_note(&ll), None);
+    }
+}

@@ -539,27 +539,5 @@ pub fn did_you_mean(word: &str) -> Option<&'static str> {
 
 /// The word of `known` closest to `word`, if it is close enough to be a likely misspelling.
 pub(crate) fn closest<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
-    if word.chars().count() > 64 {
-        return None;
-    }
-    known
-        .iter()
-        .map(|f| (edit_distance(word, f), *f))
-        .filter(|&(d, f)| d <= 2.max(f.len() / 4) && d < f.len())
-        .min()
-        .map(|(_, f)| f)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
+    crate::suggest::closest(word, known.iter().copied())
 }

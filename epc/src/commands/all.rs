@@ -11,23 +11,25 @@ use ep_runtime::routing::Pattern;
 use super::check::summary;
 use super::verify::{LlPlan, Plan, fitting, verify_layout, verify_ll};
 use crate::cli::AllArgs;
-use crate::inputs::{load_specs, optional_gpu, optional_jit, renderer};
+use crate::inputs::{load_specs, note_progress_all, optional_gpu, optional_jit, renderer};
 use crate::progress::bar;
+use crate::words::count;
 
 /// Checks, renders, compiles and (with a GPU) verifies and times every spec, printing a table.
 pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
     let specs = load_specs(&args.specs.specs)?;
     let renderer = renderer(templates)?;
-    println!("{} specs checked:", specs.len());
+    println!("{} checked:", count(specs.len(), "spec"));
     for l in &specs {
         println!("  {:<24} {}", l.spec.name, summary(&l.spec));
     }
+    note_progress_all(&specs);
     let mut rendered = Vec::new();
     for l in &specs {
         rendered.push(renderer.render(&l.spec)?);
     }
     let kernels: usize = rendered.iter().map(Vec::len).sum();
-    println!("{kernels} kernels rendered");
+    println!("{} rendered", count(kernels, "kernel"));
 
     let jit = match optional_jit()? {
         Ok(jit) => jit,
@@ -55,8 +57,8 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
             progress.inc(1);
         }
         compiled.push(format!(
-            "{} kernels, {fresh} compiled ({ms:.0} ms)",
-            ks.len()
+            "{}, {fresh} compiled ({ms:.0} ms)",
+            count(ks.len(), "kernel")
         ));
     }
     progress.finish_and_clear();

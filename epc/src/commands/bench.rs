@@ -20,6 +20,7 @@ use crate::cli::BenchArgs;
 use crate::inputs::{load_specs, renderer};
 use crate::svg;
 use crate::transport::{Placement, Ranks, launch};
+use crate::words::count;
 
 /// One measurement.
 struct Row {
@@ -77,7 +78,10 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
         return launch(gpus);
     }
     if let (Some(_), Some(r)) = (args.ranks, placement.ranks()) {
-        bail!("--ranks does not apply to --transport nccl: the job has {r} ranks, one per GPU");
+        bail!(
+            "--ranks does not apply to --transport nccl: the job has {}, one per GPU",
+            count(r as usize, "rank")
+        );
     }
     let ranks = placement.ranks().or(args
         .ranks
@@ -108,12 +112,12 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
     let jit = Jit::nvrtc()?;
     let renderer = renderer(templates)?;
     println!(
-        "GPU {} ({}, {} SMs); {} timed calls after {} warm-ups",
+        "GPU {} ({}, {} SMs); {} after {}",
         gpu.name(),
         gpu.arch(),
         gpu.sms(),
-        args.iters,
-        args.warmup
+        count(args.iters, "timed call"),
+        count(args.warmup, "warm-up")
     );
     let mine = Ranks::join(&placement, &args.transport, &gpu)?;
     let mut rows = Vec::new();

@@ -7,12 +7,13 @@ use anyhow::{Context, Result};
 use ep_runtime::{Arch, CacheOutcome, Compiler, Jit, KernelCache, Nvcc, Nvrtc};
 
 use crate::cli::{CompileArgs, CompilerArg};
-use crate::inputs::{load_specs, optional_gpu, renderer};
+use crate::inputs::{load_specs, note_progress_all, optional_gpu, renderer};
 use crate::progress::bar;
 
 /// Compiles every kernel of the specs and prints time, cache outcome, registers and spills.
 pub fn compile(args: &CompileArgs, templates: Option<&Path>) -> Result<ExitCode> {
     let specs = load_specs(&args.specs.specs)?;
+    note_progress_all(&specs);
     let renderer = renderer(templates)?;
     let arch = match &args.arch {
         Some(a) => a.parse::<Arch>()?,

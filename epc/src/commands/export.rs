@@ -6,12 +6,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use crate::cli::SpecArgs;
-use crate::inputs::{load_specs, renderer};
+use crate::inputs::{load_specs, note_progress, renderer};
 
 /// Writes `<out>/<spec>/<kernel>.cu` and `<out>/<spec>/manifest.json` for each spec.
 pub fn export(args: &SpecArgs, out: &Path, templates: Option<&Path>) -> Result<ExitCode> {
     let renderer = renderer(templates)?;
     for l in load_specs(&args.specs)? {
+        note_progress(&l.spec);
         let kernels = renderer.render(&l.spec)?;
         let dir = out.join(&l.spec.name);
         ep_codegen::export(&dir, &l.spec, &kernels)

@@ -9,8 +9,9 @@ use ep_runtime::Jit;
 
 use super::verify::{LlPlan, Plan, fitting, verify_layout, verify_ll_on};
 use crate::cli::RunArgs;
-use crate::inputs::{load_specs, renderer};
+use crate::inputs::{load_specs, note_progress, renderer};
 use crate::transport::{Placement, Ranks, launch};
+use crate::words::count;
 
 /// Runs each spec's kernels once on the GPU, checks them, times them and prints the layout.
 pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
@@ -21,7 +22,10 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
         return launch(gpus);
     }
     if let (Some(_), Some(r)) = (args.ranks, placement.ranks()) {
-        bail!("--ranks does not apply to --transport nccl: the job has {r} ranks, one per GPU");
+        bail!(
+            "--ranks does not apply to --transport nccl: the job has {}, one per GPU",
+            count(r as usize, "rank")
+        );
     }
     let gpu = ep_runtime::Gpu::open(placement.device())?;
     let jit = Jit::nvrtc()?;
@@ -43,6 +47,7 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
                 spec.name
             );
         }
+        note_progress(spec);
         let kernel = renderer.render(spec)?.remove(0);
         let plan = Plan {
             seed: args.seed,
@@ -78,13 +83,17 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
             let mut ll = mine.ll_group(&gpu, &jit, &renderer, &runnable)?;
             let l = verify_ll_on(&mut ll, &runnable, &plan)?;
             println!(
-                "{:<24} {} of {} ranks, {} call(s) match the reference (dispatch and combine); \
+                "{:<24} {} of {}, {} the reference (dispatch and combine); \
                  at T={}: dispatch {:.2} us (send {:.2} + receive {:.2}), combine {:.2} us \
                  (send {:.2} + receive {:.2})",
                 spec.name,
                 l.ranks,
-                spec.ranks,
-                l.routings,
+                count(spec.ranks as usize, "rank"),
+                if l.routings == 1 {
+                    "1 call matches".to_owned()
+                } else {
+                    format!("{} calls match", l.routings)
+                },
                 m,
                 l.times.dispatch(),
                 l.times.dispatch_send,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr};
 use ep_codegen::kernels::ll::{CallLayout, Window, launch_ranks, workspace_ints};
-use ep_codegen::{KernelSource, Mode, Spec};
+use ep_codegen::{KernelSource, MemoryPlan, Mode, Spec};
 
 use super::call::{CombineInput, DispatchInput, LlCall};
 use super::errors::read_errors;
@@ -146,11 +146,12 @@ impl LlGroup {
             .alloc_zeros::<i32>(g * workspace_ints(spec) as usize)
             .cuda("allocating the rank workspaces")?;
         let window = Window::of(spec);
-        let staging = match window.staged_bytes {
+        // Per rank: max_tokens_per_rank staged rows, as `epc check` reports it.
+        let staging = match usize::try_from(MemoryPlan::of(spec).staging).unwrap_or(usize::MAX) {
             0 => None,
             bytes => Some(
                 stream
-                    .alloc_zeros::<u8>(g * spec.max_tokens_per_rank as usize * bytes as usize)
+                    .alloc_zeros::<u8>(g.saturating_mul(bytes))
                     .cuda("allocating the FP8 staging rows")?,
             ),
         };

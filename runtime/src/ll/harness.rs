@@ -3,7 +3,7 @@
 //! inputs into them and reads results back. Serving stacks use [`LlGroup`] directly.
 
 use cudarc::driver::CudaSlice;
-use ep_codegen::kernels::ll::{CallLayout, Window, workspace_ints};
+use ep_codegen::kernels::ll::Window;
 use ep_codegen::{KernelSource, Renderer, Spec};
 
 use super::call::{CombineInput, DispatchInput, LlCall};
@@ -77,17 +77,9 @@ impl LowLatency {
     }
 
     /// Device memory that the group and two host calls need for `spec` on virtual ranks, in
-    /// bytes.
+    /// bytes ([`ep_codegen::MemoryPlan`], the figures `epc check` prints).
     pub fn memory_bytes(spec: &Spec) -> u64 {
-        let w = Window::of(spec);
-        let (r, m, h, k) = (
-            u64::from(spec.ranks),
-            u64::from(spec.max_tokens_per_rank),
-            u64::from(spec.hidden),
-            u64::from(spec.top_k),
-        );
-        let call = r * (m * (2 * h * 2 + k * (8 + 4)) + CallLayout::of(spec).bytes);
-        r * (w.bytes() + m * w.staged_bytes + 4 * u64::from(workspace_ints(spec))) + 2 * call
+        ep_codegen::MemoryPlan::of(spec).virtual_ranks_with_caller_tensors()
     }
 
     /// The device-API group underneath, given back (to [`LlGroup::close`] it with others).
