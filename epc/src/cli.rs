@@ -41,6 +41,9 @@ pub enum Command {
     Run(RunArgs),
     /// Time low-latency dispatch and combine against a device-to-device copy of the same bytes.
     Bench(BenchArgs),
+    /// Report the GPUs, the driver, NVRTC, NCCL and the cache folder epc would use, with the fix
+    /// for each missing piece. Exits 0 when everything needed here is present.
+    Doctor,
 }
 
 /// Spec selection.
@@ -75,7 +78,8 @@ pub struct CompileArgs {
     /// Specs to compile.
     #[command(flatten)]
     pub specs: SpecArgs,
-    /// Target architecture (default: the GPU's, or sm_90 without one).
+    /// Target architecture: sm_90 (also 90 or 9.0), or sm_90a, sm_100a, ... (default: the
+    /// GPU's, or sm_90 without one).
     #[arg(long)]
     pub arch: Option<String>,
     /// Compile afresh, neither reading nor writing the cache.
@@ -170,6 +174,10 @@ pub struct AllArgs {
     /// Random routings checked per spec on the GPU.
     #[arg(long, default_value_t = 10)]
     pub routings: usize,
+    /// Compile target: sm_90 (also 90 or 9.0), or sm_90a, sm_100a, ... (default: the GPU's, or
+    /// sm_90 without one).
+    #[arg(long)]
+    pub arch: Option<String>,
 }
 
 /// `epc bench`.

@@ -164,10 +164,117 @@ fn compile_reports_time_registers_and_cache_use() {
     );
     assert!(!bad.status.success());
     assert!(
-        text(&bad).contains("unknown GPU architecture `hopper`"),
+        text(&bad).contains("`hopper` is not an architecture epc compiles for"),
         "{}",
         text(&bad)
     );
+}
+
+#[test]
+fn compile_checks_the_arch_against_nvrtc_and_the_spec() {
+    let cache = tempfile::tempdir().unwrap();
+    // Spellings are checked before NVRTC is needed.
+    let virt = epc(
+        &["compile", "deepseek-v3-ht", "--arch", "compute_90"],
+        cache.path(),
+    );
+    assert!(!virt.status.success());
+    let out = text(&virt);
+    assert!(
+        out.contains("virtual") && out.contains("use sm_90"),
+        "{out}"
+    );
+    assert!(out.contains("sm_90a"), "{out}");
+    if !nvrtc_present() {
+        eprintln!("SKIP compile_checks_the_arch_against_nvrtc_and_the_spec: no NVRTC");
+        return;
+    }
+    let nvrtc = ep_runtime::Nvrtc::new().unwrap();
+    // An architecture NVRTC does not compile for (sm_70 for NVRTC 13): its list is printed.
+    let oldest = nvrtc.supported_archs()[0].number;
+    let too_old = format!("sm_{}", oldest - 5);
+    let o = epc(
+        &["compile", "deepseek-v3-ht", "--arch", &too_old],
+        cache.path(),
+    );
+    assert!(!o.status.success());
+    let out = text(&o);
+    assert!(
+        out.contains(&format!("does not compile for {too_old}")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("supports sm_{oldest}")), "{out}");
+    // FP8 dispatch needs sm_89: named with the spec's dtype, the arch and the minimum, and
+    // nothing is compiled.
+    let o = epc(
+        &["compile", "deepseek-v3-ll", "--arch", "sm_80"],
+        cache.path(),
+    );
+    assert!(!o.status.success());
+    let out = text(&o);
+    assert!(
+        out.contains("spec `deepseek-v3-ll` (dispatch_dtype fp8_e4m3) needs sm_89 or newer"),
+        "{out}"
+    );
+    assert!(out.contains("which sm_80 lacks"), "{out}");
+    assert!(!out.contains(" compiled "), "{out}");
+    // The architecture-specific variant is accepted.
+    let o = epc(
+        &["compile", "deepseek-v3-ht", "--arch", "sm_90a"],
+        cache.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("target sm_90a"), "{}", text(&o));
+}
+
+#[test]
+fn doctor_names_the_nvrtc_file_and_says_what_is_missing() {
+    let cache = tempfile::tempdir().unwrap();
+    let o = epc(&["doctor"], cache.path());
+    let out = text(&o);
+    for section in ["GPU", "NVRTC", "NCCL", "cache"] {
+        assert!(out.lines().any(|l| l.starts_with(section)), "{out}");
+    }
+    assert!(out.contains(&cache.path().display().to_string()), "{out}");
+    assert!(out.contains("writable: yes"), "{out}");
+    match ep_runtime::Nvrtc::new() {
+        Ok(nvrtc) => {
+            assert!(o.status.success(), "{out}");
+            let file = format!("file: {}", nvrtc.location().display());
+            assert!(out.contains(&file), "{out}");
+            assert!(out.contains("architectures: "), "{out}");
+        }
+        Err(_) => {
+            assert!(!o.status.success(), "{out}");
+            assert!(out.contains("nvidia-cuda-nvrtc"), "{out}");
+        }
+    }
+    // Without a GPU it says why; with one it lists it.
+    assert!(out.contains("no GPU: ") || out.contains("GPU 0: "), "{out}");
+    // Without NCCL it says how to get it.
+    assert!(
+        out.contains("version: 2.") || out.contains("pip install --target"),
+        "{out}"
+    );
+}
+
+#[test]
+fn doctor_fails_on_a_missing_epc_nvrtc_and_an_unwritable_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere/libnvrtc.so.13");
+    let not_a_folder = dir.path().join("file");
+    std::fs::write(&not_a_folder, b"").unwrap();
+    let o = Command::new(epc_binary())
+        .arg("doctor")
+        .env("EPC_NVRTC", &missing)
+        .env("EPC_CACHE_DIR", &not_a_folder)
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains(&missing.display().to_string()), "{out}");
+    assert!(out.contains("writable: no"), "{out}");
+    assert!(out.contains("2 problem(s)"), "{out}");
 }
 
 #[test]

@@ -8,13 +8,22 @@ pub enum Error {
     /// libnvrtc could not be loaded from any place searched.
     #[error(
         "NVRTC (libnvrtc.so) was not found. Searched:\n  {}\nInstall it with \
-         `python3 -m pip install --target .epc/pip 'nvidia-cuda-nvrtc==13.0.*'` (the test command \
-         `scripts/test` does this), or set EPC_NVRTC to the library file or its folder.",
+         `python3 -m pip install --target ~/.local/share/epc/pip 'nvidia-cuda-nvrtc==13.0.*'` (or \
+         `scripts/test`, which installs it into the repository's .epc/pip), or set EPC_NVRTC to the library file or its folder.",
         searched.join("\n  ")
     )]
     NvrtcNotFound {
         /// Every file or name tried, with why it failed.
         searched: Vec<String>,
+    },
+    /// A libnvrtc named by `EPC_NVRTC` is missing or unusable, or one found loads but is not a
+    /// usable NVRTC.
+    #[error("the NVRTC library {location} cannot be used: {detail}")]
+    NvrtcUnusable {
+        /// The file, and where it came from.
+        location: String,
+        /// What went wrong, and what to do.
+        detail: String,
     },
     /// libcuda (the NVIDIA driver) could not be loaded.
     #[error(
@@ -58,22 +67,28 @@ pub enum Error {
         /// NVRTC's result code or message.
         message: String,
     },
-    /// NVRTC rejected a generated source: a template or generator bug, reported with all we know.
+    /// The compiler rejected a generated source: a template or generator bug, reported with its
+    /// log and the file the source was saved to (never the whole source).
     #[error(
-        "NVRTC could not compile `{kernel}` for {arch} with options {options:?}:\n{log}\n\
-         --- source ---\n{listing}"
+        "{compiler} could not compile `{kernel}` for {arch} with options {options:?}:\n{log}\n{}",
+        match source_file {
+            Some(path) => format!("the source is saved in {}", path.display()),
+            None => "(the source could not be saved; `epc export` writes it)".to_owned(),
+        }
     )]
     Compile {
+        /// The compiler (`NVRTC`, `nvcc`).
+        compiler: &'static str,
         /// Kernel file name.
         kernel: String,
         /// Target architecture.
-        arch: String,
+        arch: crate::Arch,
         /// Compiler options.
         options: Vec<String>,
         /// The compiler's log.
         log: String,
-        /// The source with line numbers.
-        listing: String,
+        /// Where the failing source was written (`<cache>/failed/<spec>.<kernel>.cu`).
+        source_file: Option<PathBuf>,
     },
     /// Reading or writing the kernel cache failed.
     #[error("kernel cache {}: {source}", path.display())]
@@ -84,9 +99,53 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// An architecture name that is not `sm_XX`.
-    #[error("unknown GPU architecture `{0}`: expected sm_XX with XX >= 70, such as sm_90")]
-    BadArch(String),
+    /// An `--arch` value that is not a spelling epc accepts.
+    #[error(
+        "`{given}` is not an architecture epc compiles for: {why}. Accepted: {}",
+        crate::jit::arch::ARCH_SPELLINGS
+    )]
+    BadArch {
+        /// What was given.
+        given: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The NVRTC found does not compile for the architecture asked (NVRTC 13 dropped sm_70 and
+    /// sm_72, for instance).
+    #[error(
+        "NVRTC {nvrtc} ({location}) does not compile for {arch}; it supports {supported}. \
+         Choose one of those with --arch, or point EPC_NVRTC at an NVRTC that supports {arch} \
+         (NVRTC 12 still compiles for sm_70 and sm_72)"
+    )]
+    ArchUnsupported {
+        /// The architecture asked for.
+        arch: crate::Arch,
+        /// NVRTC's version.
+        nvrtc: String,
+        /// NVRTC's file.
+        location: String,
+        /// The architectures it supports (`sm_75, sm_80, ...`).
+        supported: String,
+    },
+    /// A spec's kernels use an instruction the target architecture lacks.
+    #[error(
+        "spec `{spec}` ({setting}) needs {minimum} or newer: its kernels use {instruction}, which \
+         {arch} lacks. Compile for {minimum} or newer (--arch), or change the spec ({alternative})"
+    )]
+    ArchTooOld {
+        /// The spec's name.
+        spec: String,
+        /// The setting that needs the newer architecture (`dispatch_dtype fp8_e4m3`).
+        setting: String,
+        /// The target architecture.
+        arch: crate::Arch,
+        /// The oldest architecture the spec compiles for.
+        minimum: crate::Arch,
+        /// The PTX instruction behind the minimum.
+        instruction: &'static str,
+        /// The spec change that lowers the minimum.
+        alternative: &'static str,
+    },
     /// Inputs whose shapes or values do not fit the spec.
     #[error("invalid input: {0}")]
     Input(String),

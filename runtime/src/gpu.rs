@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUdevice_attribute, CUresult};
-use cudarc::driver::{CudaContext, CudaStream, DriverError};
+use cudarc::driver::{CudaContext, CudaStream, DriverError, result};
 
 use crate::error::CudaContextExt;
 use crate::{Arch, Error};
@@ -91,6 +91,70 @@ impl Gpu {
     /// Streaming multiprocessors.
     pub fn sms(&self) -> u32 {
         self.sms
+    }
+}
+
+/// The driver and its devices, read without creating a context ([`Gpu::probe`]).
+#[derive(Debug, Clone)]
+pub struct DriverInfo {
+    /// The CUDA version the driver supports (`cuDriverGetVersion`): (13, 0) for 13000.
+    pub cuda_version: (i32, i32),
+    /// Every device the driver sees (empty when it sees none).
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// One device as the driver describes it.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    /// Its ordinal.
+    pub ordinal: usize,
+    /// Marketing name.
+    pub name: String,
+    /// `sm_XX`.
+    pub arch: Arch,
+    /// Total memory in bytes.
+    pub memory_bytes: u64,
+}
+
+impl Gpu {
+    /// The driver's version and devices. Fails with [`Error::DriverNotFound`] on a machine
+    /// without the NVIDIA driver; a driver that sees no device gives an empty list.
+    pub fn probe() -> Result<DriverInfo, Error> {
+        probe_driver()?;
+        let mut version = 0;
+        // SAFETY: libcuda opens (checked above, under the names cudarc tries), and `version` is
+        // valid for writes; cuDriverGetVersion needs no cuInit.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }
+            .result()
+            .cuda("cuDriverGetVersion")?;
+        let cuda_version = (version / 1000, version % 1000 / 10);
+        let count = match result::init().and_then(|()| result::device::get_count()) {
+            Ok(n) => n.max(0),
+            Err(DriverError(CUresult::CUDA_ERROR_NO_DEVICE)) => 0,
+            Err(e) => return Err(e).cuda("cuInit / cuDeviceGetCount"),
+        };
+        let mut devices = Vec::new();
+        for ordinal in 0..count {
+            let dev = result::device::get(ordinal).cuda("cuDeviceGet")?;
+            let attr = |a| {
+                // SAFETY: `dev` came from cuDeviceGet.
+                unsafe { result::device::get_attribute(dev, a) }.cuda("cuDeviceGetAttribute")
+            };
+            let major = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+            let minor = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+            // SAFETY: `dev` came from cuDeviceGet.
+            let memory = unsafe { result::device::total_mem(dev) }.cuda("cuDeviceTotalMem")?;
+            devices.push(DeviceInfo {
+                ordinal: ordinal as usize,
+                name: result::device::get_name(dev).cuda("cuDeviceGetName")?,
+                arch: Arch::from_capability(major, minor),
+                memory_bytes: memory as u64,
+            });
+        }
+        Ok(DriverInfo {
+            cuda_version,
+            devices,
+        })
     }
 }
 

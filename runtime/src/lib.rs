@@ -17,6 +17,7 @@ mod gpu;
 pub mod check;
 pub mod ht;
 pub mod jit;
+pub mod libsearch;
 pub mod ll;
 pub mod reference;
 pub mod routing;
@@ -24,14 +25,17 @@ pub mod timing;
 pub mod transport;
 
 pub use error::Error;
-pub use gpu::Gpu;
+pub use gpu::{DeviceInfo, DriverInfo, Gpu};
 pub use ht::LayoutKernel;
-pub use jit::arch::Arch;
-pub use jit::cache::{CacheOutcome, CachedCubin, KernelCache, Metadata, compile_uncached};
+pub use jit::arch::{ARCH_SPELLINGS, Arch, ArchNeed, check_spec_arch, spec_needs};
+pub use jit::cache::{
+    CacheOutcome, CachedCubin, KernelCache, Metadata, compile_uncached, save_failed_source,
+};
 pub use jit::compiler::{CompileOutput, Compiler, KernelStats, listing};
 pub use jit::nvcc::Nvcc;
 pub use jit::nvrtc::{Nvrtc, NvrtcLibrary, NvrtcSearch};
 pub use jit::{Jit, LoadedKernel};
+pub use libsearch::{Candidate, CandidateSource};
 pub use ll::{
     CombineInput, DEFAULT_TIMEOUT, DispatchInput, Elem, HostCall, LlCall, LlGraphs, LlGroup,
     LlKernels, LowLatency, PhaseTimes, RankDispatch, Received, SpecCall, Stream, Tensor,

@@ -103,7 +103,7 @@ fn the_key_covers_source_options_arch_and_compiler() {
     let compiler = FakeCompiler::new();
     let base = KernelCache::key(&compiler, &k, Arch::SM90);
     assert_eq!(base, KernelCache::key(&compiler, &k, Arch::SM90));
-    assert_ne!(base, KernelCache::key(&compiler, &k, Arch(100)));
+    assert_ne!(base, KernelCache::key(&compiler, &k, Arch::sm(100)));
     let mut other_source = k.clone();
     other_source.source.push(' ');
     assert_ne!(base, KernelCache::key(&compiler, &other_source, Arch::SM90));

@@ -75,31 +75,65 @@ fn epc_nccl_naming_a_garbage_file_is_an_error_naming_it() {
 }
 
 #[test]
-fn candidates_are_the_loader_path_then_site_packages() {
+fn candidates_follow_the_shared_rule() {
     let search = NcclSearch {
+        cuda_path: Some(PathBuf::from("/opt/cuda")),
+        executable: Some(PathBuf::from("/repo/target/release/epc")),
+        user_install: Some(PathBuf::from("/home/u/.local/share/epc/pip")),
         site_packages: vec![PathBuf::from("/a/site"), PathBuf::from("/b/site")],
         ..NcclSearch::default()
     };
     let got: Vec<(String, CandidateSource)> = search
         .candidates()
         .into_iter()
+        .filter(|c| !c.location.ends_with("libnccl.so") || !c.is_path())
+        .filter(|c| !c.location.starts_with("/repo/target"))
         .map(|c| (c.location.display().to_string(), c.source))
         .collect();
+    use CandidateSource::*;
     assert_eq!(
         got,
         vec![
-            ("libnccl.so.2".into(), CandidateSource::LoaderPath),
-            ("libnccl.so".into(), CandidateSource::LoaderPath),
+            ("libnccl.so.2".into(), LoaderPath),
+            ("libnccl.so".into(), LoaderPath),
+            ("/opt/cuda/lib64/libnccl.so.2".into(), Cuda),
+            ("/usr/local/cuda/lib64/libnccl.so.2".into(), Cuda),
             (
-                "/a/site/nvidia/nccl/lib/libnccl.so.2".into(),
-                CandidateSource::SitePackages
+                "/repo/.epc/pip/nvidia/nccl/lib/libnccl.so.2".into(),
+                ProjectInstall
             ),
             (
-                "/b/site/nvidia/nccl/lib/libnccl.so.2".into(),
-                CandidateSource::SitePackages
+                "/.epc/pip/nvidia/nccl/lib/libnccl.so.2".into(),
+                ProjectInstall
             ),
+            (
+                "/home/u/.local/share/epc/pip/nvidia/nccl/lib/libnccl.so.2".into(),
+                UserInstall
+            ),
+            ("/a/site/nvidia/nccl/lib/libnccl.so.2".into(), SitePackages),
+            ("/b/site/nvidia/nccl/lib/libnccl.so.2".into(), SitePackages),
         ]
     );
+}
+
+#[test]
+fn a_library_in_the_per_user_folder_is_loaded() {
+    let user = tempfile::tempdir().unwrap();
+    let Some(lib) = fake_nccl(&user.path().join("nvidia/nccl"), 22803, true) else {
+        return;
+    };
+    let search = NcclSearch {
+        user_install: Some(user.path().to_path_buf()),
+        ..NcclSearch::default()
+    };
+    match search.load() {
+        Ok(found) if found.found_by() == "the per-user install folder" => {
+            assert_eq!(found.location, lib)
+        }
+        // A real libnccl on the loader's path or in CUDA's folder comes first.
+        Ok(found) => assert!(!found.location.starts_with(user.path()), "{found}"),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// The only test of this binary that changes the working folder; the others use absolute paths.
@@ -124,10 +158,17 @@ fn no_candidate_is_found_by_walking_up_from_the_working_folder() {
     for c in &candidates {
         let shown = c.location.display().to_string();
         assert!(!shown.starts_with(&root_text), "walked up to {shown}");
-        assert!(
-            !shown.contains("/.epc/"),
-            "a project-local candidate: {shown}"
-        );
+        if shown.contains("/.epc/") {
+            // Only above the executable, never above the working folder.
+            let exe = std::env::current_exe().unwrap();
+            let above = exe
+                .ancestors()
+                .any(|a| c.location.starts_with(a.join(".epc")));
+            assert!(
+                above,
+                "a project-local candidate not above the executable: {shown}"
+            );
+        }
     }
     match loaded {
         Ok(lib) => assert!(!lib.location.starts_with(root.path()), "{lib}"),
@@ -289,6 +330,7 @@ fn fake_nccl(dir: &Path, code: u32, full: bool) -> Option<PathBuf> {
             source.push_str(&format!("int {name}(void) {{ return 0; }}\n"));
         }
     }
+    std::fs::create_dir_all(dir).unwrap();
     let c = dir.join("fake_nccl.c");
     std::fs::write(&c, source).unwrap();
     let lib = dir.join("lib/libnccl.so.2");
@@ -358,7 +400,7 @@ fn stand_in_libraries_are_checked() {
     let e = NcclSearch {
         epc_nccl: Some(lib),
         epc_nccl_include: Some(include),
-        site_packages: Vec::new(),
+        ..NcclSearch::default()
     }
     .load()
     .unwrap_err();
@@ -413,7 +455,7 @@ fn device_kernels_compile_against_nccl_headers() {
     };
     for include in std::env::split_paths(&folders) {
         let start = std::time::Instant::now();
-        let cubin = compile_device_kernels(&include, Arch(90))
+        let cubin = compile_device_kernels(&include, Arch::SM90)
             .unwrap_or_else(|e| panic!("{}: {e}", include.display()));
         let has = |name: &str| cubin.windows(name.len()).any(|w| w == name.as_bytes());
         assert!(has("epc_nccl_probe") && has("epc_nccl_peer_table"));
@@ -440,7 +482,7 @@ fn device_kernels_without_headers_report_the_compile_log() {
         return;
     }
     let empty = tempfile::tempdir().unwrap();
-    let e = compile_device_kernels(empty.path(), Arch(90)).unwrap_err();
+    let e = compile_device_kernels(empty.path(), Arch::SM90).unwrap_err();
     assert!(matches!(e, Error::Compile { .. }), "{e:?}");
     assert!(e.to_string().contains("nccl_device/utility.h"), "{e}");
 }

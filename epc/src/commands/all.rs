@@ -9,6 +9,7 @@ use ep_runtime::CacheOutcome;
 use ep_runtime::routing::Pattern;
 
 use super::check::summary;
+use super::compile::check_target;
 use super::verify::{LlPlan, Plan, fitting, verify_layout, verify_ll};
 use crate::cli::AllArgs;
 use crate::inputs::{load_specs, note_progress_all, optional_gpu, optional_jit, renderer};
@@ -39,7 +40,16 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
         }
     };
     let gpu = optional_gpu()?;
-    let arch = gpu.as_ref().map_or(ep_runtime::Arch::SM90, |g| g.arch());
+    let (arch, from) = match (&args.arch, &gpu) {
+        (Some(a), _) => (a.parse::<ep_runtime::Arch>()?, "--arch"),
+        (None, Ok(g)) => (g.arch(), "the GPU's"),
+        (None, Err(_)) => (ep_runtime::Arch::SM90, "the default without a GPU"),
+    };
+    let nvrtc = ep_runtime::Nvrtc::new()?;
+    check_target(Some(&nvrtc), &specs, arch, from)?;
+    if let Some(g) = gpu.as_ref().ok().filter(|g| g.arch() != arch) {
+        check_target(Some(&nvrtc), &specs, g.arch(), "the GPU's")?;
+    }
     println!("compiling with {} for {arch}", jit.compiler_id());
     let progress = bar(kernels, "compiling");
     let mut compiled = Vec::new();

@@ -4,6 +4,7 @@ mod all;
 mod bench;
 mod check;
 mod compile;
+mod doctor;
 mod export;
 mod run;
 mod verify;
@@ -20,6 +21,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command.unwrap_or(Command::All(AllArgs {
         specs: SpecArgs { specs: Vec::new() },
         routings: 10,
+        arch: None,
     })) {
         Command::All(args) => all::all(&args, templates),
         Command::Check(args) => check::check(&args),
@@ -27,5 +29,6 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Compile(args) => compile::compile(&args, templates),
         Command::Run(args) => run::run(&args, templates),
         Command::Bench(args) => bench::bench(&args, templates),
+        Command::Doctor => doctor::doctor(),
     }
 }

@@ -146,7 +146,7 @@ impl KernelCache {
             }
         }
 
-        let (cubin, metadata) = compile(compiler, kernel, arch, key.clone())?;
+        let (cubin, metadata) = compile(compiler, kernel, arch, key.clone(), &self.root)?;
         tracing::info!(
             kernel = %kernel.file_name,
             %arch,
@@ -177,14 +177,15 @@ impl KernelCache {
     }
 }
 
-/// Compiles without touching any cache (`epc compile --no-cache`).
+/// Compiles without reading or writing any cache entry (`epc compile --no-cache`); a source the
+/// compiler rejects is still saved under the default cache folder's `failed/`.
 pub fn compile_uncached(
     compiler: &dyn Compiler,
     kernel: &KernelSource,
     arch: Arch,
 ) -> Result<CachedCubin, Error> {
     let key = KernelCache::key(compiler, kernel, arch);
-    let (cubin, metadata) = compile(compiler, kernel, arch, key)?;
+    let (cubin, metadata) = compile(compiler, kernel, arch, key, &KernelCache::default_root())?;
     Ok(CachedCubin {
         cubin,
         outcome: CacheOutcome::Miss,
@@ -193,15 +194,52 @@ pub fn compile_uncached(
     })
 }
 
-/// Runs the compiler and describes the result.
+/// Writes a source the compiler rejected to `<root>/failed/<file name>` and returns the path
+/// (`None`, with a warning, when it cannot be written).
+pub fn save_failed_source(root: &Path, file_name: &str, source: &str) -> Option<PathBuf> {
+    let dir = root.join("failed");
+    // The name comes from a spec name and a kernel name; keep only the last component.
+    let name = Path::new(file_name).file_name()?;
+    let path = dir.join(name);
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, source)) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), %e, "could not save the failing source");
+            None
+        }
+    }
+}
+
+/// Runs the compiler and describes the result; a rejected source is saved under
+/// `<failed_root>/failed/` and the error names that file.
 fn compile(
     compiler: &dyn Compiler,
     kernel: &KernelSource,
     arch: Arch,
     key: String,
+    failed_root: &Path,
 ) -> Result<(Vec<u8>, Metadata), Error> {
     let started = Instant::now();
-    let output = compiler.compile_to_cubin(kernel, arch)?;
+    let output = compiler
+        .compile_to_cubin(kernel, arch)
+        .map_err(|e| match e {
+            Error::Compile {
+                compiler,
+                kernel: name,
+                arch,
+                options,
+                log,
+                source_file: None,
+            } => Error::Compile {
+                compiler,
+                source_file: save_failed_source(failed_root, &kernel.file_name, &kernel.source),
+                kernel: name,
+                arch,
+                options,
+                log,
+            },
+            other => other,
+        })?;
     let compile_time = started.elapsed();
     let metadata = Metadata {
         key,

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use ep_codegen::KernelSource;
 
-use crate::jit::compiler::{CompileOutput, Compiler, listing};
+use crate::jit::compiler::{CompileOutput, Compiler};
 use crate::{Arch, Error};
 
 /// The toolkit's `nvcc`.
@@ -93,11 +93,12 @@ impl Compiler for Nvcc {
         match cubin {
             Ok(cubin) if out.status.success() => Ok(CompileOutput { cubin, log }),
             _ => Err(Error::Compile {
+                compiler: "nvcc",
                 kernel: kernel.file_name.clone(),
-                arch: arch.to_string(),
+                arch,
                 options,
                 log,
-                listing: listing(&kernel.source),
+                source_file: None,
             }),
         }
     }

@@ -1,50 +1,64 @@
-//! Finding libnvrtc before cudarc needs it.
+//! Finding libnvrtc, by the search rule shared with NCCL ([`crate::libsearch`]).
 //!
-//! cudarc opens libnvrtc by bare names (`libnvrtc.so`, `libnvrtc.so.13`, ...), which only the
-//! dynamic loader's search path reaches, and panics when none opens. So we search the places a
-//! user may have it ourselves, open the first that works by absolute path and keep it open: the
-//! loader then answers cudarc's later open of the same soname with that library.
+//! The first usable candidate is opened by its path and kept loaded for the life of the process,
+//! and its functions are called through [`super::sys`], resolved from that very file.
 //!
 //! Candidates, in order ([`NvrtcSearch::candidates`]):
 //! 1. `EPC_NVRTC` (the library file, or a folder holding it). When it is set it is the only
 //!    candidate: a missing or unusable file is an error naming it, never skipped.
 //! 2. The dynamic loader's own path, by bare name.
 //! 3. CUDA's folders: `$CUDA_PATH/lib64`, `/usr/local/cuda/lib64`.
-//! 4. The project-local install of the test command (`.epc/pip/nvidia/cu13/lib`) in the folders
+//! 4. The project's install of the test command (`.epc/pip/nvidia/cu13/lib`) in the folders
 //!    above the running executable (a build under the repository's `target/` finds the
 //!    repository's), never above the working folder: anyone can write to some folder above it
 //!    (`/tmp`), and a library there would run its code in epc.
-//! 5. The pip wheels in Python's site-packages (`nvidia-cuda-nvrtc`).
+//! 5. The per-user install folder (`~/.local/share/epc/pip/nvidia/cu13/lib`).
+//! 6. The pip wheels in Python's site-packages (`nvidia-cuda-nvrtc`).
 //!
-//! A candidate that loads but lacks NVRTC's functions is refused, naming the file.
+//! A candidate that loads but lacks one of NVRTC's functions, or reports a version older than
+//! 12.0, is refused, naming the file (skipped with a warning when it was not named
+//! by `EPC_NVRTC` and a later candidate works).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::Error;
+use super::sys::{Api, NVRTC_SUCCESS};
+use crate::libsearch::{
+    self, Candidate, CandidateSource, LibraryKind, Places, python_site_packages,
+};
+use crate::{Arch, Error};
 
-/// File names of NVRTC, newest first.
-const NAMES: &[&str] = &["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
-/// Folders of the pip wheels (`nvidia-cuda-nvrtc` 13 and `nvidia-cuda-nvrtc-cu12`) under site-packages.
-const WHEEL_DIRS: &[&str] = &["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"];
-/// The project-local install made by `scripts/test`.
-const LOCAL_PIP: &str = ".epc/pip";
-/// Functions epc calls; a library without them is not a usable NVRTC.
-const SYMBOLS: &[&str] = &[
-    "nvrtcVersion",
-    "nvrtcCreateProgram",
-    "nvrtcCompileProgram",
-    "nvrtcGetProgramLog",
-    "nvrtcGetCUBINSize",
-    "nvrtcGetCUBIN",
-    "nvrtcDestroyProgram",
-];
+/// The oldest NVRTC epc works with.
+pub(crate) const MINIMUM_VERSION: (i32, i32) = (12, 0);
+
+/// libnvrtc on disk: file names newest first, and the folders of the pip wheels
+/// (`nvidia-cuda-nvrtc` 13 and `nvidia-cuda-nvrtc-cu12`).
+pub(crate) const KIND: LibraryKind = LibraryKind {
+    env_var: "EPC_NVRTC",
+    file_names: &["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"],
+    wheel_dirs: &["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"],
+};
 
 /// The library that was loaded.
 #[derive(Debug, Clone)]
 pub struct NvrtcLibrary {
-    /// Absolute path, or the bare name when the system loader found it.
-    pub location: String,
+    /// The file (for one found by bare name on the loader's path, the file the loader opened,
+    /// read from `/proc/self/maps`; the bare name if that fails).
+    pub location: PathBuf,
+    /// How it was found.
+    pub found_by: CandidateSource,
+    /// (major, minor) version.
+    pub version: (i32, i32),
+    /// The real architectures it compiles for (`nvrtcGetSupportedArchs`), ascending.
+    pub supported_archs: Vec<Arch>,
+    api: Api,
+}
+
+impl NvrtcLibrary {
+    /// The library's functions.
+    pub(crate) fn api(&self) -> &Api {
+        &self.api
+    }
 }
 
 static LOADED: OnceLock<Result<NvrtcLibrary, Error>> = OnceLock::new();
@@ -67,15 +81,18 @@ pub struct NvrtcSearch {
     pub cuda_path: Option<PathBuf>,
     /// The running executable.
     pub executable: Option<PathBuf>,
+    /// The per-user install folder ([`libsearch::user_install_dir`]).
+    pub user_install: Option<PathBuf>,
     /// Python's site-packages folders.
     pub site_packages: Vec<PathBuf>,
 }
 
 impl NvrtcSearch {
-    /// The search of this process (site-packages are asked from `python3` only when
+    /// The search of this process: `EPC_NVRTC` and `CUDA_PATH` (empty values count as unset),
+    /// the executable, the per-user folder, and site-packages (asked from `python3` only when
     /// `EPC_NVRTC` is unset).
     pub fn from_env() -> NvrtcSearch {
-        let epc_nvrtc = std::env::var_os("EPC_NVRTC").map(PathBuf::from);
+        let epc_nvrtc = libsearch::env_path(KIND.env_var);
         NvrtcSearch {
             site_packages: if epc_nvrtc.is_some() {
                 Vec::new()
@@ -83,95 +100,168 @@ impl NvrtcSearch {
                 python_site_packages()
             },
             epc_nvrtc,
-            cuda_path: std::env::var_os("CUDA_PATH").map(PathBuf::from),
+            cuda_path: libsearch::env_path("CUDA_PATH"),
             executable: std::env::current_exe().ok(),
+            user_install: libsearch::user_install_dir(),
         }
     }
 
     /// Every candidate in order (see the module docs): absolute paths, or bare names for the
     /// loader's path.
-    pub fn candidates(&self) -> Vec<String> {
-        if let Some(p) = &self.epc_nvrtc {
-            return if p.is_dir() {
-                NAMES
-                    .iter()
-                    .map(|n| p.join(n).display().to_string())
-                    .collect()
-            } else {
-                vec![p.display().to_string()]
-            };
-        }
-        let mut out: Vec<String> = NAMES.iter().map(|n| (*n).to_owned()).collect();
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        if let Some(cuda) = &self.cuda_path {
-            dirs.push(cuda.join("lib64"));
-        }
-        dirs.push(PathBuf::from("/usr/local/cuda/lib64"));
-        if let Some(exe) = &self.executable {
-            for root in exe.ancestors().skip(1) {
-                dirs.extend(WHEEL_DIRS.iter().map(|w| root.join(LOCAL_PIP).join(w)));
-            }
-        }
-        for site in &self.site_packages {
-            dirs.extend(WHEEL_DIRS.iter().map(|w| site.join(w)));
-        }
-        for d in dirs {
-            out.extend(NAMES.iter().map(|n| d.join(n).display().to_string()));
-        }
-        out.dedup();
-        out
+    pub fn candidates(&self) -> Vec<Candidate> {
+        libsearch::candidates(
+            &KIND,
+            self.epc_nvrtc.as_deref(),
+            &Places {
+                cuda_path: self.cuda_path.as_deref(),
+                executable: self.executable.as_deref(),
+                user_install: self.user_install.as_deref(),
+                site_packages: &self.site_packages,
+            },
+        )
     }
 
     /// Loads the first usable candidate (uncached; the process's own search is cached).
     pub fn load(&self) -> Result<NvrtcLibrary, Error> {
-        let explicit = self.epc_nvrtc.is_some();
         let mut tried = Vec::new();
-        for candidate in self.candidates() {
-            let is_path = candidate.contains('/');
-            if is_path && !Path::new(&candidate).exists() {
+        let candidates = self.candidates();
+        for candidate in &candidates {
+            let explicit = candidate.source == CandidateSource::Env;
+            let shown = candidate.location.display().to_string();
+            if candidate.is_path() && !candidate.location.exists() {
+                // A folder in EPC_NVRTC offers several names; a missing one is only an error
+                // when none of them is there (below).
+                if explicit && candidates.len() == 1 {
+                    return Err(Error::NvrtcUnusable {
+                        location: format!("{shown} (EPC_NVRTC)"),
+                        detail: "no such file; set EPC_NVRTC to libnvrtc.so.13 or the folder \
+                                 holding it, or unset it to search the usual places"
+                            .into(),
+                    });
+                }
                 if explicit {
-                    tried.push(format!("{candidate}: no such file (from EPC_NVRTC)"));
+                    tried.push(format!("{shown}: no such file"));
                 }
                 continue;
             }
-            match open(&candidate) {
+            match open(candidate) {
                 Ok(lib) => {
-                    preload_builtins(Path::new(&candidate));
-                    tracing::debug!(library = %candidate, "loaded NVRTC");
+                    tracing::info!(
+                        library = %lib.location.display(),
+                        version = %format!("{}.{}", lib.version.0, lib.version.1),
+                        found_by = match lib.found_by {
+                            CandidateSource::Env => KIND.env_var,
+                            other => other.describe(),
+                        },
+                        "loaded NVRTC"
+                    );
                     return Ok(lib);
                 }
-                Err(why) => tried.push(format!("{candidate}: {why}")),
+                Err(Refusal::Unusable(why)) if explicit => {
+                    return Err(Error::NvrtcUnusable {
+                        location: format!("{shown} (EPC_NVRTC)"),
+                        detail: why,
+                    });
+                }
+                Err(Refusal::Unusable(why)) => {
+                    tracing::warn!(library = %shown, "skipped: {why}");
+                    tried.push(format!("{shown}: {why}"));
+                }
+                Err(Refusal::DoesNotOpen(why)) => tried.push(format!("{shown}: {why}")),
             }
         }
+        if let Some(dir) = self.epc_nvrtc.as_ref() {
+            return Err(Error::NvrtcUnusable {
+                location: format!("{} (EPC_NVRTC)", dir.display()),
+                detail: format!(
+                    "none of {} is there and usable ({}); set EPC_NVRTC to the library file, or \
+                     unset it to search the usual places",
+                    KIND.file_names.join(", "),
+                    tried.join("; ")
+                ),
+            });
+        }
         if tried.is_empty() {
-            tried.push(
-                "no candidate file exists (the loader's path, CUDA_PATH, /usr/local/cuda, \
-                 .epc/pip above the executable, site-packages)"
-                    .into(),
-            );
+            tried.push(format!(
+                "no candidate file exists ({})",
+                libsearch::places_summary(&KIND)
+            ));
         }
         Err(Error::NvrtcNotFound { searched: tried })
     }
 }
 
-/// Opens one candidate and checks it exports NVRTC's functions; the library stays loaded.
-fn open(candidate: &str) -> Result<NvrtcLibrary, String> {
+/// Why a candidate was not used.
+enum Refusal {
+    /// The loader cannot open it (absent from the loader's path, not a library, wrong machine).
+    DoesNotOpen(String),
+    /// It loads but is not a usable NVRTC.
+    Unusable(String),
+}
+
+/// Opens one candidate and checks it is a usable NVRTC; the library stays loaded.
+fn open(candidate: &Candidate) -> Result<NvrtcLibrary, Refusal> {
     // SAFETY: loading a library runs its initializers; the candidates are only the places the
     // module docs list (chosen by the user or the system), and the library is never unloaded
     // (leaked below), so no symbol outlives it.
-    let lib = unsafe { libloading::Library::new(candidate) }.map_err(|e| e.to_string())?;
-    for symbol in SYMBOLS {
-        // SAFETY: only the symbol's presence is checked; it is not called here.
-        let found = unsafe { lib.get::<unsafe extern "C" fn()>(symbol.as_bytes()) };
-        if found.is_err() {
-            std::mem::forget(lib);
-            return Err(format!("loads, but is not NVRTC: it lacks {symbol}"));
-        }
+    let lib = unsafe { libloading::Library::new(&candidate.location) }
+        .map_err(|e| Refusal::DoesNotOpen(e.to_string()))?;
+    let lib: &'static libloading::Library = Box::leak(Box::new(lib));
+    // SAFETY: `lib` is never unloaded.
+    let version_fn = unsafe { Api::version_of(lib) }
+        .map_err(|why| Refusal::Unusable(format!("loads, but is not NVRTC: {why}")))?;
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: both pointers are valid for writes; nvrtcVersion needs no other state.
+    let rc = unsafe { version_fn(&mut major, &mut minor) };
+    if rc != NVRTC_SUCCESS {
+        return Err(Refusal::Unusable(format!("nvrtcVersion returned {rc}")));
     }
-    std::mem::forget(lib);
+    if (major, minor) < MINIMUM_VERSION {
+        return Err(Refusal::Unusable(format!(
+            "NVRTC {major}.{minor} is too old: epc needs NVRTC >= {}.{} (pip install \
+             'nvidia-cuda-nvrtc==13.0.*')",
+            MINIMUM_VERSION.0, MINIMUM_VERSION.1
+        )));
+    }
+    // SAFETY: `lib` is a libnvrtc (it has nvrtcVersion) that is never unloaded.
+    let api = unsafe { Api::resolve(lib) }.map_err(|why| {
+        Refusal::Unusable(format!(
+            "loads and reports NVRTC {major}.{minor}, but {why}"
+        ))
+    })?;
+    let supported_archs = supported_archs(&api).map_err(Refusal::Unusable)?;
+    let location = libsearch::resolved_location(candidate, version_fn as usize as u64);
+    preload_builtins(&location);
     Ok(NvrtcLibrary {
-        location: candidate.to_owned(),
+        location,
+        found_by: candidate.source,
+        version: (major, minor),
+        supported_archs,
+        api,
     })
+}
+
+/// `nvrtcGetSupportedArchs`, ascending.
+fn supported_archs(api: &Api) -> Result<Vec<Arch>, String> {
+    let mut n = 0;
+    // SAFETY: `n` is valid for writes.
+    let rc = unsafe { (api.get_num_supported_archs)(&mut n) };
+    if rc != NVRTC_SUCCESS || !(0..=1024).contains(&n) {
+        return Err(format!("nvrtcGetNumSupportedArchs failed ({rc}, {n})"));
+    }
+    let mut archs = vec![0; n as usize];
+    // SAFETY: `archs` holds the `n` ints NVRTC said it will write.
+    let rc = unsafe { (api.get_supported_archs)(archs.as_mut_ptr()) };
+    if rc != NVRTC_SUCCESS {
+        return Err(format!("nvrtcGetSupportedArchs returned {rc}"));
+    }
+    let mut out: Vec<Arch> = archs
+        .into_iter()
+        .filter_map(|a| u32::try_from(a).ok().map(Arch::sm))
+        .collect();
+    out.sort_by_key(|a| a.number);
+    out.dedup();
+    Ok(out)
 }
 
 fn clone_error(e: &Error) -> Error {
@@ -179,7 +269,14 @@ fn clone_error(e: &Error) -> Error {
         Error::NvrtcNotFound { searched } => Error::NvrtcNotFound {
             searched: searched.clone(),
         },
-        other => Error::Input(other.to_string()),
+        Error::NvrtcUnusable { location, detail } => Error::NvrtcUnusable {
+            location: location.clone(),
+            detail: detail.clone(),
+        },
+        other => Error::NvrtcUnusable {
+            location: "libnvrtc".into(),
+            detail: other.to_string(),
+        },
     }
 }
 
@@ -206,23 +303,4 @@ fn preload_builtins(nvrtc: &Path) {
             }
         }
     }
-}
-
-/// Python's site-packages folders, asked from `python3` (none when Python is absent); where the
-/// pip wheels of NVRTC and NCCL live.
-pub(crate) fn python_site_packages() -> Vec<PathBuf> {
-    let script = "import site, sys\nfor p in site.getsitepackages() + [site.getusersitepackages()]: print(p)";
-    std::process::Command::new("python3")
-        .args(["-c", script])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(PathBuf::from)
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -3,17 +3,17 @@
 //! (so no CUDA toolkit is needed), and the probe that reads NCCL's struct sizes on the device.
 
 use std::collections::HashMap;
-use std::ffi::{CString, c_char, c_int, c_void};
+use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{Ptx, sys as nvrtc_sys};
+use cudarc::nvrtc::Ptx;
 
 use super::NcclVersion;
 use crate::error::CudaContextExt;
-use crate::jit::nvrtc::{Program, compile_with_log, get_cubin, nvrtc_error};
-use crate::listing;
+use crate::jit::cache::save_failed_source;
+use crate::jit::nvrtc::CompileFailure;
 use crate::{Arch, Error, Gpu};
 
 /// The kernels' source.
@@ -70,50 +70,28 @@ pub fn options(include_dir: &Path, arch: Arch) -> Vec<String> {
 /// NCCL's device headers from `include_dir` (the folder holding `nccl.h` and `nccl_device/`,
 /// as [`super::NcclLibrary::headers`] returns). Needs libnvrtc, not a GPU.
 pub fn compile_device_kernels(include_dir: &Path, arch: Arch) -> Result<Vec<u8>, Error> {
-    // Loads libnvrtc (and its builtins) before cudarc's raw calls below need it.
-    crate::Nvrtc::new()?;
-    let nul = |what: &str| Error::Input(format!("{what} holds a NUL byte"));
-    let source = CString::new(SOURCE).map_err(|_| nul(SOURCE_NAME))?;
-    let name = CString::new(SOURCE_NAME).map_err(|_| nul(SOURCE_NAME))?;
-    let mut texts = Vec::with_capacity(SHIMS.len());
-    let mut names = Vec::with_capacity(SHIMS.len());
-    for (include, text) in SHIMS {
-        names.push(CString::new(*include).map_err(|_| nul(include))?);
-        texts.push(CString::new(*text).map_err(|_| nul(include))?);
-    }
-    let text_ptrs: Vec<*const c_char> = texts.iter().map(|t| t.as_ptr()).collect();
-    let name_ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
-    let mut raw: nvrtc_sys::nvrtcProgram = std::ptr::null_mut();
-    // SAFETY: every pointer is a live NUL-terminated string for the call, and the two header
-    // arrays hold `SHIMS.len()` entries each; `raw` is valid for writes.
-    unsafe {
-        nvrtc_sys::nvrtcCreateProgram(
-            &mut raw,
-            source.as_ptr(),
-            name.as_ptr(),
-            SHIMS.len() as c_int,
-            text_ptrs.as_ptr(),
-            name_ptrs.as_ptr(),
-        )
-    }
-    .result()
-    .map_err(|e| nvrtc_error("nvrtcCreateProgram", e))?;
-    let program = Program(raw);
+    let nvrtc = crate::Nvrtc::new()?;
+    nvrtc.check_arch(arch)?;
     let options = options(include_dir, arch);
-    let (compiled, log) = compile_with_log(&program, &options);
-    if compiled.is_err() {
-        return Err(Error::Compile {
+    match nvrtc.compile_raw(SOURCE_NAME, SOURCE, SHIMS, &options) {
+        Ok(out) => Ok(out.cubin),
+        Err(CompileFailure::Call(e)) => Err(e),
+        Err(CompileFailure::Rejected { log }) => Err(Error::Compile {
+            compiler: "NVRTC",
             kernel: format!(
                 "{SOURCE_NAME} (NCCL headers from {})",
                 include_dir.display()
             ),
-            arch: arch.to_string(),
+            arch,
             options,
             log,
-            listing: listing(SOURCE),
-        });
+            source_file: save_failed_source(
+                &crate::KernelCache::default_root(),
+                SOURCE_NAME,
+                SOURCE,
+            ),
+        }),
     }
-    get_cubin(&program)
 }
 
 /// Cubins of `peers.cu` per (include folder, arch).

@@ -1,17 +1,22 @@
-//! Finding libnccl (NCCL >= 2.28) and its headers at run time, the way libnvrtc is found.
+//! Finding libnccl (NCCL >= 2.28) and its headers at run time, by the search rule shared with
+//! NVRTC ([`crate::libsearch`]).
 //!
 //! Candidates, in order ([`NcclSearch::candidates`]):
 //! 1. `EPC_NCCL`: the library file, or a folder holding `libnccl.so.2`. When it is set, it is the
 //!    only candidate: a missing, unloadable or too old file is an error naming it.
 //! 2. The dynamic loader's own path, by bare name: `libnccl.so.2`, then `libnccl.so`.
-//! 3. The pip wheels in Python's site-packages (asked from `python3`):
+//! 3. CUDA's folders: `$CUDA_PATH/lib64`, `/usr/local/cuda/lib64`.
+//! 4. `.epc/pip/nvidia/nccl/lib` in the folders above the running executable.
+//! 5. The per-user install folder (`~/.local/share/epc/pip/nvidia/nccl/lib`, where
+//!    `python3 -m pip install --target ~/.local/share/epc/pip nvidia-nccl-cu13` puts it).
+//! 6. The pip wheels in Python's site-packages (asked from `python3`):
 //!    `nvidia/nccl/lib/libnccl.so.2`, the layout of both the `nvidia-nccl-cu13` wheel and the
 //!    copy PyTorch installs.
 //!
-//! Never a folder found by walking up from the working directory or the executable. The first
-//! candidate that loads, reports a version >= 2.28 and exports every function epc calls is kept
-//! loaded for the life of the process (libraries that were tried and refused are never unloaded
-//! either: unloading NCCL is not something it promises to survive).
+//! Never a folder found by walking up from the working directory. The first candidate that
+//! loads, reports a version >= 2.28 and exports every function epc calls is kept loaded for the
+//! life of the process (libraries that were tried and refused are never unloaded either:
+//! unloading NCCL is not something it promises to survive).
 //!
 //! The headers are needed to compile the device side of the transport (the peer table kernel,
 //! [`super::kernels`]); their version must equal the library's, as NCCL's structs change layout
@@ -27,13 +32,15 @@ use std::sync::OnceLock;
 use super::sys::{Api, GetVersion, NCCL_SUCCESS, symbol};
 pub use super::version::NcclVersion;
 use crate::Error;
+use crate::libsearch::{self, LibraryKind, Places};
+pub use crate::libsearch::{Candidate, CandidateSource};
 
-/// File name of NCCL 2 in a folder.
-const FILE_NAME: &str = "libnccl.so.2";
-/// Names tried on the dynamic loader's path.
-const BARE_NAMES: &[&str] = &["libnccl.so.2", "libnccl.so"];
-/// The library's folder in a pip wheel, under site-packages.
-const WHEEL_LIB: &str = "nvidia/nccl/lib";
+/// libnccl on disk: NCCL 2's file names, and its folder in a pip wheel under site-packages.
+pub(crate) const KIND: LibraryKind = LibraryKind {
+    env_var: "EPC_NCCL",
+    file_names: &["libnccl.so.2", "libnccl.so"],
+    wheel_dirs: &["nvidia/nccl/lib"],
+};
 /// A header of NCCL's device API that the transport's kernels include.
 const DEVICE_HEADER: &str = "nccl_device/impl/core__funcs.h";
 
@@ -107,36 +114,6 @@ impl NcclLibrary {
     }
 }
 
-/// Where a candidate came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CandidateSource {
-    /// `EPC_NCCL`: must work, or it is an error.
-    Env,
-    /// A bare name for the dynamic loader.
-    LoaderPath,
-    /// A wheel in Python's site-packages.
-    SitePackages,
-}
-
-impl CandidateSource {
-    fn describe(self) -> &'static str {
-        match self {
-            CandidateSource::Env => "EPC_NCCL",
-            CandidateSource::LoaderPath => "the dynamic loader's path",
-            CandidateSource::SitePackages => "Python's site-packages",
-        }
-    }
-}
-
-/// One place libnccl may be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
-    /// A file path, or a bare name (no `/`) for the dynamic loader.
-    pub location: PathBuf,
-    /// Where it came from.
-    pub source: CandidateSource,
-}
-
 /// What the search reads from the environment, explicit so that it can be tested without
 /// touching the process environment.
 #[derive(Debug, Clone, Default)]
@@ -145,86 +122,67 @@ pub struct NcclSearch {
     pub epc_nccl: Option<PathBuf>,
     /// `EPC_NCCL_INCLUDE`: the folder holding `nccl.h` and `nccl_device/`.
     pub epc_nccl_include: Option<PathBuf>,
+    /// `CUDA_PATH`.
+    pub cuda_path: Option<PathBuf>,
+    /// The running executable.
+    pub executable: Option<PathBuf>,
+    /// The per-user install folder ([`libsearch::user_install_dir`]).
+    pub user_install: Option<PathBuf>,
     /// Python's site-packages folders.
     pub site_packages: Vec<PathBuf>,
 }
 
 impl NcclSearch {
-    /// `EPC_NCCL`, `EPC_NCCL_INCLUDE` (empty values count as unset) and, when `EPC_NCCL` is
-    /// unset, the site-packages folders `python3` reports (none when Python is absent).
+    /// `EPC_NCCL`, `EPC_NCCL_INCLUDE` and `CUDA_PATH` (empty values count as unset), the
+    /// executable, the per-user folder and, when `EPC_NCCL` is unset, the site-packages folders
+    /// `python3` reports (none when Python is absent).
     pub fn from_env() -> NcclSearch {
-        let var = |name: &str| {
-            std::env::var_os(name)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let epc_nccl = var("EPC_NCCL");
+        let epc_nccl = libsearch::env_path(KIND.env_var);
         // Python is only asked when its answer is used.
         let site_packages = if epc_nccl.is_none() {
-            crate::jit::nvrtc::loader::python_site_packages()
+            libsearch::python_site_packages()
         } else {
             Vec::new()
         };
         NcclSearch {
             epc_nccl,
-            epc_nccl_include: var("EPC_NCCL_INCLUDE"),
+            epc_nccl_include: libsearch::env_path("EPC_NCCL_INCLUDE"),
+            cuda_path: libsearch::env_path("CUDA_PATH"),
+            executable: std::env::current_exe().ok(),
+            user_install: libsearch::user_install_dir(),
             site_packages,
         }
     }
 
     /// Every candidate, in order (see the module docs).
     pub fn candidates(&self) -> Vec<Candidate> {
-        if let Some(p) = &self.epc_nccl {
-            let location = if p.is_dir() {
-                p.join(FILE_NAME)
-            } else {
-                p.clone()
-            };
-            return vec![Candidate {
-                location,
-                source: CandidateSource::Env,
-            }];
-        }
-        let mut out: Vec<Candidate> = BARE_NAMES
-            .iter()
-            .map(|n| Candidate {
-                location: PathBuf::from(n),
-                source: CandidateSource::LoaderPath,
-            })
-            .collect();
-        for site in &self.site_packages {
-            let location = site.join(WHEEL_LIB).join(FILE_NAME);
-            if !out.iter().any(|c| c.location == location) {
-                out.push(Candidate {
-                    location,
-                    source: CandidateSource::SitePackages,
-                });
-            }
-        }
-        out
+        libsearch::candidates(
+            &KIND,
+            self.epc_nccl.as_deref(),
+            &Places {
+                cuda_path: self.cuda_path.as_deref(),
+                executable: self.executable.as_deref(),
+                user_install: self.user_install.as_deref(),
+                site_packages: &self.site_packages,
+            },
+        )
     }
 
     /// Loads the first usable candidate (uncached: [`NcclLibrary::load`] caches), and finds its
     /// headers. A library that was opened is never unloaded.
     pub fn load(&self) -> Result<NcclLibrary, Error> {
         let mut tried = Vec::new();
-        for candidate in self.candidates() {
+        let candidates = self.candidates();
+        for candidate in &candidates {
             let explicit = candidate.source == CandidateSource::Env;
             let shown = candidate.location.display().to_string();
-            let is_path = shown.contains('/');
-            if is_path && !candidate.location.exists() {
-                if explicit {
-                    return Err(Error::NcclUnusable {
-                        location: format!("{shown} (EPC_NCCL)"),
-                        detail: "no such file; set EPC_NCCL to libnccl.so.2 or the folder \
-                                 holding it, or unset it to search the usual places"
-                            .into(),
-                    });
+            if candidate.is_path() && !candidate.location.exists() {
+                if !explicit {
+                    tried.push(format!("{shown}: absent"));
                 }
-                tried.push(format!("{shown}: absent"));
                 continue;
             }
-            match open(&candidate) {
+            match open(candidate) {
                 Ok(mut lib) => {
                     match self.find_headers(&lib.location, lib.version) {
                         Ok(dir) => lib.include_dir = Some(dir),
@@ -248,9 +206,29 @@ impl NcclSearch {
                     return Ok(lib);
                 }
                 Err(e) if explicit => return Err(e),
-                Err(Error::NcclUnusable { detail, .. }) => tried.push(format!("{shown}: {detail}")),
-                Err(e) => tried.push(format!("{shown}: {e}")),
+                Err(Error::NcclUnusable { detail, .. }) => {
+                    if !detail.starts_with("the dynamic loader cannot open it") {
+                        tracing::warn!(library = %shown, "skipped: {detail}");
+                    }
+                    tried.push(format!("{shown}: {detail}"))
+                }
+                Err(e) => {
+                    tracing::warn!(library = %shown, "skipped: {e}");
+                    tried.push(format!("{shown}: {e}"))
+                }
             }
+        }
+        if let Some(named) = &self.epc_nccl {
+            // Every file EPC_NCCL offered is absent.
+            let first = candidates
+                .first()
+                .map_or_else(|| named.clone(), |c| c.location.clone());
+            return Err(Error::NcclUnusable {
+                location: format!("{} (EPC_NCCL)", first.display()),
+                detail: "no such file; set EPC_NCCL to libnccl.so.2 or the folder holding it, or \
+                         unset it to search the usual places"
+                    .into(),
+            });
         }
         Err(Error::NcclNotFound { searched: tried })
     }
@@ -345,7 +323,10 @@ fn check_header_dir(dir: &Path, version: NcclVersion) -> Result<(), String> {
 /// Opens one candidate; the error says why it is not usable.
 fn open(candidate: &Candidate) -> Result<NcclLibrary, Error> {
     let shown = candidate.location.display().to_string();
-    let from = candidate.source.describe();
+    let from = match candidate.source {
+        CandidateSource::Env => KIND.env_var,
+        other => other.describe(),
+    };
     let unusable = |detail: String| Error::NcclUnusable {
         location: format!("{shown} ({from})"),
         detail,
@@ -366,14 +347,7 @@ fn open(candidate: &Candidate) -> Result<NcclLibrary, Error> {
     }
     let version = NcclVersion::from_code(code)
         .ok_or_else(|| unusable(format!("ncclGetVersion reported {code}")))?;
-    let location = if shown.contains('/') {
-        candidate.location.clone()
-    } else {
-        std::fs::read_to_string("/proc/self/maps")
-            .ok()
-            .and_then(|maps| mapped_file(&maps, get_version as usize as u64))
-            .unwrap_or_else(|| candidate.location.clone())
-    };
+    let location = libsearch::resolved_location(candidate, get_version as usize as u64);
     let where_ = location.display().to_string();
     version.check_supported(&where_)?;
     // SAFETY: `lib` is a libnccl that is never unloaded.
@@ -388,26 +362,6 @@ fn open(candidate: &Candidate) -> Result<NcclLibrary, Error> {
         headers_problem: None,
         found_by: from,
         api,
-    })
-}
-
-/// The file mapped at `addr` according to `maps` (the text of `/proc/self/maps`).
-pub(crate) fn mapped_file(maps: &str, addr: u64) -> Option<PathBuf> {
-    maps.lines().find_map(|line| {
-        // address range, perms, offset, dev, inode, then the path (which may hold spaces).
-        let mut rest = line;
-        let mut fields = [""; 5];
-        for field in &mut fields {
-            rest = rest.trim_start();
-            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-            *field = &rest[..end];
-            rest = &rest[end..];
-        }
-        let (start, end) = fields[0].split_once('-')?;
-        let start = u64::from_str_radix(start, 16).ok()?;
-        let end = u64::from_str_radix(end, 16).ok()?;
-        let path = rest.trim();
-        ((start..end).contains(&addr) && path.starts_with('/')).then(|| PathBuf::from(path))
     })
 }
 
@@ -450,26 +404,6 @@ mod tests {
         assert_eq!((old.major, old.minor, old.patch), (2, 7, 8));
         assert_eq!(NcclVersion::from_code(0), None);
         assert_eq!(NcclVersion::from_code(-1), None);
-    }
-
-    #[test]
-    fn maps_lookup_finds_the_file_holding_an_address() {
-        let maps = "\
-7f0000000000-7f0000001000 r--p 00000000 08:01 123   /usr/lib/x86_64-linux-gnu/libnccl.so.2.28.3
-7f0000001000-7f0000100000 r-xp 00001000 08:01 123   /usr/lib/x86_64-linux-gnu/libnccl.so.2.28.3
-7f0000100000-7f0000200000 rw-p 00000000 00:00 0
-7f0000200000-7f0000300000 r-xp 00000000 08:01 9 /opt/my libs/libnccl.so.2
-";
-        assert_eq!(
-            mapped_file(maps, 0x7f0000002000),
-            Some(PathBuf::from("/usr/lib/x86_64-linux-gnu/libnccl.so.2.28.3"))
-        );
-        assert_eq!(mapped_file(maps, 0x7f0000150000), None);
-        assert_eq!(
-            mapped_file(maps, 0x7f0000250000),
-            Some(PathBuf::from("/opt/my libs/libnccl.so.2"))
-        );
-        assert_eq!(mapped_file(maps, 0x10), None);
     }
 
     #[test]
