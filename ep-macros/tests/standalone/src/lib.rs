@@ -17,8 +17,8 @@
 pub struct DeepSeekDecode;
 
 ep_macros::ep_spec!(
-    /// gpt-oss-120b decode, from the built-in spec file.
-    pub GptOssDecode = "../../../ep-codegen/specs/gpt-oss-120b-ll.yaml"
+    /// gpt-oss-120b decode, from the built-in spec file (`specs` links to ep-codegen/specs).
+    pub GptOssDecode = "specs/gpt-oss-120b-ll.yaml"
 );
 
 #[cfg(test)]
