@@ -20,34 +20,34 @@ pub const GENERATOR_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Every embedded template: (name, text). The name is the path under `templates/` without `.hbs`.
 const TEMPLATES: &[(&str, &str)] = &[
-    ("layout.cu", include_str!("../../templates/layout.cu.hbs")),
+    ("layout.cu", include_str!("../templates/layout.cu.hbs")),
     (
         "ll_dispatch.cu",
-        include_str!("../../templates/ll_dispatch.cu.hbs"),
+        include_str!("../templates/ll_dispatch.cu.hbs"),
     ),
     (
         "ll_combine.cu",
-        include_str!("../../templates/ll_combine.cu.hbs"),
+        include_str!("../templates/ll_combine.cu.hbs"),
     ),
     (
         "partials/convert",
-        include_str!("../../templates/partials/convert.hbs"),
+        include_str!("../templates/partials/convert.hbs"),
     ),
     (
         "partials/ll_constants",
-        include_str!("../../templates/partials/ll_constants.hbs"),
+        include_str!("../templates/partials/ll_constants.hbs"),
     ),
     (
         "partials/signals",
-        include_str!("../../templates/partials/signals.hbs"),
+        include_str!("../templates/partials/signals.hbs"),
     ),
     (
         "partials/header",
-        include_str!("../../templates/partials/header.hbs"),
+        include_str!("../templates/partials/header.hbs"),
     ),
     (
         "partials/types",
-        include_str!("../../templates/partials/types.hbs"),
+        include_str!("../templates/partials/types.hbs"),
     ),
 ];
 

@@ -154,8 +154,10 @@ fn spanned(errors: &SpecErrors, lines: &[Line], fallback: Span, file: Option<&st
     combined.unwrap_or_else(|| syn::Error::new(fallback, "invalid spec"))
 }
 
-/// `vis Name = "path/to/spec.yaml"`.
+/// `#[attrs] vis Name = "path/to/spec.yaml"`.
 pub struct SpecFile {
+    /// Outer attributes for the struct (doc comments, derives, ...).
+    pub attrs: Vec<syn::Attribute>,
     /// Visibility of the struct to define.
     pub vis: Visibility,
     /// Its name.
@@ -166,11 +168,17 @@ pub struct SpecFile {
 
 impl Parse for SpecFile {
     fn parse(input: ParseStream<'_>) -> syn::Result<SpecFile> {
+        let attrs = input.call(syn::Attribute::parse_outer)?;
         let vis = input.parse()?;
         let ident = input.parse()?;
         input.parse::<Token![=]>()?;
         let path = input.parse()?;
-        Ok(SpecFile { vis, ident, path })
+        Ok(SpecFile {
+            attrs,
+            vis,
+            ident,
+            path,
+        })
     }
 }
 

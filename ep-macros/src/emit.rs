@@ -1,11 +1,14 @@
-//! The code the macros emit: the item and its `KernelSpec` implementation.
+//! The code the macros emit: the item and its `KernelSpec` implementation, or, for a crate that
+//! depends on neither `ep-codegen` nor `ep-runtime`, the item and inherent constants.
 
 use ep_codegen::{Renderer, Spec};
 use proc_macro2::TokenStream;
 use quote::quote;
 
-/// `item` followed by `impl KernelSpec` with the canonical YAML and the rendered kernels; with
-/// `tracked`, an `include_str!` of that file so the crate rebuilds when it changes.
+use crate::target::{Target, target};
+
+/// `item` followed by what carries the canonical YAML and the rendered kernels (see the crate
+/// docs); with `tracked`, an `include_str!` of that file so the crate rebuilds when it changes.
 pub fn kernel_spec(
     item: &syn::DeriveInput,
     spec: &Spec,
@@ -21,21 +24,48 @@ pub fn kernel_spec(
             return quote!(#item ::core::compile_error!(#message););
         }
     };
-    let embedded = kernels.iter().map(|k| {
-        let (name, source) = (&k.name, &k.source);
-        quote!(::ep_codegen::EmbeddedKernel { name: #name, source: #source })
-    });
     let track = tracked.map(|path| {
         quote!(
             const _: &str = ::core::include_str!(#path);
         )
     });
+    let implementation = match target() {
+        Target::Codegen(codegen) => {
+            let embedded = kernels.iter().map(|k| {
+                let (name, source) = (&k.name, &k.source);
+                quote!(#codegen::EmbeddedKernel { name: #name, source: #source })
+            });
+            quote! {
+                impl #impl_generics #codegen::KernelSpec for #ident #ty_generics #where_clause {
+                    const YAML: &'static str = #yaml;
+                    const KERNELS: &'static [#codegen::EmbeddedKernel] = &[#(#embedded),*];
+                }
+            }
+        }
+        Target::Standalone => {
+            let hash = spec.hash();
+            let embedded = kernels.iter().map(|k| {
+                let (name, source) = (&k.name, &k.source);
+                quote!((#name, #source))
+            });
+            quote! {
+                #[allow(dead_code)]
+                impl #impl_generics #ident #ty_generics #where_clause {
+                    /// The validated spec in canonical YAML (what `ep_codegen::Spec::from_yaml`
+                    /// reads back).
+                    pub const YAML: &'static str = #yaml;
+                    /// SHA-256 of [`Self::YAML`] as 16 hex digits (`ep_codegen::Spec::hash`).
+                    pub const SPEC_HASH: &'static str = #hash;
+                    /// The kernels rendered at compile time: (family name, CUDA C++ source).
+                    pub const KERNELS: &'static [(&'static str, &'static str)] =
+                        &[#(#embedded),*];
+                }
+            }
+        }
+    };
     quote! {
         #item
-        impl #impl_generics ::ep_codegen::KernelSpec for #ident #ty_generics #where_clause {
-            const YAML: &'static str = #yaml;
-            const KERNELS: &'static [::ep_codegen::EmbeddedKernel] = &[#(#embedded),*];
-        }
+        #implementation
         #track
     }
 }

@@ -26,9 +26,35 @@
 //!                        ranks = 8, max_tokens_per_rank = 128)]
 //! struct Typo;
 //! ```
+//!
+//! # What the expansion names
+//!
+//! A proc-macro crate can export nothing but macros, so the expansion names the crates the
+//! *calling* crate depends on, found in its `Cargo.toml` (any kind of dependency, renamed or
+//! `workspace = true`), in this order:
+//!
+//! 1. `ep-codegen` (under whatever name the caller gave it): `impl <name>::KernelSpec`, as above;
+//! 2. else `ep-runtime`, which re-exports ep-codegen as `ep_runtime::codegen`:
+//!    `impl ep_runtime::codegen::KernelSpec`, so `LlKernels::<S>` works with `ep-runtime` and
+//!    `ep-macros` as the only dependencies;
+//! 3. else neither: the item gets inherent constants that use only `core`, so a crate that
+//!    depends on `ep-macros` alone still builds and carries the checked spec and its sources:
+//!
+//! ```text
+//! impl DeepSeekDecode {
+//!     pub const YAML: &'static str;                          // canonical spec
+//!     pub const SPEC_HASH: &'static str;                     // ep_codegen::Spec::hash()
+//!     pub const KERNELS: &'static [(&'static str, &'static str)]; // (family, CUDA source)
+//! }
+//! ```
+//!
+//! Where the manifest cannot be read (a build driven without cargo), the expansion names
+//! `::ep_codegen`. `ep-macros/tests/standalone` (only `ep-macros`) and
+//! `ep-macros/tests/via-runtime` (`ep-macros` and a renamed `ep-runtime`) build each case.
 
 mod args;
 mod emit;
+mod target;
 
 use proc_macro::TokenStream;
 use syn::parse_macro_input;
@@ -51,7 +77,9 @@ pub fn ep_kernel(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Loads a YAML spec file at compile time: `ep_spec!(pub QwenDecode = "specs/qwen.yaml");`
 /// defines the unit struct `QwenDecode` implementing `KernelSpec`. The path is relative to the
-/// calling crate's manifest folder; the crate rebuilds when the file changes.
+/// calling crate's manifest folder; the crate rebuilds when the file changes. Attributes written
+/// before the name (`/// docs`, `#[derive(...)]`) go on the struct; without a doc comment it
+/// gets one naming the file.
 #[proc_macro]
 pub fn ep_spec(input: TokenStream) -> TokenStream {
     let decl = parse_macro_input!(input as args::SpecFile);
@@ -59,7 +87,15 @@ pub fn ep_spec(input: TokenStream) -> TokenStream {
         Ok((spec, yaml, path)) => {
             let vis = &decl.vis;
             let ident = &decl.ident;
-            let item: syn::DeriveInput = syn::parse_quote!(#vis struct #ident;);
+            let attrs = &decl.attrs;
+            let doc = (!attrs.iter().any(|a| a.path().is_ident("doc"))).then(|| {
+                let text = format!(
+                    " The kernel spec of `{}`, checked at compile time.",
+                    decl.path.value()
+                );
+                quote::quote!(#[doc = #text])
+            });
+            let item: syn::DeriveInput = syn::parse_quote!(#(#attrs)* #doc #vis struct #ident;);
             emit::kernel_spec(&item, &spec, &yaml, Some(&path)).into()
         }
         Err(e) => e.to_compile_error().into(),

@@ -41,3 +41,8 @@ pub use ll::{
     LlKernels, LowLatency, PhaseTimes, RankDispatch, Received, SpecCall, Stream, Tensor,
 };
 pub use transport::VirtualRanks;
+
+/// `ep-codegen`, the crate of specs and rendered kernels this one compiles and launches, so a
+/// program depending on `ep-runtime` alone names `ep_runtime::codegen::{Spec, KernelSpec, ...}`
+/// (and `ep-macros` expands to these paths when the caller has no `ep-codegen` dependency).
+pub use ep_codegen as codegen;

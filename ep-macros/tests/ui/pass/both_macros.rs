@@ -5,7 +5,7 @@ use ep_codegen::KernelSpec;
                        layout = "expert_major", expert_alignment = 128)]
 struct Prefill;
 
-ep_macros::ep_spec!(pub Decode = "../../../../specs/gpt-oss-120b-ll.yaml");
+ep_macros::ep_spec!(pub Decode = "../../../../ep-codegen/specs/gpt-oss-120b-ll.yaml");
 
 fn main() {
     assert_eq!(Prefill::spec().unwrap().experts, 128);
