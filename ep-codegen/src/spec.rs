@@ -2,7 +2,9 @@
 //!
 //! A [`Spec`] is only built by [`crate::parse_spec`] (or [`Spec::from_yaml`]), which resolves the
 //! defaults of the YAML file and checks every rule of [`crate::validate`]; its fields are therefore
-//! always consistent (`experts % ranks == 0`, and so on).
+//! always consistent (`experts % ranks == 0`, and so on). Its fields are private to this crate and
+//! read through methods of the same name, so a caller cannot build or edit one around validation;
+//! [`Spec::with_ranks`] and [`Spec::with_tuning`] derive a changed spec and validate it again.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -140,37 +142,37 @@ fn auto_or_value<S: serde::Serializer>(knob: &Option<u32>, s: S) -> Result<S::Ok
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Spec {
     /// Name, used for files and kernel folders: 1 to 64 letters, digits, `-` and `_`.
-    pub name: String,
+    pub(crate) name: String,
     /// Kernel family.
-    pub mode: Mode,
+    pub(crate) mode: Mode,
     /// Hidden size H (channels per token).
-    pub hidden: u32,
+    pub(crate) hidden: u32,
     /// Activation dtype.
-    pub dtype: Dtype,
+    pub(crate) dtype: Dtype,
     /// Payload dtype of dispatch.
-    pub dispatch_dtype: Dtype,
+    pub(crate) dispatch_dtype: Dtype,
     /// FP8 settings, present exactly when `dispatch_dtype` is FP8.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fp8: Option<Fp8>,
+    pub(crate) fp8: Option<Fp8>,
     /// Payload dtype of combine.
-    pub combine_dtype: Dtype,
+    pub(crate) combine_dtype: Dtype,
     /// Element type of `topk_idx`.
-    pub index_dtype: IndexDtype,
+    pub(crate) index_dtype: IndexDtype,
     /// Total experts E.
-    pub experts: u32,
+    pub(crate) experts: u32,
     /// Experts per token K.
-    pub top_k: u32,
+    pub(crate) top_k: u32,
     /// Ranks R.
-    pub ranks: u32,
+    pub(crate) ranks: u32,
     /// Ranks per NVLink domain G (G == R: one node).
-    pub nvlink_domain: u32,
+    pub(crate) nvlink_domain: u32,
     /// Most tokens a rank sends per call (M).
-    pub max_tokens_per_rank: u32,
+    pub(crate) max_tokens_per_rank: u32,
     /// High-throughput settings, present exactly in that mode (written flat, as in YAML).
     #[serde(flatten)]
-    pub high_throughput: Option<HighThroughput>,
+    pub(crate) high_throughput: Option<HighThroughput>,
     /// Performance knobs.
-    pub tuning: Tuning,
+    pub(crate) tuning: Tuning,
 }
 
 impl Spec {
@@ -189,9 +191,101 @@ impl Spec {
         s.revalidated()
     }
 
+    /// The same deployment with other performance knobs, validated again (a knob out of range is
+    /// refused with the rule it breaks, as in a YAML file).
+    ///
+    /// ```
+    /// # let yaml = "name: demo\nmode: low_latency\nhidden: 4096\nexperts: 64\ntop_k: 6\n\
+    /// #             ranks: 8\nmax_tokens_per_rank: 128\n";
+    /// # let spec = ep_codegen::Spec::from_yaml(yaml, None).unwrap();
+    /// let tuned = spec.with_tuning(ep_codegen::Tuning { sms: Some(24), ..spec.tuning() }).unwrap();
+    /// assert_eq!(tuned.tuning().sms, Some(24));
+    /// assert!(spec.with_tuning(ep_codegen::Tuning { sms: Some(0), ..spec.tuning() }).is_err());
+    /// ```
+    pub fn with_tuning(&self, tuning: Tuning) -> Result<Spec, crate::SpecErrors> {
+        let mut s = self.clone();
+        s.tuning = tuning;
+        s.revalidated()
+    }
+
     /// This spec after edits of its fields, checked again by every rule.
-    pub fn revalidated(self) -> Result<Spec, crate::SpecErrors> {
+    fn revalidated(self) -> Result<Spec, crate::SpecErrors> {
         Spec::from_yaml(&self.to_canonical_yaml(), Some(&self.name))
+    }
+
+    /// Name, used for files and kernel folders (one path component; see the validation rules).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Kernel family.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Hidden size H (channels per token).
+    pub fn hidden(&self) -> u32 {
+        self.hidden
+    }
+
+    /// Activation dtype.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// Payload dtype of dispatch.
+    pub fn dispatch_dtype(&self) -> Dtype {
+        self.dispatch_dtype
+    }
+
+    /// FP8 settings, present exactly when [`Spec::dispatch_dtype`] is FP8.
+    pub fn fp8(&self) -> Option<Fp8> {
+        self.fp8
+    }
+
+    /// Payload dtype of combine.
+    pub fn combine_dtype(&self) -> Dtype {
+        self.combine_dtype
+    }
+
+    /// Element type of `topk_idx`.
+    pub fn index_dtype(&self) -> IndexDtype {
+        self.index_dtype
+    }
+
+    /// Total experts E (a multiple of [`Spec::ranks`]).
+    pub fn experts(&self) -> u32 {
+        self.experts
+    }
+
+    /// Experts per token K.
+    pub fn top_k(&self) -> u32 {
+        self.top_k
+    }
+
+    /// Ranks R (at least 1).
+    pub fn ranks(&self) -> u32 {
+        self.ranks
+    }
+
+    /// Ranks per NVLink domain G (G == R: one node).
+    pub fn nvlink_domain(&self) -> u32 {
+        self.nvlink_domain
+    }
+
+    /// Most tokens a rank sends per call (M).
+    pub fn max_tokens_per_rank(&self) -> u32 {
+        self.max_tokens_per_rank
+    }
+
+    /// High-throughput settings, present exactly in that mode.
+    pub fn high_throughput(&self) -> Option<HighThroughput> {
+        self.high_throughput
+    }
+
+    /// Performance knobs (`None` = auto); change them with [`Spec::with_tuning`].
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
     }
 
     /// The sizes as `usize`, for indexing.

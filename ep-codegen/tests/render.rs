@@ -54,7 +54,7 @@ fn every_builtin_spec_is_valid_and_renders() {
     let mut count = 0;
     for b in builtin_specs() {
         let spec = b.parse().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(spec.name, b.stem(), "spec name matches its file name");
+        assert_eq!(spec.name(), b.stem(), "spec name matches its file name");
         let kernels = renderer.render(&spec).unwrap();
         for k in &kernels {
             assert!(k.source.starts_with("/*\n"), "header comment first");
@@ -174,16 +174,24 @@ fn html_is_not_escaped() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("layout.cu.hbs"),
-        "a < b && c > \"{{spec.name}}\"\n",
+        "a < b && c > \"{{kernel.title}}\"\n",
     )
     .unwrap();
-    let mut spec = builtin("mixtral-8x7b-ht");
-    spec.name = "x<&>".into();
+    // Spec names hold no character HTML escapes; the title holds `=` (escaped as `&#x3D;`).
+    let spec = builtin("mixtral-8x7b-ht");
     let k = Renderer::with_overrides(dir.path())
         .unwrap()
         .render(&spec)
         .unwrap();
-    assert_eq!(k[0].source, "a < b && c > \"x<&>\"\n");
+    let title = k[0]
+        .source
+        .strip_prefix("a < b && c > \"")
+        .and_then(|s| s.strip_suffix("\"\n"))
+        .unwrap();
+    assert!(
+        title.contains(&format!("E={}", spec.experts())) && !title.contains("&#"),
+        "{title}"
+    );
 }
 
 #[test]

@@ -86,13 +86,13 @@ fn expect(text: &str, path: &str, value: &str, rule: &[&str]) {
 #[test]
 fn the_base_specs_are_valid_with_their_defaults() {
     let ll = Spec::from_yaml(BASE_LL, None).unwrap();
-    assert_eq!(ll.mode, Mode::LowLatency);
-    assert_eq!(ll.dispatch_dtype, ep_codegen::Dtype::Bf16);
-    assert_eq!(ll.nvlink_domain, 8);
+    assert_eq!(ll.mode(), Mode::LowLatency);
+    assert_eq!(ll.dispatch_dtype(), ep_codegen::Dtype::Bf16);
+    assert_eq!(ll.nvlink_domain(), 8);
     assert_eq!(ll.local_experts(), 32);
-    assert!(ll.high_throughput.is_none() && ll.fp8.is_none());
+    assert!(ll.high_throughput().is_none() && ll.fp8().is_none());
     let ht = Spec::from_yaml(BASE_HT, None).unwrap();
-    let h = ht.high_throughput.unwrap();
+    let h = ht.high_throughput().unwrap();
     assert_eq!((h.layout, h.expert_alignment), (Layout::Flat, 1));
 }
 
@@ -170,7 +170,7 @@ fn hidden_rules() {
 fn fp8_rules() {
     let fp8 = with(BASE_LL, &[("dispatch_dtype", Some("fp8_e4m3"))]);
     let spec = Spec::from_yaml(&fp8, None).unwrap();
-    let f = spec.fp8.unwrap();
+    let f = spec.fp8().unwrap();
     assert_eq!((f.block, f.scale), (128, ScaleFormat::F32));
     expect(
         &with(&fp8, &[("hidden", Some("2880"))]),
@@ -191,7 +191,7 @@ fn fp8_rules() {
         &["dispatch_dtype: fp8_e4m3"],
     );
     let ue8m0 = Spec::from_yaml(&format!("{fp8}fp8: {{scale: ue8m0}}\n"), None).unwrap();
-    assert_eq!(ue8m0.fp8.unwrap().scale, ScaleFormat::Ue8m0);
+    assert_eq!(ue8m0.fp8().unwrap().scale, ScaleFormat::Ue8m0);
 }
 
 #[test]
@@ -358,7 +358,7 @@ fn mode_specific_fields() {
         ],
     );
     let spec = Spec::from_yaml(&em, None).unwrap();
-    assert_eq!(spec.high_throughput.unwrap().layout, Layout::ExpertMajor);
+    assert_eq!(spec.high_throughput().unwrap().layout, Layout::ExpertMajor);
 }
 
 #[test]
@@ -396,7 +396,7 @@ fn tuning_rules() {
         &["`auto` or an integer"],
     );
     let spec = Spec::from_yaml(&t("  sms: 24\n  unroll: auto\n"), None).unwrap();
-    assert_eq!((spec.tuning.sms, spec.tuning.unroll), (Some(24), None));
+    assert_eq!((spec.tuning().sms, spec.tuning().unroll), (Some(24), None));
 }
 
 #[test]

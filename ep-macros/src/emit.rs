@@ -20,7 +20,7 @@ pub fn kernel_spec(
     let kernels = match Renderer::new().and_then(|r| r.render(spec)) {
         Ok(k) => k,
         Err(e) => {
-            let message = format!("rendering the kernels of `{}`: {e}", spec.name);
+            let message = format!("rendering the kernels of `{}`: {e}", spec.name());
             return quote!(#item ::core::compile_error!(#message););
         }
     };

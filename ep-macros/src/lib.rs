@@ -16,7 +16,7 @@
 //! struct DeepSeekDecode;
 //!
 //! let spec = DeepSeekDecode::spec().unwrap();
-//! assert_eq!((spec.name.as_str(), spec.local_experts()), ("DeepSeekDecode", 32));
+//! assert_eq!((spec.name(), spec.local_experts()), ("DeepSeekDecode", 32));
 //! assert!(DeepSeekDecode::KERNELS.iter().any(|k| k.name == "ll_dispatch"));
 //! ```
 //!

@@ -141,7 +141,7 @@ pub fn note_progress_all(specs: &[Loaded]) {
 }
 
 fn spec_name(spec: &Spec) -> &str {
-    &spec.name
+    spec.name()
 }
 
 /// The renderer, with the override folder when one is given.

@@ -17,10 +17,10 @@ fn layout_matches_the_reference_on_every_spec() {
         let kernel = renderer.render(&spec).unwrap().remove(0);
         let (layout, _) = LayoutKernel::load(&gpu, &jit, &spec, &kernel).unwrap();
         let (e, r, k, m) = (
-            spec.experts as usize,
-            spec.ranks as usize,
-            spec.top_k as usize,
-            spec.max_tokens_per_rank as usize,
+            spec.experts() as usize,
+            spec.ranks() as usize,
+            spec.top_k() as usize,
+            spec.max_tokens_per_rank() as usize,
         );
         // T = 0, T = 1, T = M, a block boundary and its neighbours, and random sizes.
         let block = kernel.launch.block_threads as usize;
@@ -43,9 +43,10 @@ fn layout_matches_the_reference_on_every_spec() {
                 let (want, bad) = reference::layout(&routing, e, r);
                 assert_eq!(bad, None);
                 assert_eq!(
-                    got, want,
+                    got,
+                    want,
                     "spec {} T={t} pattern {pattern:?} seed {seed}",
-                    spec.name
+                    spec.name()
                 );
                 checked += 1;
             }
@@ -65,14 +66,14 @@ fn bad_expert_ids_are_reported_and_nothing_else_is_written() {
     // One i64 and one i32 spec.
     for spec in all_specs()
         .into_iter()
-        .filter(|s| s.name == "deepseek-v3-ht" || s.name == "qwen3-235b-a22b-ll")
+        .filter(|s| s.name() == "deepseek-v3-ht" || s.name() == "qwen3-235b-a22b-ll")
     {
         let kernel = renderer().render(&spec).unwrap().remove(0);
         let (layout, _) = LayoutKernel::load(&gpu, &jit, &spec, &kernel).unwrap();
         let (e, r, k) = (
-            spec.experts as usize,
-            spec.ranks as usize,
-            spec.top_k as usize,
+            spec.experts() as usize,
+            spec.ranks() as usize,
+            spec.top_k() as usize,
         );
         for (t, slot, value) in [
             (5usize, 3usize, e as i64),
@@ -93,7 +94,7 @@ fn bad_expert_ids_are_reported_and_nothing_else_is_written() {
                 }) => {
                     assert_eq!((token, s, v, count, experts), (t, slot, value, 2, e as u32));
                 }
-                other => panic!("{}: expected BadExpertId, got {other:?}", spec.name),
+                other => panic!("{}: expected BadExpertId, got {other:?}", spec.name()),
             }
             let (_, bad) = reference::layout(&routing, e, r);
             let bad = bad.unwrap();
@@ -109,11 +110,11 @@ fn wrong_shapes_are_errors() {
     };
     let spec = all_specs()
         .into_iter()
-        .find(|s| s.name == "gpt-oss-120b-ll")
+        .find(|s| s.name() == "gpt-oss-120b-ll")
         .unwrap();
     let kernel = renderer().render(&spec).unwrap().remove(0);
     let (layout, _) = LayoutKernel::load(&gpu, &jit, &spec, &kernel).unwrap();
-    let m = spec.max_tokens_per_rank as usize;
+    let m = spec.max_tokens_per_rank() as usize;
     let too_many = generate(Pattern::Uniform, m + 1, 4, 128, 8, 1);
     assert!(matches!(layout.run(&gpu, &too_many), Err(Error::Input(_))));
     let wrong_k = generate(Pattern::Uniform, 4, 8, 128, 8, 1);
@@ -124,7 +125,7 @@ fn wrong_shapes_are_errors() {
     // A kernel of another spec is refused.
     let other = all_specs()
         .into_iter()
-        .find(|s| s.name == "mixtral-8x7b-ht")
+        .find(|s| s.name() == "mixtral-8x7b-ht")
         .unwrap();
     assert!(LayoutKernel::load(&gpu, &jit, &other, &kernel).is_err());
 }

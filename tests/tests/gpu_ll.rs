@@ -118,10 +118,10 @@ fn ll_dispatch_and_combine_match_the_reference() {
         let mut call = ll.new_call().unwrap();
         for i in 0..routings {
             let inputs = inputs_for(&spec, i);
-            let what = format!("{} routing {i}", spec.name);
+            let what = format!("{} routing {i}", spec.name());
             run_and_check(&mut ll, &mut call, &spec, &inputs, &what);
         }
-        eprintln!("{}: {routings} routings match", spec.name);
+        eprintln!("{}: {routings} routings match", spec.name());
     }
 }
 

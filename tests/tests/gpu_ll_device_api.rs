@@ -41,7 +41,7 @@ fn upload(stream: &Arc<CudaStream>, spec: &Spec, input: &RankInput) -> Buffers {
     w.resize(pad(w.len()), 0.0);
     let mut ids = input.routing.topk_idx.clone();
     ids.resize(pad(ids.len()), -1);
-    let (idx32, idx64) = match spec.index_dtype {
+    let (idx32, idx64) = match spec.index_dtype() {
         IndexDtype::I32 => {
             let v: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
             (Some(stream.clone_htod(&v).unwrap()), None)
@@ -54,14 +54,14 @@ fn upload(stream: &Arc<CudaStream>, spec: &Spec, input: &RankInput) -> Buffers {
         idx64,
         w: stream.clone_htod(&w).unwrap(),
         out: stream
-            .alloc_zeros::<u16>(pad(t * spec.hidden as usize))
+            .alloc_zeros::<u16>(pad(t * spec.hidden() as usize))
             .unwrap(),
         t,
     }
 }
 
 fn dispatch_inputs(stream: &CudaStream, spec: &Spec, b: &[Buffers]) -> Vec<DispatchInput> {
-    let (h, k) = (spec.hidden as usize, spec.top_k as usize);
+    let (h, k) = (spec.hidden() as usize, spec.top_k() as usize);
     b.iter()
         .map(|b| DispatchInput {
             x: Tensor::of_slice(&b.x, stream, &[b.t, h], Elem::Bf16).unwrap(),
@@ -75,7 +75,7 @@ fn dispatch_inputs(stream: &CudaStream, spec: &Spec, b: &[Buffers]) -> Vec<Dispa
 }
 
 fn combine_inputs(stream: &CudaStream, spec: &Spec, b: &[Buffers]) -> Vec<CombineInput> {
-    let (h, k) = (spec.hidden as usize, spec.top_k as usize);
+    let (h, k) = (spec.hidden() as usize, spec.top_k() as usize);
     b.iter()
         .map(|b| CombineInput {
             topk_weights: Tensor::of_slice(&b.w, stream, &[b.t, k], Elem::F32).unwrap(),
@@ -144,8 +144,8 @@ fn inputs(spec: &Spec, round: usize, tokens: &[usize]) -> Vec<RankInput> {
 }
 
 fn tokens(spec: &Spec, round: usize) -> Vec<usize> {
-    let m = spec.max_tokens_per_rank as usize;
-    (0..spec.ranks as usize)
+    let m = spec.max_tokens_per_rank() as usize;
+    (0..spec.ranks() as usize)
         .map(|r| [m, 0, 1, (round * 7 + r * 3) % (m + 1)][(round + r) % 4])
         .collect()
 }
@@ -184,7 +184,7 @@ fn device_api_on_callers_buffers_and_stream_matches_the_reference() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(12usize);
         for round in 0..rounds {
-            let what = format!("{} round {round}", spec.name);
+            let what = format!("{} round {round}", spec.name());
             let ins = inputs(&spec, round, &tokens(&spec, round));
             let bufs: Vec<Buffers> = ins.iter().map(|i| upload(&stream, &spec, i)).collect();
             let s = Stream::from(&*stream);
@@ -204,7 +204,7 @@ fn device_api_on_callers_buffers_and_stream_matches_the_reference() {
             let out: Vec<Vec<u16>> = bufs
                 .iter()
                 .map(|b| {
-                    let mut v = vec![0u16; b.t * spec.hidden as usize];
+                    let mut v = vec![0u16; b.t * spec.hidden() as usize];
                     if !v.is_empty() {
                         stream.memcpy_dtoh(&b.out.slice(..v.len()), &mut v).unwrap();
                     }
@@ -216,7 +216,7 @@ fn device_api_on_callers_buffers_and_stream_matches_the_reference() {
         }
         eprintln!(
             "{}: {rounds} rounds through the device API match",
-            spec.name
+            spec.name()
         );
     }
 }

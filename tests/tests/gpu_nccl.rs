@@ -159,11 +159,11 @@ fn one_rank_communicator_matches_the_reference_and_replays_graphs() {
             .pop()
             .unwrap();
         let mut ll = [LowLatency::from_group(group)];
-        run_rounds(&spec, &mut ll, &format!("{} over NCCL", spec.name));
+        run_rounds(&spec, &mut ll, &format!("{} over NCCL", spec.name()));
         // Graph capture and replay with new routings of the same token count.
         let ll = &mut ll[0];
         let mut call = ll.new_call().unwrap();
-        let t = spec.max_tokens_per_rank as usize;
+        let t = spec.max_tokens_per_rank() as usize;
         let with_t = |round: usize| -> Vec<RankInput> {
             let d = spec.dims();
             let seed = 50_000 + round as u64;
@@ -190,7 +190,7 @@ fn one_rank_communicator_matches_the_reference_and_replays_graphs() {
         }
         say(&format!(
             "{}: 50 graph replays over NCCL match ({} communicator)",
-            spec.name,
+            spec.name(),
             if borrowed { "a caller's" } else { "epc's own" }
         ));
         drop(graphs);

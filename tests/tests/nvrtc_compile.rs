@@ -174,7 +174,7 @@ fn spec_minimums_match_what_nvrtc_compiles() {
             need.as_ref().map(|n| n.minimum.number),
             *minimum,
             "{}",
-            spec.name
+            spec.name()
         );
         let kernels = renderer.render(spec).unwrap();
         // The minimum and the architecture just below it (NVRTC's oldest for no minimum).
@@ -200,13 +200,13 @@ fn spec_minimums_match_what_nvrtc_compiles() {
                 compiles,
                 allowed.is_ok(),
                 "{} for {arch}: compiles {compiles}, check says {allowed:?}",
-                spec.name
+                spec.name()
             );
             if let Err(e) = allowed {
                 let text = e.to_string();
                 let need = need.as_ref().unwrap();
                 assert!(
-                    text.contains(&spec.name)
+                    text.contains(spec.name())
                         && text.contains(&need.setting)
                         && text.contains(&arch.to_string())
                         && text.contains(&need.minimum.to_string()),

@@ -22,7 +22,7 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
     let renderer = renderer(templates)?;
     println!("{} checked:", count(specs.len(), "spec"));
     for l in &specs {
-        println!("  {:<24} {}", l.spec.name, summary(&l.spec));
+        println!("  {:<24} {}", l.spec.name(), summary(&l.spec));
     }
     note_progress_all(&specs);
     let mut rendered = Vec::new();
@@ -77,7 +77,7 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
         Ok(gpu) => gpu,
         Err(why) => {
             for (l, c) in specs.iter().zip(&compiled) {
-                println!("  {:<24} {c}", l.spec.name);
+                println!("  {:<24} {c}", l.spec.name());
             }
             println!("GPU steps skipped: {why}");
             return Ok(ExitCode::SUCCESS);
@@ -99,13 +99,13 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
         let spec = &l.spec;
         let plan = Plan {
             seed: 0,
-            tokens: spec.max_tokens_per_rank as usize,
+            tokens: spec.max_tokens_per_rank() as usize,
             pattern: Pattern::Uniform,
             routings: args.routings,
             iters: 100,
         };
         let v = verify_layout(&gpu, &jit, spec, &ks[0], &plan)?;
-        let ll = if spec.mode == Mode::LowLatency {
+        let ll = if spec.mode() == Mode::LowLatency {
             let runnable = fitting(&gpu, spec)?;
             let ll_plan = LlPlan {
                 seed: 0,
@@ -116,7 +116,7 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
             let l = verify_ll(&gpu, &jit, &renderer, &runnable, &ll_plan)?;
             format!(
                 "{:>9} {:>14.2} {:>13.2}",
-                format!("{}/{}", l.ranks, spec.ranks),
+                format!("{}/{}", l.ranks, spec.ranks()),
                 l.times.dispatch(),
                 l.times.combine()
             )
@@ -125,7 +125,11 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
         };
         println!(
             "  {:<24} {:<30} {:>9} {:>8} {:>12.2} {ll}",
-            spec.name, c, v.routings, plan.tokens, v.layout_us
+            spec.name(),
+            c,
+            v.routings,
+            plan.tokens,
+            v.layout_us
         );
     }
     println!(

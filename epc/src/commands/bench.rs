@@ -51,10 +51,17 @@ fn standard() -> Result<Vec<Spec>> {
             .parse()?)
     };
     let fp8 = base("deepseek-v3-ll")?;
-    let mut bf16 = fp8.clone();
-    bf16.name = "deepseek-v3-ll-bf16".into();
-    bf16.dispatch_dtype = Dtype::Bf16;
-    bf16.fp8 = None;
+    // The same deployment with BF16 dispatch, written out and validated again (JSON is YAML).
+    let mut fields = serde_json::to_value(&fp8)?;
+    fields["name"] = "deepseek-v3-ll-bf16".into();
+    fields["dispatch_dtype"] = Dtype::Bf16.as_str().into();
+    if let Some(map) = fields.as_object_mut() {
+        map.remove("fp8");
+    }
+    let bf16 = Spec::from_yaml(
+        &fields.to_string(),
+        Some("deepseek-v3-ll with bf16 dispatch"),
+    )?;
     Ok(vec![
         fp8,
         bf16,
@@ -92,20 +99,21 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
         .collect::<Result<_>>()?;
     let specs: Vec<Spec> = specs
         .into_iter()
-        .map(|mut s| {
+        .map(|s| {
+            let mut tuning = s.tuning();
             if args.sms.is_some() {
-                s.tuning.sms = args.sms;
+                tuning.sms = args.sms;
             }
             if args.warps.is_some() {
-                s.tuning.warps_per_block = args.warps;
+                tuning.warps_per_block = args.warps;
             }
-            Ok(s.revalidated()?)
+            Ok(s.with_tuning(tuning)?)
         })
         .collect::<Result<_>>()?;
-    if let Some(s) = specs.iter().find(|s| s.mode != Mode::LowLatency) {
+    if let Some(s) = specs.iter().find(|s| s.mode() != Mode::LowLatency) {
         bail!(
             "`epc bench` times low-latency specs; {} is high_throughput",
-            s.name
+            s.name()
         );
     }
     let gpu = Gpu::open(placement.device())?;
@@ -122,7 +130,7 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
     let mine = Ranks::join(&placement, &args.transport, &gpu)?;
     let mut rows = Vec::new();
     for spec in &specs {
-        let m = spec.max_tokens_per_rank as usize;
+        let m = spec.max_tokens_per_rank() as usize;
         let tokens: Vec<usize> = if args.sweep {
             (0..=12).map(|p| 1usize << p).filter(|&t| t <= m).collect()
         } else {
@@ -131,12 +139,12 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
         if let Some(&t) = tokens.iter().find(|&&t| t > m) {
             bail!(
                 "--tokens {t} exceeds max_tokens_per_rank = {m} of {}",
-                spec.name
+                spec.name()
             );
         }
         let mut ll = mine
             .ll_group(&gpu, &jit, &renderer, spec)
-            .with_context(|| format!("setting up {}", spec.name))?;
+            .with_context(|| format!("setting up {}", spec.name()))?;
         let mut call = ll.new_call()?;
         for &t in &tokens {
             rows.extend(measure(&gpu, &mut ll, &mut call, spec, t, args)?);
@@ -163,10 +171,10 @@ fn measure(
     args: &BenchArgs,
 ) -> Result<Vec<Row>> {
     let (r, k, e, h) = (
-        spec.ranks as usize,
-        spec.top_k as usize,
-        spec.experts as usize,
-        spec.hidden as u64,
+        spec.ranks() as usize,
+        spec.top_k() as usize,
+        spec.experts() as usize,
+        spec.hidden() as u64,
     );
     // NCCL EP's LL routing: top-k of random scores, with a few slots dropped.
     let inputs: Vec<RankInput> = (0..r)
@@ -188,13 +196,13 @@ fn measure(
         .sum();
     call.set_inputs(gpu, &mine)?;
     let times = ll.time_phases(call, args.warmup, args.iters)?;
-    let scale_bytes = spec.fp8.map_or(0, |f| h / u64::from(f.block) * 4);
-    let dispatch_bytes = selections * (h * u64::from(spec.dispatch_dtype.size()) + scale_bytes);
-    let combine_bytes = selections * h * u64::from(spec.combine_dtype.size());
+    let scale_bytes = spec.fp8().map_or(0, |f| h / u64::from(f.block) * 4);
+    let dispatch_bytes = selections * (h * u64::from(spec.dispatch_dtype().size()) + scale_bytes);
+    let combine_bytes = selections * h * u64::from(spec.combine_dtype().size());
     let copy = |bytes: u64| timing::copy_us(gpu, bytes as usize, args.iters.max(10));
     Ok(vec![
         Row {
-            workload: spec.name.clone(),
+            workload: spec.name().to_owned(),
             tokens,
             phase: "dispatch",
             time_us: times.dispatch(),
@@ -204,7 +212,7 @@ fn measure(
             copy_us: copy(dispatch_bytes)?,
         },
         Row {
-            workload: spec.name.clone(),
+            workload: spec.name().to_owned(),
             tokens,
             phase: "combine",
             time_us: times.combine(),
@@ -298,4 +306,32 @@ fn plot(rows: &[Row]) -> String {
         "time (us)",
         &series,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_workloads_are_valid_and_the_bf16_one_differs_only_in_dispatch() {
+        let specs = standard().unwrap();
+        let names: Vec<&str> = specs.iter().map(Spec::name).collect();
+        assert_eq!(
+            names,
+            [
+                "deepseek-v3-ll",
+                "deepseek-v3-ll-bf16",
+                "qwen3-235b-a22b-ll",
+                "gpt-oss-120b-ll"
+            ]
+        );
+        let (fp8, bf16) = (&specs[0], &specs[1]);
+        assert_eq!(bf16.dispatch_dtype(), Dtype::Bf16);
+        assert!(bf16.fp8().is_none() && fp8.fp8().is_some());
+        assert_eq!(
+            (bf16.hidden(), bf16.experts(), bf16.top_k(), bf16.ranks()),
+            (fp8.hidden(), fp8.experts(), fp8.top_k(), fp8.ranks())
+        );
+        assert_eq!(bf16.tuning(), fp8.tuning());
+    }
 }

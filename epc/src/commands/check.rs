@@ -66,20 +66,20 @@ fn cap(max_memory: Option<u64>) -> (u64, String) {
 
 /// `LL H=7168 bf16->fp8_e4m3 E=256 K=8 R=32 (G=8) M=128 hash ...`.
 pub fn summary(s: &Spec) -> String {
-    let mode = match s.mode {
+    let mode = match s.mode() {
         Mode::LowLatency => "LL",
         Mode::HighThroughput => "HT",
     };
     format!(
         "{mode} H={} {}->{} E={} K={} R={} (G={}) M={} hash {}",
-        s.hidden,
-        s.dtype.as_str(),
-        s.dispatch_dtype.as_str(),
-        s.experts,
-        s.top_k,
-        s.ranks,
-        s.nvlink_domain,
-        s.max_tokens_per_rank,
+        s.hidden(),
+        s.dtype().as_str(),
+        s.dispatch_dtype().as_str(),
+        s.experts(),
+        s.top_k(),
+        s.ranks(),
+        s.nvlink_domain(),
+        s.max_tokens_per_rank(),
         s.hash()
     )
 }

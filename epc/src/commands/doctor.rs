@@ -203,7 +203,7 @@ fn nvrtc_section(report: &mut Report, gpus: &[Arch]) {
             .filter_map(|spec| {
                 spec_needs(&spec)
                     .filter(|n| n.minimum.number > arch.number)
-                    .map(|n| format!("{} ({} needs {})", spec.name, n.setting, n.minimum))
+                    .map(|n| format!("{} ({} needs {})", spec.name(), n.setting, n.minimum))
             })
             .collect();
         if !needing.is_empty() {

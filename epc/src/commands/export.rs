@@ -14,9 +14,9 @@ pub fn export(args: &SpecArgs, out: &Path, templates: Option<&Path>) -> Result<E
     for l in load_specs(&args.specs)? {
         note_progress(&l.spec);
         let kernels = renderer.render(&l.spec)?;
-        let dir = out.join(&l.spec.name);
+        let dir = out.join(l.spec.name());
         ep_codegen::export(&dir, &l.spec, &kernels)
-            .with_context(|| format!("exporting {}", l.spec.name))?;
+            .with_context(|| format!("exporting {}", l.spec.name()))?;
         for k in &kernels {
             println!("{}", dir.join(&k.file_name).display());
         }

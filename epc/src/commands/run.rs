@@ -39,12 +39,12 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
     let mine = Ranks::join(&placement, &args.transport, &gpu)?;
     for l in &specs {
         let spec = &l.spec;
-        let m = spec.max_tokens_per_rank as usize;
+        let m = spec.max_tokens_per_rank() as usize;
         let tokens = args.tokens.unwrap_or(m);
         if tokens > m {
             bail!(
                 "--tokens {tokens} exceeds max_tokens_per_rank = {m} of {}",
-                spec.name
+                spec.name()
             );
         }
         note_progress(spec);
@@ -67,9 +67,12 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
         println!(
             "{:<24} T={tokens:<5} seed {:<4} layout matches the reference  {:>7.2} us  \
              tokens per rank {:?}  busiest expert {busiest}",
-            spec.name, args.seed, v.layout_us, v.layout.num_tokens_per_rank
+            spec.name(),
+            args.seed,
+            v.layout_us,
+            v.layout.num_tokens_per_rank
         );
-        if spec.mode == Mode::LowLatency {
+        if spec.mode() == Mode::LowLatency {
             let runnable = match (placement.ranks(), args.ranks) {
                 (Some(r), _) | (None, Some(r)) => spec.with_ranks(r)?,
                 (None, None) => fitting(&gpu, spec)?,
@@ -86,9 +89,9 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
                 "{:<24} {} of {}, {} the reference (dispatch and combine); \
                  at T={}: dispatch {:.2} us (send {:.2} + receive {:.2}), combine {:.2} us \
                  (send {:.2} + receive {:.2})",
-                spec.name,
+                spec.name(),
                 l.ranks,
-                count(spec.ranks as usize, "rank"),
+                count(spec.ranks() as usize, "rank"),
                 if l.routings == 1 {
                     "1 call matches".to_owned()
                 } else {

@@ -66,12 +66,12 @@ pub fn verify_layout(
         let (p, routing) = routing_of(i);
         let got = kernel
             .run(gpu, &routing)
-            .with_context(|| format!("{}: layout kernel on routing {i}", spec.name))?;
+            .with_context(|| format!("{}: layout kernel on routing {i}", spec.name()))?;
         let (want, _) = reference::layout(&routing, e, r);
         if got != want {
             bail!(
                 "{}: the layout kernel differs from the reference (T={}, pattern {p:?}, seed {})",
-                spec.name,
+                spec.name(),
                 routing.num_tokens,
                 plan.seed.wrapping_add(i as u64)
             );
@@ -106,14 +106,17 @@ pub fn fitting(gpu: &Gpu, spec: &Spec) -> Result<Spec> {
         return Ok(spec.clone());
     }
     for r in [8, 4, 2, 1] {
-        if r < spec.ranks && spec.experts.is_multiple_of(r) {
+        if r < spec.ranks() && spec.experts().is_multiple_of(r) {
             let smaller = spec.with_ranks(r)?;
             if fits(&smaller) {
                 return Ok(smaller);
             }
         }
     }
-    bail!("{} does not fit on this GPU even with one rank", spec.name)
+    bail!(
+        "{} does not fit on this GPU even with one rank",
+        spec.name()
+    )
 }
 
 /// What a low-latency check runs.
@@ -186,7 +189,7 @@ pub fn verify_ll_on(ll: &mut LowLatency, spec: &Spec, plan: &LlPlan<'_>) -> Resu
         check::ll::check_dispatch_of(spec, &inputs, &mine, &got).map_err(|why| {
             anyhow!(
                 "{}: dispatch of call {i} differs from the reference: {why}",
-                spec.name
+                spec.name()
             )
         })?;
         let y = check::ll::expert_outputs_of(spec, &mine, &got);
@@ -197,7 +200,7 @@ pub fn verify_ll_on(ll: &mut LowLatency, spec: &Spec, plan: &LlPlan<'_>) -> Resu
         check::ll::check_combine_of(spec, &inputs, &mine, &out).map_err(|why| {
             anyhow!(
                 "{}: combine of call {i} differs from the reference: {why}",
-                spec.name
+                spec.name()
             )
         })?;
         if let (0, Some(dir)) = (i, plan.dump) {
@@ -207,7 +210,7 @@ pub fn verify_ll_on(ll: &mut LowLatency, spec: &Spec, plan: &LlPlan<'_>) -> Resu
     call.set_inputs(&gpu, &local(&inputs_of(0)))?;
     let times = ll.time_phases(&mut call, 10, plan.iters)?;
     Ok(LlVerified {
-        ranks: spec.ranks,
+        ranks: spec.ranks(),
         routings: routings.max(1),
         times,
     })
@@ -249,7 +252,7 @@ fn dump_call(
             npy::Data::F32(&input.routing.topk_weights),
         )?;
         let g = &got[i];
-        if spec.fp8.is_some() {
+        if spec.fp8().is_some() {
             npy::write(&file("recv_x"), &[l, rows, h], npy::Data::U8(&g.recv_x))?;
             npy::write(
                 &file("recv_scales"),

@@ -47,7 +47,7 @@ ep_spec!(QwenDecode = "specs/qwen3-235b-a22b-ll.yaml");
 fn run<S: KernelSpec>(gpu: &Gpu, jit: &Jit, calls: usize) -> Result<()> {
     let spec = S::spec()?;
     let mut kernels =
-        LlKernels::<S>::load(gpu, jit).with_context(|| format!("loading {}", spec.name))?;
+        LlKernels::<S>::load(gpu, jit).with_context(|| format!("loading {}", spec.name()))?;
     let mut call = kernels.new_call()?;
     let d = spec.dims();
     for i in 0..calls {
@@ -74,21 +74,21 @@ fn run<S: KernelSpec>(gpu: &Gpu, jit: &Jit, calls: usize) -> Result<()> {
             .collect();
         let received = kernels.dispatch(&mut call, &inputs)?;
         check::ll::check_dispatch(&spec, &inputs, &received)
-            .map_err(|why| anyhow!("{}: dispatch {i}: {why}", spec.name))?;
+            .map_err(|why| anyhow!("{}: dispatch {i}: {why}", spec.name()))?;
         let y = check::ll::expert_outputs(&spec, &received);
         let out = kernels.combine(&mut call, &y)?;
         check::ll::check_combine(&spec, &inputs, &out)
-            .map_err(|why| anyhow!("{}: combine {i}: {why}", spec.name))?;
+            .map_err(|why| anyhow!("{}: combine {i}: {why}", spec.name()))?;
     }
     println!(
         "{:<16} H={:<5} E={:<4} K={} R={:<2} {} -> {}: {calls} calls, dispatch and combine match the reference",
-        spec.name,
-        spec.hidden,
-        spec.experts,
-        spec.top_k,
-        spec.ranks,
-        spec.dtype.as_str(),
-        spec.dispatch_dtype.as_str()
+        spec.name(),
+        spec.hidden(),
+        spec.experts(),
+        spec.top_k(),
+        spec.ranks(),
+        spec.dtype().as_str(),
+        spec.dispatch_dtype().as_str()
     );
     Ok(())
 }

@@ -20,7 +20,7 @@ pub fn check_dispatch(
     inputs: &[RankInput],
     got: &[RankDispatch],
 ) -> Result<(), String> {
-    let ranks: Vec<usize> = (0..spec.ranks as usize).collect();
+    let ranks: Vec<usize> = (0..spec.ranks() as usize).collect();
     check_dispatch_of(spec, inputs, &ranks, got)
 }
 
@@ -32,9 +32,9 @@ pub fn check_dispatch_of(
     ranks: &[usize],
     got: &[RankDispatch],
 ) -> Result<(), String> {
-    let (r, m) = (spec.ranks as usize, spec.max_tokens_per_rank as usize);
-    let payload = spec.hidden as usize * spec.dispatch_dtype.size() as usize;
-    let sc = spec.fp8.map_or(0, |f| (spec.hidden / f.block) as usize);
+    let (r, m) = (spec.ranks() as usize, spec.max_tokens_per_rank() as usize);
+    let payload = spec.hidden() as usize * spec.dispatch_dtype().size() as usize;
+    let sc = spec.fp8().map_or(0, |f| (spec.hidden() / f.block) as usize);
     if got.len() != ranks.len() || inputs.len() != r {
         return Err(format!(
             "{} results for {} ranks, {} inputs for {r}",
@@ -132,7 +132,7 @@ pub fn expert_outputs_of(spec: &Spec, ranks: &[usize], got: &[RankDispatch]) -> 
                     let src = g.recv_src[row] as usize;
                     for c in 0..h {
                         y[row * h + c] =
-                            expert_value(src / m, src % m, d * l + le, c, spec.combine_dtype);
+                            expert_value(src / m, src % m, d * l + le, c, spec.combine_dtype());
                     }
                 }
             }
@@ -154,7 +154,7 @@ pub fn check_combine_of(
     ranks: &[usize],
     out: &[Vec<u16>],
 ) -> Result<(), String> {
-    let (h, k) = (spec.hidden as usize, spec.top_k as usize);
+    let (h, k) = (spec.hidden() as usize, spec.top_k() as usize);
     if out.len() != ranks.len() {
         return Err(format!("{} outputs for {} ranks", out.len(), ranks.len()));
     }
@@ -168,7 +168,7 @@ pub fn check_combine_of(
                     .map(|slot| {
                         let e = input.routing.expert(t, slot).max(0) as usize;
                         (0..h)
-                            .map(|c| expert_value(s, t, e, c, spec.combine_dtype))
+                            .map(|c| expert_value(s, t, e, c, spec.combine_dtype()))
                             .collect()
                     })
                     .collect()

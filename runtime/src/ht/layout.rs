@@ -40,18 +40,19 @@ impl LayoutKernel {
         if kernel.name != "layout" || kernel.spec_hash != spec.hash() {
             return Err(Error::Input(format!(
                 "{} is not the layout kernel of spec `{}`",
-                kernel.file_name, spec.name
+                kernel.file_name,
+                spec.name()
             )));
         }
         let loaded = jit.load(gpu, kernel)?;
         Ok((
             LayoutKernel {
                 function: loaded.functions[0].clone(),
-                experts: spec.experts as usize,
-                ranks: spec.ranks as usize,
-                top_k: spec.top_k as usize,
-                max_tokens: spec.max_tokens_per_rank as usize,
-                index_dtype: spec.index_dtype,
+                experts: spec.experts() as usize,
+                ranks: spec.ranks() as usize,
+                top_k: spec.top_k() as usize,
+                max_tokens: spec.max_tokens_per_rank() as usize,
+                index_dtype: spec.index_dtype(),
                 block_threads: kernel.launch.block_threads,
             },
             loaded,

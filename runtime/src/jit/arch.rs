@@ -117,18 +117,18 @@ pub struct ArchNeed {
 /// FP16 activations and the layout kernel (high-throughput mode) need nothing beyond NVRTC's
 /// oldest architecture. `None` when the spec needs nothing more.
 pub fn spec_needs(spec: &Spec) -> Option<ArchNeed> {
-    if spec.fp8.is_some() || spec.dispatch_dtype == Dtype::Fp8E4m3 {
+    if spec.fp8().is_some() || spec.dispatch_dtype() == Dtype::Fp8E4m3 {
         return Some(ArchNeed {
             minimum: Arch::sm(89),
-            setting: format!("dispatch_dtype {}", spec.dispatch_dtype.as_str()),
+            setting: format!("dispatch_dtype {}", spec.dispatch_dtype().as_str()),
             instruction: "cvt.rn.satfinite.e4m3x2.f32",
             alternative: "dispatch_dtype: bf16",
         });
     }
-    if spec.mode == Mode::LowLatency && spec.dtype == Dtype::Bf16 {
+    if spec.mode() == Mode::LowLatency && spec.dtype() == Dtype::Bf16 {
         return Some(ArchNeed {
             minimum: Arch::sm(80),
-            setting: format!("dtype {}", spec.dtype.as_str()),
+            setting: format!("dtype {}", spec.dtype().as_str()),
             instruction: "cvt.rn.bf16.f32",
             alternative: "dtype: fp16",
         });
@@ -140,7 +140,7 @@ pub fn spec_needs(spec: &Spec) -> Option<ArchNeed> {
 pub fn check_spec_arch(spec: &Spec, arch: Arch) -> Result<(), Error> {
     match spec_needs(spec) {
         Some(need) if arch.number < need.minimum.number => Err(Error::ArchTooOld {
-            spec: spec.name.clone(),
+            spec: spec.name().to_owned(),
             setting: need.setting,
             arch,
             minimum: need.minimum,

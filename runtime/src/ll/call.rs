@@ -107,12 +107,12 @@ impl LlCall {
         let w = group.window();
         let (l, r, m, h) = (
             s.local_experts() as usize,
-            s.ranks as usize,
-            s.max_tokens_per_rank as usize,
-            s.hidden as usize,
+            s.ranks() as usize,
+            s.max_tokens_per_rank() as usize,
+            s.hidden() as usize,
         );
         let half = local.window + w.half(self.half);
-        let payload_elem = Elem::of(s.dispatch_dtype);
+        let payload_elem = Elem::of(s.dispatch_dtype());
         Ok(Received {
             recv_x: Tensor::view(half + w.recv_x_offset, &[l, r * m, h], payload_elem),
             recv_scales: (w.scale_count > 0).then(|| {
@@ -129,7 +129,11 @@ impl LlCall {
             ),
             recv_src: Tensor::view(half + w.recv_src_offset, &[l, r * m], Elem::I32),
             recv_range: Tensor::view(half + w.range_offset, &[l, r, 2], Elem::I32),
-            y: Tensor::view(half + w.y_offset, &[l, r * m, h], Elem::of(s.combine_dtype)),
+            y: Tensor::view(
+                half + w.y_offset,
+                &[l, r * m, h],
+                Elem::of(s.combine_dtype()),
+            ),
         })
     }
 

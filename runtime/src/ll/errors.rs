@@ -44,7 +44,7 @@ pub(crate) fn read_errors(
 
 /// The error that rank `rank`'s words describe.
 fn decode(spec: &Spec, rank: usize, e: &[i32; ERROR_WORDS as usize]) -> Error {
-    let k = spec.top_k as usize;
+    let k = spec.top_k() as usize;
     let detail = e[1].max(0) as usize;
     match e[0] {
         error_code::BAD_EXPERT => {
@@ -54,7 +54,7 @@ fn decode(spec: &Spec, rank: usize, e: &[i32; ERROR_WORDS as usize]) -> Error {
                 token: flat / k,
                 slot: flat % k,
                 value,
-                experts: spec.experts,
+                experts: spec.experts(),
                 count: e[2].max(0) as usize,
             }
             .on_rank(rank)

@@ -79,7 +79,7 @@ impl LlGroup {
         kernels: &[KernelSource],
     ) -> Result<LlGroup, Error> {
         check_mode(spec)?;
-        let r = spec.ranks as usize;
+        let r = spec.ranks() as usize;
         let bytes = usize::try_from(Window::of(spec).bytes()).unwrap_or(usize::MAX);
         let windows = VirtualRanks::new(gpu, r, bytes)?;
         let peers = {
@@ -106,10 +106,9 @@ impl LlGroup {
     ) -> Result<LlGroup, Error> {
         check_mode(spec)?;
         let find = |name: &str| {
-            kernels
-                .iter()
-                .find(|k| k.name == name)
-                .ok_or_else(|| Error::Input(format!("no {name} kernel rendered for {}", spec.name)))
+            kernels.iter().find(|k| k.name == name).ok_or_else(|| {
+                Error::Input(format!("no {name} kernel rendered for {}", spec.name()))
+            })
         };
         let dispatch_src = find("ll_dispatch")?;
         let pair = |functions: Vec<CudaFunction>, name: &str| -> Result<[CudaFunction; 2], Error> {
@@ -127,7 +126,7 @@ impl LlGroup {
         let per_launch = (launch_ranks(spec) as usize).min(ranks.len()).max(1) as u32;
         // tuning.sms: the SMs a launch's ranks may occupy together (default: the whole GPU).
         let sms = spec
-            .tuning
+            .tuning()
             .sms
             .unwrap_or(gpu.sms())
             .min(gpu.sms() * per_sm.max(1));
@@ -251,13 +250,13 @@ impl LlGroup {
         call.belongs_to(self)?;
         self.expect_ranks(inputs.len(), "dispatch inputs")?;
         let (h, k, m) = (
-            self.spec.hidden as usize,
-            self.spec.top_k as usize,
-            self.spec.max_tokens_per_rank as usize,
+            self.spec.hidden() as usize,
+            self.spec.top_k() as usize,
+            self.spec.max_tokens_per_rank() as usize,
         );
         let (act, index) = (
-            Elem::of(self.spec.dtype),
-            Elem::of_index(self.spec.index_dtype),
+            Elem::of(self.spec.dtype()),
+            Elem::of_index(self.spec.index_dtype()),
         );
         for (i, input) in inputs.iter().enumerate() {
             let rank = self.ranks[i].rank;
@@ -310,10 +309,10 @@ impl LlGroup {
         call.belongs_to(self)?;
         call.require_sent("combine_recv")?;
         self.expect_ranks(inputs.len(), "combine inputs")?;
-        let (h, k) = (self.spec.hidden as usize, self.spec.top_k as usize);
+        let (h, k) = (self.spec.hidden() as usize, self.spec.top_k() as usize);
         for (i, input) in inputs.iter().enumerate() {
             let (rank, t) = (self.ranks[i].rank, call.tokens()[i]);
-            let act = Elem::of(self.spec.dtype);
+            let act = Elem::of(self.spec.dtype());
             input
                 .topk_weights
                 .expect(rank, "topk_weights", &[t, k], Elem::F32)?;
@@ -355,7 +354,7 @@ impl LlGroup {
     /// The group's part of rank `i`'s arguments (no caller tensors).
     fn rank_args(&self, call: &LlCall, i: usize, lr: &LocalRank) -> RankArgs {
         let ints = u64::from(workspace_ints(&self.spec));
-        let staged = u64::from(self.spec.max_tokens_per_rank) * self.window.staged_bytes;
+        let staged = u64::from(self.spec.max_tokens_per_rank()) * self.window.staged_bytes;
         RankArgs {
             call: call.state_ptr(i),
             workspace: self.workspace_ptr + 4 * ints * i as u64,
@@ -461,12 +460,12 @@ impl LlGroup {
         let mut calls = Vec::with_capacity(groups.len());
         for g in groups.iter() {
             let mut call = LlCall::new(g, 0)?;
-            let (h, k) = (g.spec.hidden as usize, g.spec.top_k as usize);
+            let (h, k) = (g.spec.hidden() as usize, g.spec.top_k() as usize);
             // SAFETY: empty tensors are never dereferenced.
             let empty = unsafe {
                 DispatchInput {
-                    x: Tensor::from_raw(0, &[0, h], Elem::of(g.spec.dtype))?,
-                    topk_idx: Tensor::from_raw(0, &[0, k], Elem::of_index(g.spec.index_dtype))?,
+                    x: Tensor::from_raw(0, &[0, h], Elem::of(g.spec.dtype()))?,
+                    topk_idx: Tensor::from_raw(0, &[0, k], Elem::of_index(g.spec.index_dtype()))?,
                 }
             };
             let cuda = g.gpu.stream().clone();
@@ -490,10 +489,10 @@ impl LlGroup {
 }
 
 fn check_mode(spec: &Spec) -> Result<(), Error> {
-    if spec.mode != Mode::LowLatency {
+    if spec.mode() != Mode::LowLatency {
         return Err(Error::Input(format!(
             "spec `{}` is not low_latency",
-            spec.name
+            spec.name()
         )));
     }
     Ok(())

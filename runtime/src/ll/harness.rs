@@ -133,7 +133,7 @@ impl LowLatency {
                 .push(stream.alloc_zeros::<u16>(m * h).cuda("allocating x")?);
             host.topk_idx.push(DeviceIndex::upload(
                 &stream,
-                s.index_dtype,
+                s.index_dtype(),
                 &vec![-1; m * k],
             )?);
             host.topk_weights.push(
@@ -190,15 +190,16 @@ impl LowLatency {
     pub fn set_expert_outputs(&mut self, call: &HostCall, y: &[Vec<u16>]) -> Result<(), Error> {
         call.call.require_sent("set_expert_outputs")?;
         let s = self.group.spec().clone();
-        let per_rank = (s.local_experts() * s.ranks * s.max_tokens_per_rank * s.hidden) as usize;
+        let per_rank =
+            (s.local_experts() * s.ranks() * s.max_tokens_per_rank() * s.hidden()) as usize;
         if y.len() != self.group.local_ranks() || y.iter().any(|v| v.len() != per_rank) {
             return Err(Error::Input(format!(
                 "expert outputs: expected {} ranks of [L, R*M, H] = {per_rank} values",
                 self.group.local_ranks()
             )));
         }
-        let row = s.hidden as usize;
-        let rows_per_expert = (s.ranks * s.max_tokens_per_rank) as usize;
+        let row = s.hidden() as usize;
+        let rows_per_expert = (s.ranks() * s.max_tokens_per_rank()) as usize;
         for (i, values) in y.iter().enumerate() {
             let got = call.call.received(&self.group, i)?;
             let counts = self.read_i32(&got.recv_count)?;
@@ -266,7 +267,7 @@ impl LowLatency {
     /// Waits, checks for errors and copies every rank's combined `out [T, H]` to the host.
     pub fn combined(&mut self, call: &HostCall) -> Result<Vec<Vec<u16>>, Error> {
         self.check()?;
-        let h = self.group.spec().hidden as usize;
+        let h = self.group.spec().hidden() as usize;
         let stream = self.group.gpu().stream().clone();
         call.out
             .iter()
@@ -374,13 +375,13 @@ impl HostCall {
 
     fn dispatch_inputs(&self, group: &LlGroup) -> Result<Vec<DispatchInput>, Error> {
         let s = group.spec();
-        let (h, k) = (s.hidden as usize, s.top_k as usize);
+        let (h, k) = (s.hidden() as usize, s.top_k() as usize);
         let stream = group.gpu().stream();
         (0..self.x.len())
             .map(|i| {
                 let t = self.tokens[i];
                 Ok(DispatchInput {
-                    x: Tensor::of_slice(&self.x[i], stream, &[t, h], Elem::of(s.dtype))?,
+                    x: Tensor::of_slice(&self.x[i], stream, &[t, h], Elem::of(s.dtype()))?,
                     topk_idx: self.topk_idx[i].view(stream, &[t, k])?,
                 })
             })
@@ -389,7 +390,7 @@ impl HostCall {
 
     fn combine_inputs(&self, group: &LlGroup) -> Result<Vec<CombineInput>, Error> {
         let s = group.spec();
-        let (h, k) = (s.hidden as usize, s.top_k as usize);
+        let (h, k) = (s.hidden() as usize, s.top_k() as usize);
         let stream = group.gpu().stream();
         (0..self.x.len())
             .map(|i| {
@@ -401,7 +402,7 @@ impl HostCall {
                         &[t, k],
                         Elem::F32,
                     )?,
-                    out: Tensor::of_slice(&self.out[i], stream, &[t, h], Elem::of(s.dtype))?,
+                    out: Tensor::of_slice(&self.out[i], stream, &[t, h], Elem::of(s.dtype()))?,
                 })
             })
             .collect()

@@ -21,11 +21,11 @@ impl LlGroup {
         kernels: &[KernelSource],
     ) -> Result<Vec<LlGroup>, Error> {
         for (_, comm) in members {
-            if comm.ranks() != spec.ranks as usize {
+            if comm.ranks() != spec.ranks() as usize {
                 return Err(Error::Input(format!(
                     "spec `{}` has {} ranks; the NCCL communicator of rank {} has {}",
-                    spec.name,
-                    spec.ranks,
+                    spec.name(),
+                    spec.ranks(),
                     comm.rank(),
                     comm.ranks()
                 )));

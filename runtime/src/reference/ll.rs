@@ -38,12 +38,12 @@ pub struct ExpectedRow {
 
 /// A row of activations encoded as dispatch sends it.
 pub fn encode_row(spec: &Spec, x_row: &[u16]) -> (Vec<u8>, Vec<f32>) {
-    match spec.fp8 {
-        Some(f) if spec.dispatch_dtype == Dtype::Fp8E4m3 => {
+    match spec.fp8() {
+        Some(f) if spec.dispatch_dtype() == Dtype::Fp8E4m3 => {
             let mut payload = Vec::with_capacity(x_row.len());
             let mut scales = Vec::with_capacity(x_row.len() / f.block as usize);
             for block in x_row.chunks(f.block as usize) {
-                let values: Vec<f32> = block.iter().map(|&b| to_f32(b, spec.dtype)).collect();
+                let values: Vec<f32> = block.iter().map(|&b| to_f32(b, spec.dtype())).collect();
                 let (codes, scale_inv) = fp8::quantize_block(&values, f.scale);
                 payload.extend(codes);
                 scales.push(scale_inv);
@@ -99,7 +99,7 @@ pub fn combine<'a>(
     routing: &Routing,
     y: impl Fn(usize, usize) -> &'a [u16],
 ) -> Vec<u16> {
-    let hidden = spec.hidden as usize;
+    let hidden = spec.hidden() as usize;
     let mut out = vec![0u16; routing.num_tokens * hidden];
     let mut acc = vec![0f32; hidden];
     for t in 0..routing.num_tokens {
@@ -110,11 +110,11 @@ pub fn combine<'a>(
             }
             let w = routing.topk_weights[t * routing.top_k + k];
             for (a, &v) in acc.iter_mut().zip(y(t, k)) {
-                *a = w.mul_add(to_f32(v, spec.combine_dtype), *a);
+                *a = w.mul_add(to_f32(v, spec.combine_dtype()), *a);
             }
         }
         for (o, a) in out[t * hidden..(t + 1) * hidden].iter_mut().zip(&acc) {
-            *o = from_f32(*a, spec.combine_dtype);
+            *o = from_f32(*a, spec.combine_dtype());
         }
     }
     out
@@ -124,11 +124,11 @@ pub fn combine<'a>(
 /// so FP8 scales vary between blocks.
 pub fn random_activations(spec: &Spec, tokens: usize, seed: u64) -> Vec<u16> {
     let mut rng = crate::routing::SplitMix64::new(seed ^ 0xac71_0000);
-    (0..tokens * spec.hidden as usize)
+    (0..tokens * spec.hidden() as usize)
         .map(|_| {
             let u = rng.next_f64() as f32 - 0.5;
             let big = if rng.below(64) == 0 { 40.0 } else { 1.0 };
-            from_f32(u * 4.0 * big, spec.dtype)
+            from_f32(u * 4.0 * big, spec.dtype())
         })
         .collect()
 }
@@ -179,7 +179,7 @@ mod tests {
         assert_eq!((payload.len(), scales.len()), (256, 2));
         for (i, &code) in payload.iter().enumerate() {
             let back = fp8::e4m3_to_f32(code) * scales[i / 128];
-            let orig = to_f32(x[i], s.dtype);
+            let orig = to_f32(x[i], s.dtype());
             assert!(
                 (back - orig).abs() <= orig.abs() / 8.0 + scales[i / 128],
                 "{i}: {orig} vs {back}"

@@ -8,7 +8,7 @@ struct Prefill;
 ep_macros::ep_spec!(pub Decode = "../../../../ep-codegen/specs/gpt-oss-120b-ll.yaml");
 
 fn main() {
-    assert_eq!(Prefill::spec().unwrap().experts, 128);
-    assert_eq!(Decode::spec().unwrap().name, "gpt-oss-120b-ll");
+    assert_eq!(Prefill::spec().unwrap().experts(), 128);
+    assert_eq!(Decode::spec().unwrap().name(), "gpt-oss-120b-ll");
     assert_eq!(Decode::KERNELS.len(), 3);
 }

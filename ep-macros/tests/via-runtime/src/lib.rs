@@ -31,10 +31,7 @@ mod tests {
     #[test]
     fn the_spec_implements_the_runtime_re_exported_trait() {
         let spec = QwenDecode::spec().unwrap();
-        assert_eq!(
-            (spec.name.as_str(), spec.local_experts()),
-            ("QwenDecode", 16)
-        );
+        assert_eq!((spec.name(), spec.local_experts()), ("QwenDecode", 16));
         assert_eq!(
             kernel_names::<QwenDecode>(),
             ["layout", "ll_dispatch", "ll_combine"]
