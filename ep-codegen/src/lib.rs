@@ -21,6 +21,7 @@ mod error;
 mod export;
 pub mod kernels;
 pub mod memory;
+mod paths;
 mod render;
 mod spec;
 mod suggest;
@@ -32,6 +33,7 @@ pub use embedded::{EmbeddedKernel, KernelSpec};
 pub use error::{Error, Snippet, SpecError, SpecErrors};
 pub use export::{Manifest, export};
 pub use memory::{MemoryError, MemoryPlan, human_bytes, parse_size};
+pub use paths::{PathError, check_path_component, join_component};
 pub use render::{GENERATOR_VERSION, KernelSource, Renderer};
 pub use spec::{
     Dims, Dtype, Fp8, HighThroughput, IndexDtype, Layout, Mode, ScaleFormat, Spec, Tuning, hex,

@@ -99,6 +99,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A path would be built from a name that is not one plain file or folder name (a kernel
+    /// whose `file_name` holds `/`, starts with `.`, ...): refused so nothing is written outside
+    /// `folder`.
+    #[error("{}: {reason}", folder.display())]
+    UnsafeName {
+        /// The folder the file or folder was to be made in.
+        folder: PathBuf,
+        /// The name and the rule it breaks (shown in the message, so not a `source` as well).
+        reason: ep_codegen::PathError,
+    },
     /// An `--arch` value that is not a spelling epc accepts.
     #[error(
         "`{given}` is not an architecture epc compiles for: {why}. Accepted: {}",

@@ -56,7 +56,9 @@ fn entry_files(
     compiler: &dyn Compiler,
     k: &KernelSource,
 ) -> std::path::PathBuf {
-    cache.entry_dir(k, &KernelCache::key(compiler, k, Arch::SM90))
+    cache
+        .entry_dir(k, &KernelCache::key(compiler, k, Arch::SM90))
+        .unwrap()
 }
 
 #[test]
@@ -217,4 +219,21 @@ fn an_unwritable_cache_is_an_error_not_a_panic() {
         .unwrap_err();
     assert!(matches!(err, Error::Cache { .. }), "{err}");
     assert!(err.to_string().contains("not-a-folder"), "{err}");
+}
+
+#[test]
+fn a_kernel_named_outside_the_cache_is_refused_before_compiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    let compiler = FakeCompiler::new();
+    for bad in ["../../escaped", "a/b", ".hidden"] {
+        let mut k = kernel();
+        k.file_name = format!("{bad}.cu");
+        let err = KernelCache::new(&root)
+            .get_or_compile(&compiler, &k, Arch::SM90)
+            .unwrap_err();
+        assert!(matches!(err, Error::UnsafeName { .. }), "{bad}: {err}");
+    }
+    assert_eq!(compiler.calls.load(Ordering::SeqCst), 0);
+    assert!(!root.exists() && !dir.path().join("escaped").exists());
 }

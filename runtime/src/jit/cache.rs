@@ -111,10 +111,12 @@ impl KernelCache {
         hex(&h.finalize())
     }
 
-    /// The folder an entry lives in.
-    pub fn entry_dir(&self, kernel: &KernelSource, key: &str) -> PathBuf {
+    /// The folder an entry lives in: `<spec>.<kernel>-<first 16 digits of key>`, refused
+    /// ([`Error::UnsafeName`]) unless that is one plain folder name inside the cache.
+    pub fn entry_dir(&self, kernel: &KernelSource, key: &str) -> Result<PathBuf, Error> {
         let stem = kernel.file_name.trim_end_matches(".cu");
-        self.root.join(format!("{stem}-{}", &key[..16]))
+        let short = key.get(..16).unwrap_or(key);
+        join_name(&self.root, &format!("{stem}-{short}"), "kernel cache entry")
     }
 
     /// Returns the cubin from the cache, compiling (and storing) it when absent or corrupt.
@@ -125,7 +127,7 @@ impl KernelCache {
         arch: Arch,
     ) -> Result<CachedCubin, Error> {
         let key = Self::key(compiler, kernel, arch);
-        let dir = self.entry_dir(kernel, &key);
+        let dir = self.entry_dir(kernel, &key)?;
         let mut outcome = CacheOutcome::Miss;
         if dir.exists() {
             match read_entry(&dir, &key) {
@@ -177,6 +179,15 @@ impl KernelCache {
     }
 }
 
+/// `folder/name`, refused with [`Error::UnsafeName`] unless `name` is one plain file or folder
+/// name ([`ep_codegen::join_component`]).
+pub(crate) fn join_name(folder: &Path, name: &str, what: &'static str) -> Result<PathBuf, Error> {
+    ep_codegen::join_component(folder, name, what).map_err(|reason| Error::UnsafeName {
+        folder: folder.to_path_buf(),
+        reason,
+    })
+}
+
 /// Compiles without reading or writing any cache entry (`epc compile --no-cache`); a source the
 /// compiler rejects is still saved under the default cache folder's `failed/`.
 pub fn compile_uncached(
@@ -198,9 +209,14 @@ pub fn compile_uncached(
 /// (`None`, with a warning, when it cannot be written).
 pub fn save_failed_source(root: &Path, file_name: &str, source: &str) -> Option<PathBuf> {
     let dir = root.join("failed");
-    // The name comes from a spec name and a kernel name; keep only the last component.
-    let name = Path::new(file_name).file_name()?;
-    let path = dir.join(name);
+    // The name comes from a spec name and a kernel name: it must stay one file inside `dir`.
+    let path = match join_name(&dir, file_name, "kernel file") {
+        Ok(path) => path,
+        Err(e) => {
+            tracing::warn!(%e, "could not save the failing source");
+            return None;
+        }
+    };
     match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, source)) {
         Ok(()) => Some(path),
         Err(e) => {
@@ -358,4 +374,35 @@ fn unique_sibling(root: &Path, what: &str) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     root.join(format!(".{what}-{}-{nanos}-{n}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_stay_inside_the_cache() {
+        let spec = ep_codegen::find_builtin("mixtral-8x7b-ht")
+            .and_then(|b| b.parse().ok())
+            .unwrap();
+        let mut kernel = ep_codegen::Renderer::new()
+            .unwrap()
+            .render(&spec)
+            .unwrap()
+            .remove(0);
+        let cache = KernelCache::new("/cache");
+        let key = "0123456789abcdef0123";
+        let ok = cache.entry_dir(&kernel, key).unwrap();
+        assert_eq!(
+            ok,
+            Path::new("/cache/mixtral-8x7b-ht.layout-0123456789abcdef")
+        );
+        for bad in ["../../escaped", "a/b", ".hidden"] {
+            kernel.file_name = format!("{bad}.cu");
+            let err = cache.entry_dir(&kernel, key).unwrap_err();
+            assert!(matches!(err, Error::UnsafeName { .. }), "{bad}: {err}");
+            let text = err.to_string();
+            assert!(text.contains("/cache") && text.contains(bad), "{text}");
+        }
+    }
 }

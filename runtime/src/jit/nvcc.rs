@@ -6,6 +6,7 @@ use std::process::Command;
 
 use ep_codegen::KernelSource;
 
+use crate::jit::cache::join_name;
 use crate::jit::compiler::{CompileOutput, Compiler};
 use crate::{Arch, Error};
 
@@ -62,17 +63,15 @@ impl Compiler for Nvcc {
     }
 
     fn compile_to_cubin(&self, kernel: &KernelSource, arch: Arch) -> Result<CompileOutput, Error> {
-        let dir = std::env::temp_dir().join(format!(
-            "epc-nvcc-{}-{}",
-            std::process::id(),
-            kernel.source_hash
-        ));
+        let tmp = std::env::temp_dir();
+        let work = format!("epc-nvcc-{}-{}", std::process::id(), kernel.source_hash);
+        let dir = join_name(&tmp, &work, "nvcc work folder")?;
+        let cu = join_name(&dir, &kernel.file_name, "kernel file")?;
         let io = |source| Error::Cache {
             path: dir.clone(),
             source,
         };
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let cu = dir.join(&kernel.file_name);
         let cubin_path = dir.join("kernel.cubin");
         std::fs::write(&cu, &kernel.source).map_err(io)?;
         let options = self.options(arch);
