@@ -199,7 +199,7 @@ fn export_writes_sources_and_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let spec = builtin("kimi-k2-ll");
     let kernels = Renderer::new().unwrap().render(&spec).unwrap();
-    ep_codegen::export(dir.path(), &spec, &kernels).unwrap();
+    ep_codegen::export(dir.path(), &spec, &kernels, false).unwrap();
     let cu = std::fs::read_to_string(dir.path().join("kimi-k2-ll.layout.cu")).unwrap();
     assert_eq!(cu, kernels[0].source);
     let manifest: serde_json::Value =

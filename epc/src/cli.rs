@@ -34,6 +34,10 @@ pub enum Command {
         /// Output folder.
         #[arg(long, short)]
         out: PathBuf,
+        /// Replace `DIR/<spec name>/` even when it holds another spec's export (or files that
+        /// are not an export).
+        #[arg(long)]
+        force: bool,
     },
     /// Compile each spec's kernels with NVRTC into the cache and report time, registers, spills.
     Compile(CompileArgs),

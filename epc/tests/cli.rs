@@ -103,6 +103,101 @@ fn export_writes_sources_and_a_manifest_per_spec() {
 }
 
 #[test]
+fn export_refuses_to_replace_another_specs_files_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let folder = out_dir.join("shared-name");
+    let ll = "name: shared-name\nmode: low_latency\nhidden: 2048\nexperts: 64\ntop_k: 4\n\
+              ranks: 8\nmax_tokens_per_rank: 128\n";
+    let ht = "name: shared-name\nmode: high_throughput\nhidden: 2048\nexperts: 64\ntop_k: 4\n\
+              ranks: 8\nmax_tokens_per_rank: 4096\nmax_recv_tokens_per_rank: 32768\n";
+    let (ll_path, ht_path) = (dir.path().join("ll.yaml"), dir.path().join("ht.yaml"));
+    std::fs::write(&ll_path, ll).unwrap();
+    std::fs::write(&ht_path, ht).unwrap();
+    let hash = |yaml: &str| ep_codegen::Spec::from_yaml(yaml, None).unwrap().hash();
+    let export = |spec: &std::path::Path, force: bool| {
+        let mut args = vec!["export", spec.to_str().unwrap(), "--out"];
+        args.push(out_dir.to_str().unwrap());
+        if force {
+            args.push("--force");
+        }
+        epc(&args, dir.path())
+    };
+    let o = export(&ll_path, false);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(folder.join("shared-name.ll_dispatch.cu").exists());
+    // The same spec again: rewritten without a word.
+    let o = export(&ll_path, false);
+    assert!(o.status.success(), "{}", text(&o));
+    // Another spec of the same name: refused, naming the folder, both hashes and --force.
+    let o = export(&ht_path, false);
+    assert!(!o.status.success());
+    let out = text(&o);
+    for part in [
+        folder.display().to_string(),
+        hash(ll),
+        hash(ht),
+        "--force".to_owned(),
+    ] {
+        assert!(out.contains(&part), "{part} missing from: {out}");
+    }
+    let manifest = std::fs::read_to_string(folder.join("manifest.json")).unwrap();
+    assert!(
+        manifest.contains(&hash(ll)),
+        "nothing may change: {manifest}"
+    );
+    // With --force the folder becomes the new spec's export, without the old one's kernels.
+    let o = export(&ht_path, true);
+    assert!(o.status.success(), "{}", text(&o));
+    let manifest = std::fs::read_to_string(folder.join("manifest.json")).unwrap();
+    assert!(manifest.contains(&hash(ht)), "{manifest}");
+    assert!(folder.join("shared-name.layout.cu").exists());
+    assert!(!folder.join("shared-name.ll_dispatch.cu").exists());
+    // A folder of other files (no manifest) is not epc's to overwrite either.
+    std::fs::remove_dir_all(&folder).unwrap();
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("notes.txt"), "mine").unwrap();
+    let o = export(&ll_path, false);
+    assert!(!o.status.success());
+    let out = text(&o);
+    assert!(
+        out.contains("is not an epc export (it holds files but no manifest.json)")
+            && out.contains("--force"),
+        "{out}"
+    );
+    assert!(!folder.join("manifest.json").exists());
+}
+
+#[test]
+fn export_writes_nothing_outside_its_folder_for_a_spec_named_as_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("a/b/out");
+    for bad in ["../../escaped", "a/b", ".hidden"] {
+        let spec = dir.path().join("bad.yaml");
+        std::fs::write(
+            &spec,
+            format!(
+                "name: \"{bad}\"\nmode: low_latency\nhidden: 2048\nexperts: 64\ntop_k: 4\n\
+                 ranks: 8\nmax_tokens_per_rank: 128\n"
+            ),
+        )
+        .unwrap();
+        let o = epc(
+            &[
+                "export",
+                spec.to_str().unwrap(),
+                "--out",
+                out_dir.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        assert!(!o.status.success(), "{bad}: {}", text(&o));
+        assert!(text(&o).contains("`name`"), "{bad}: {}", text(&o));
+    }
+    assert!(!dir.path().join("a/escaped").exists() && !out_dir.exists());
+}
+
+#[test]
 fn templates_folder_overrides_the_embedded_ones() {
     let dir = tempfile::tempdir().unwrap();
     let templates = dir.path().join("t");

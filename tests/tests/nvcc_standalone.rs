@@ -23,9 +23,10 @@ fn exported_sources_compile_with_nvcc() {
     for spec in all_specs() {
         let kernels = renderer.render(&spec).unwrap();
         // Through the exported files, as a user profiling them would.
-        ep_codegen::export(dir.path(), &spec, &kernels).unwrap();
+        let folder = dir.path().join(spec.name());
+        ep_codegen::export(&folder, &spec, &kernels, false).unwrap();
         for k in kernels {
-            let exported = std::fs::read_to_string(dir.path().join(&k.file_name)).unwrap();
+            let exported = std::fs::read_to_string(folder.join(&k.file_name)).unwrap();
             assert_eq!(exported, k.source);
             let out = nvcc
                 .compile_to_cubin(&k, Arch::SM90)

@@ -25,7 +25,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     })) {
         Command::All(args) => all::all(&args, templates),
         Command::Check(args) => check::check(&args),
-        Command::Export { specs, out } => export::export(&specs, &out, templates),
+        Command::Export { specs, out, force } => export::export(&specs, &out, force, templates),
         Command::Compile(args) => compile::compile(&args, templates),
         Command::Run(args) => run::run(&args, templates),
         Command::Bench(args) => bench::bench(&args, templates),
