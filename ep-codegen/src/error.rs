@@ -170,6 +170,15 @@ pub enum Error {
         /// What handlebars reported.
         message: String,
     },
+    /// An export or a path was refused: a name that is not one plain path component, or a
+    /// folder holding another spec's export (or other files) without `force`.
+    #[error("{folder}: {refusal}")]
+    Refused {
+        /// The folder concerned.
+        folder: String,
+        /// Why, and what to do.
+        refusal: crate::PathError,
+    },
     /// Reading a spec or template file, or writing an export, failed.
     #[error("{path}: {source}")]
     Io {

@@ -50,23 +50,23 @@ const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 /// [`crate::join_component`]). Unless `force` is set, a folder that already exists must be
 /// empty or hold an export of this same spec (a `manifest.json` written by epc with this spec's
 /// hash), which is then rewritten; anything else is refused with [`PathError::OtherSpec`] or
-/// [`PathError::NotAnExport`] (carried by [`Error::Io`], kind `AlreadyExists`) and nothing is
+/// [`PathError::NotAnExport`] (as [`Error::Refused`]) and nothing is
 /// written. With `force`, the kernel files listed by a readable old manifest that this export
 /// does not write are removed, so the folder holds one spec's files. Every kernel file name must
-/// be one path component ([`PathError::UnsafeName`], kind `InvalidInput`).
+/// be one path component ([`PathError::UnsafeName`]).
 pub fn export(dir: &Path, spec: &Spec, kernels: &[KernelSource], force: bool) -> Result<(), Error> {
     let paths = kernels
         .iter()
         .map(|k| join_component(dir, &k.file_name, "kernel file"))
         .collect::<Result<Vec<PathBuf>, PathError>>()
-        .map_err(|e| refused(dir, std::io::ErrorKind::InvalidInput, e))?;
+        .map_err(|e| refused(dir, e))?;
     let previous = match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(Error::io(dir, e)),
         Ok(_) => match previous_export(dir) {
             Ok(previous) => previous,
             Err(_) if force => None,
-            Err(e) => return Err(refused(dir, std::io::ErrorKind::AlreadyExists, e)),
+            Err(e) => return Err(refused(dir, e)),
         },
     };
     if let Some(old) = &previous {
@@ -74,7 +74,7 @@ pub fn export(dir: &Path, spec: &Spec, kernels: &[KernelSource], force: bool) ->
         if old.spec_hash != expected && !force {
             let found = old.spec_hash.clone();
             let e = PathError::OtherSpec { found, expected };
-            return Err(refused(dir, std::io::ErrorKind::AlreadyExists, e));
+            return Err(refused(dir, e));
         }
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -182,9 +182,12 @@ fn write_file(path: &Path, contents: &str) -> Result<(), Error> {
     std::fs::write(path, contents).map_err(|e| Error::io(path, e))
 }
 
-/// A refusal about `dir`, as the I/O error of that folder.
-fn refused(dir: &Path, kind: std::io::ErrorKind, e: PathError) -> Error {
-    Error::io(dir, std::io::Error::new(kind, e))
+/// A refusal about `dir`.
+fn refused(dir: &Path, refusal: PathError) -> Error {
+    Error::Refused {
+        folder: dir.display().to_string(),
+        refusal,
+    }
 }
 
 #[cfg(test)]
@@ -205,10 +208,7 @@ mod tests {
     fn refusal(e: Error) -> (PathError, String) {
         let text = e.to_string();
         match e {
-            Error::Io { source, .. } => {
-                let inner = source.get_ref().and_then(|i| i.downcast_ref::<PathError>());
-                (inner.cloned().unwrap(), text)
-            }
+            Error::Refused { refusal, .. } => (refusal, text),
             other => panic!("not a refusal: {other}"),
         }
     }

@@ -2,7 +2,7 @@
 
 /// The candidate closest to `word` by edit distance, when it is close enough to be a likely
 /// misspelling (at most 2 edits, or a quarter of the candidate's length for long names, and
-/// fewer edits than the candidate has characters). A word longer than [`LONGEST`] characters is
+/// fewer edits than the candidate has characters). A word longer than `LONGEST` (128) characters is
 /// no misspelling of a short name and is not compared (the cost grows with its length).
 pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     if word.chars().count() > LONGEST {
