@@ -49,14 +49,15 @@ pub use yaml::MAX_SPEC_BYTES;
 /// is not UTF-8 is refused with the place of the first bad byte.
 pub fn parse_spec_file(path: &std::path::Path) -> Result<Spec, Error> {
     let label = path.display().to_string();
-    let bytes = read_bounded(path)?;
+    let bytes = read_spec_bytes(path)?;
     let text = spec_text(&bytes, &label)?;
     Ok(Spec::from_yaml(text, Some(&label))?)
 }
 
-/// Reads at most one byte more than a spec may hold, so that a huge file (or an endless one,
-/// such as a device) is refused without being read whole.
-fn read_bounded(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+/// The bytes of a spec file, for [`spec_text`]: at most one byte more than a spec may hold is
+/// read, so that a huge file (or an endless one, such as a device) is refused without being read
+/// whole.
+pub fn read_spec_bytes(path: &std::path::Path) -> Result<Vec<u8>, Error> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut bytes = Vec::new();
@@ -82,7 +83,7 @@ pub fn spec_text<'b>(bytes: &'b [u8], label: &str) -> Result<&'b str, Error> {
     if bytes.len() > MAX_SPEC_BYTES {
         return Err(placed(
             format!(
-                "the file holds more than {MAX_SPEC_BYTES} bytes (1 MiB); a spec is a few hundred"
+                "the input holds more than {MAX_SPEC_BYTES} bytes (1 MiB); a spec is a few hundred"
             ),
             1,
             1,

@@ -230,14 +230,15 @@ pub fn spec_from_file(decl: &SpecFile) -> syn::Result<(Spec, String, String)> {
         };
         return Err(syn::Error::new(decl.path.span(), message));
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        syn::Error::new(
-            decl.path.span(),
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
     let label = decl.path.value();
-    match Spec::from_yaml(&text, Some(&label)) {
+    let span = decl.path.span();
+    let bytes =
+        ep_codegen::read_spec_bytes(&path).map_err(|e| syn::Error::new(span, e.to_string()))?;
+    let text = ep_codegen::spec_text(&bytes, &label).map_err(|e| match e {
+        ep_codegen::Error::Spec(errors) => spanned(&errors, &[], span, Some(&label)),
+        other => syn::Error::new(span, other.to_string()),
+    })?;
+    match Spec::from_yaml(text, Some(&label)) {
         Ok(spec) => {
             let canonical = spec.to_canonical_yaml();
             Ok((spec, canonical, path.display().to_string()))

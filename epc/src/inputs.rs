@@ -15,9 +15,6 @@ pub struct Loaded {
     pub spec: Spec,
 }
 
-/// The most a spec read from standard input may hold.
-const STDIN_LIMIT: u64 = 1 << 20;
-
 /// Resolves SPEC arguments (files, `-` for standard input, or built-in names); none means every
 /// built-in spec. Every argument is tried, and all errors are reported together.
 pub fn load_specs(args: &[String]) -> Result<Vec<Loaded>> {
@@ -38,8 +35,12 @@ pub fn load_specs(args: &[String]) -> Result<Vec<Loaded>> {
                 Err("`-` is given twice; standard input holds one spec".to_owned())
             } else {
                 stdin_read = true;
-                read_stdin().and_then(|text| {
-                    Spec::from_yaml(&text, Some(STDIN_ORIGIN)).map_err(|e| e.to_string())
+                read_stdin().and_then(|bytes| {
+                    ep_codegen::spec_text(&bytes, STDIN_ORIGIN)
+                        .map_err(|e| e.to_string())
+                        .and_then(|text| {
+                            Spec::from_yaml(text, Some(STDIN_ORIGIN)).map_err(|e| e.to_string())
+                        })
                 })
             };
             (STDIN_ORIGIN.to_owned(), parsed)
@@ -75,26 +76,16 @@ pub fn load_specs(args: &[String]) -> Result<Vec<Loaded>> {
 /// How a spec read from standard input is named in messages.
 const STDIN_ORIGIN: &str = "<stdin>";
 
-/// Standard input as text, at most [`STDIN_LIMIT`] bytes.
-fn read_stdin() -> std::result::Result<String, String> {
+/// Standard input's bytes, at most one more than a spec may hold (`ep_codegen::spec_text` then
+/// refuses more than that, and text that is not UTF-8, with the place).
+fn read_stdin() -> std::result::Result<Vec<u8>, String> {
     let mut bytes = Vec::new();
     std::io::stdin()
         .lock()
-        .take(STDIN_LIMIT + 1)
+        .take(ep_codegen::MAX_SPEC_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("reading a spec from standard input: {e}"))?;
-    if bytes.len() as u64 > STDIN_LIMIT {
-        return Err(format!(
-            "standard input holds more than {} (a spec is a few hundred bytes)",
-            ep_codegen::human_bytes(STDIN_LIMIT)
-        ));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "standard input is not UTF-8 text (byte {} is not)",
-            e.utf8_error().valid_up_to()
-        )
-    })
+    Ok(bytes)
 }
 
 /// Why `arg` names no spec: a folder, a missing file, or an unknown (perhaps misspelled)

@@ -602,11 +602,18 @@ fn a_spec_can_come_from_standard_input() {
     assert!(!o.status.success());
     assert!(text(&o).contains("`-` is given twice"), "{}", text(&o));
 
+    let o = epc_with_stdin(&["check", "-"], dir.path(), b"name: piped\n\xfe\n");
+    assert!(
+        text(&o).contains("<stdin>:2:1: not UTF-8 text: byte 12 (0xfe)"),
+        "{}",
+        text(&o)
+    );
+
     let big = vec![b'#'; (1 << 20) + 10];
     let o = epc_with_stdin(&["check", "-"], dir.path(), &big);
     assert!(!o.status.success());
     assert!(
-        text(&o).contains("standard input holds more than 1.0 MiB"),
+        text(&o).contains("<stdin>:1:1: the input holds more than 1048576 bytes (1 MiB)"),
         "{}",
         text(&o)
     );
