@@ -23,16 +23,7 @@ impl Gpu {
     /// NVIDIA driver and [`Error::NoGpu`] when the driver sees no such device, instead of
     /// letting the driver bindings panic.
     pub fn open(ordinal: usize) -> Result<Gpu, Error> {
-        probe_driver()?;
-        let count = match CudaContext::device_count() {
-            Ok(n) => n,
-            // cuInit reports a machine with the driver but no usable GPU this way.
-            Err(DriverError(CUresult::CUDA_ERROR_NO_DEVICE)) => 0,
-            Err(e) => return Err(e).cuda("cuInit / cuDeviceGetCount"),
-        };
-        if count <= 0 || ordinal >= count as usize {
-            return Err(Error::NoGpu { count, ordinal });
-        }
+        device_present(ordinal)?;
         let ctx = CudaContext::new(ordinal).cuda("creating a context")?;
         let (major, minor) = ctx
             .compute_capability()
@@ -174,20 +165,28 @@ fn probe_driver() -> Result<(), Error> {
     })
 }
 
+/// Checks that the driver loads and sees device `ordinal`: [`Error::DriverNotFound`] or
+/// [`Error::NoGpu`] otherwise, instead of letting the driver bindings panic.
+fn device_present(ordinal: usize) -> Result<(), Error> {
+    probe_driver()?;
+    let count = match CudaContext::device_count() {
+        Ok(n) => n,
+        // cuInit reports a machine with the driver but no usable GPU this way.
+        Err(DriverError(CUresult::CUDA_ERROR_NO_DEVICE)) => 0,
+        Err(e) => return Err(e).cuda("cuInit / cuDeviceGetCount"),
+    };
+    if count <= 0 || ordinal >= count as usize {
+        return Err(Error::NoGpu { count, ordinal });
+    }
+    Ok(())
+}
+
 impl Gpu {
     /// Total memory of device `ordinal` in bytes, read without creating a context (so it is
     /// cheap enough for `epc check`). Fails like [`Gpu::open`] where there is no driver or no
     /// such device.
     pub fn total_memory(ordinal: usize) -> Result<u64, Error> {
-        probe_driver()?;
-        let count = match CudaContext::device_count() {
-            Ok(n) => n,
-            Err(DriverError(CUresult::CUDA_ERROR_NO_DEVICE)) => 0,
-            Err(e) => return Err(e).cuda("cuInit / cuDeviceGetCount"),
-        };
-        if count <= 0 || ordinal >= count as usize {
-            return Err(Error::NoGpu { count, ordinal });
-        }
+        device_present(ordinal)?;
         let dev = cudarc::driver::result::device::get(ordinal as i32).cuda("cuDeviceGet")?;
         // SAFETY: `dev` came from cuDeviceGet for a device the driver reported.
         let bytes = unsafe { cudarc::driver::result::device::total_mem(dev) }
