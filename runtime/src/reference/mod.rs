@@ -2,6 +2,7 @@
 //! with these bitwise, so every formula here is the one the kernels implement, written once.
 
 pub mod fp8;
+pub mod ht;
 pub mod ll;
 mod routing_layout;
 pub mod values;
