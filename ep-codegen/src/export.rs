@@ -256,7 +256,10 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         files.sort();
-        assert_eq!(files, ["exp.layout.cu", "manifest.json"]);
+        assert_eq!(
+            files,
+            ["exp.ht_notify.cu", "exp.layout.cu", "manifest.json"]
+        );
     }
 
     #[test]

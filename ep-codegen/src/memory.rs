@@ -17,6 +17,7 @@
 
 use std::fmt::Write as _;
 
+use crate::kernels::ht::{NOTIFY_STATUS_WORDS, NotifyWindow, notify_output_ints};
 use crate::kernels::ll::{CallLayout, Window, workspace_ints};
 use crate::{Dtype, Mode, Spec};
 
@@ -36,8 +37,8 @@ pub struct MemoryPlan {
     pub mode: Mode,
     /// R.
     pub ranks: u64,
-    /// The symmetric window, both halves ([`Window::bytes`]); 0 for high-throughput specs, whose
-    /// windows are not built yet.
+    /// The symmetric window: both halves of [`Window::bytes`] in low-latency mode; in
+    /// high-throughput mode, notify's region so far ([`NotifyWindow`]).
     pub window: u64,
     /// FP8 staging rows: `max_tokens_per_rank` rows of [`Window::staged_bytes`] (0 without FP8).
     pub staging: u64,
@@ -145,7 +146,17 @@ impl MemoryPlan {
                     mul(r, PEER_ENTRY_BYTES),
                 )
             }
-            Mode::HighThroughput => (0, 0, 0, 0, 0),
+            // Notify's window and words so far: dispatch and combine are not built yet.
+            Mode::HighThroughput => (
+                NotifyWindow::of(spec).bytes,
+                0,
+                mul(
+                    4,
+                    u64::from(notify_output_ints(spec) + NOTIFY_STATUS_WORDS + 1),
+                ),
+                0,
+                mul(r, PEER_ENTRY_BYTES),
+            ),
         };
         MemoryPlan {
             spec_name: name(spec).to_owned(),
@@ -239,7 +250,7 @@ impl MemoryPlan {
         }
         line.push(')');
         if self.mode == Mode::HighThroughput {
-            line.push_str(", no windows yet");
+            line.push_str(", notify only so far");
         }
         let _ = write!(
             line,
@@ -486,15 +497,25 @@ mod tests {
     }
 
     #[test]
-    fn high_throughput_specs_have_only_layout_buffers_so_far() {
+    fn high_throughput_specs_have_notify_and_layout_buffers_so_far() {
         let s = spec(
             "name: ht\nmode: high_throughput\nhidden: 4096\nexperts: 64\ntop_k: 6\nranks: 8\n\
              max_tokens_per_rank: 4096\nmax_recv_tokens_per_rank: 32768\n",
         );
         let p = MemoryPlan::of(&s);
-        assert_eq!(p.per_rank(), p.layout);
         assert_eq!(p.layout, 4096 * 6 * 8 + (8 + 64 + 2) * 4 + 4096 * 8);
-        assert!(p.summary().contains("no windows yet"), "{}", p.summary());
+        // Notify: the [R][R + E] counts and R flags, rounded to 4 KiB; outputs, status, epoch.
+        assert_eq!(p.window, 4096);
+        assert_eq!(p.workspace, 4 * ((8 + 1 + 8 + 9 + 64) + 2 + 1));
+        assert_eq!(
+            p.per_rank(),
+            p.layout + p.window + p.workspace + p.peer_table
+        );
+        assert!(
+            p.summary().contains("notify only so far"),
+            "{}",
+            p.summary()
+        );
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub const GENERATOR_VERSION: &str = env!("CARGO_PKG_VERSION");
 const TEMPLATES: &[(&str, &str)] = &[
     ("layout.cu", include_str!("../templates/layout.cu.hbs")),
     (
+        "ht_notify.cu",
+        include_str!("../templates/ht_notify.cu.hbs"),
+    ),
+    (
         "ll_dispatch.cu",
         include_str!("../templates/ll_dispatch.cu.hbs"),
     ),

@@ -187,6 +187,21 @@ pub enum Error {
         /// The rank whose signal never came.
         peer: usize,
     },
+    /// More rows would arrive on a rank than its receive buffer holds: raise
+    /// `max_recv_tokens_per_rank` in the spec (or send fewer tokens). Nothing was written past
+    /// the buffer.
+    #[error(
+        "rank {rank}: {rows} rows would arrive, more than max_recv_tokens_per_rank = {capacity}; \
+         raise it in the spec"
+    )]
+    Capacity {
+        /// The receiving rank.
+        rank: usize,
+        /// Rows that would arrive (expert-major: padding included).
+        rows: usize,
+        /// `max_recv_tokens_per_rank`.
+        capacity: usize,
+    },
     /// An error of one rank.
     #[error("rank {rank}: {source}")]
     OnRank {

@@ -2,6 +2,7 @@
 //!
 //! Templates stay thin; every decision (threads, shapes, which kernels a spec needs) lives here.
 
+pub mod ht;
 pub mod layout;
 pub mod ll;
 
@@ -65,24 +66,28 @@ pub struct KernelPlan {
 /// The kernels a spec needs, in launch order.
 pub fn plans(spec: &Spec) -> Vec<KernelPlan> {
     let mut plans = vec![layout::plan(spec)];
-    if spec.mode == crate::Mode::LowLatency {
-        plans.push(ll::dispatch_plan(spec));
-        plans.push(ll::combine_plan(spec));
+    match spec.mode {
+        crate::Mode::LowLatency => {
+            plans.push(ll::dispatch_plan(spec));
+            plans.push(ll::combine_plan(spec));
+        }
+        crate::Mode::HighThroughput => plans.push(ht::notify_plan(spec)),
     }
     plans
 }
 
 /// Kernels a spec's mode needs that this version does not build yet, in launch order (empty
-/// when [`plans`] covers the whole mode). High-throughput mode has only its layout kernel so far.
+/// when [`plans`] covers the whole mode). High-throughput mode has its layout and notify kernels
+/// so far.
 pub fn not_built(spec: &Spec) -> &'static [&'static str] {
     match spec.mode {
         crate::Mode::LowLatency => &[],
-        crate::Mode::HighThroughput => &["notify", "dispatch", "combine"],
+        crate::Mode::HighThroughput => &["dispatch", "combine"],
     }
 }
 
 /// One line saying which of a spec's kernels are built and which are not yet, or `None` when
-/// every kernel of its mode is built: `high_throughput: layout kernel built; notify, dispatch
+/// every kernel of its mode is built: `high_throughput: layout, ht_notify kernels built; dispatch
 /// and combine are not built yet (HT mode is in progress)`.
 pub fn progress_note(spec: &Spec) -> Option<String> {
     let missing = not_built(spec);
@@ -116,7 +121,7 @@ mod tests {
         assert_eq!(
             progress_note(&ht).as_deref(),
             Some(
-                "high_throughput: layout kernel built; notify, dispatch and combine are not \
+                "high_throughput: layout, ht_notify kernels built; dispatch and combine are not \
                  built yet (HT mode is in progress)"
             )
         );

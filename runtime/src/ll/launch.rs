@@ -1,5 +1,6 @@
-//! The one kernel parameter of every LL entry point, `LaunchArgs`, packed as the generated code
-//! declares it (`partials/ll_constants.hbs`), and launches on a caller's raw stream.
+//! The one kernel parameter of every entry point that serves several ranks, `LaunchArgs`, packed
+//! as the generated code declares it (`partials/ll_constants.hbs` for LL, `ht_notify.cu.hbs`),
+//! and launches on a caller's raw stream.
 
 use std::ffi::c_void;
 
@@ -31,13 +32,14 @@ pub(crate) struct RankArgs {
 
 const _: () = assert!(std::mem::size_of::<RankArgs>() == RANK_ARGS_BYTES);
 
-/// `struct LaunchArgs`: the timeout, then up to [`MAX_LAUNCH_RANKS`] rank entries (the generated
-/// struct holds `launch_ranks(spec)` of them; the driver copies only that many bytes).
+/// `struct LaunchArgs` of a kernel family whose rank entry is `A` ([`RankArgs`] for LL): the
+/// timeout, then up to [`MAX_LAUNCH_RANKS`] rank entries (the generated struct holds
+/// `launch_ranks(spec)` of them; the driver copies only that many bytes).
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
-struct LaunchArgs {
+struct LaunchArgs<A> {
     timeout_ns: u64,
-    rank: [RankArgs; MAX_LAUNCH_RANKS as usize],
+    rank: [A; MAX_LAUNCH_RANKS as usize],
 }
 
 /// How one entry point is launched.
@@ -55,13 +57,14 @@ pub(crate) struct Grid {
 /// The GPU's context must be current on this thread.
 ///
 /// # Safety
-/// `f` must be an LL entry point of the spec whose `launch_ranks` is at least `ranks.len()`,
-/// and every address in `ranks` must point to memory of the shapes the kernels index (the
-/// group checks them), alive until the launch completes.
-pub(crate) unsafe fn launch(
+/// `f` must be an entry point whose one parameter is `LaunchArgs` with rank entries laid out as
+/// `A`, of a spec whose `launch_ranks` is at least `ranks.len()`, and every address in `ranks`
+/// must point to memory of the shapes the kernels index (the group checks them), alive until
+/// the launch completes.
+pub(crate) unsafe fn launch<A: Copy + Default>(
     f: &CudaFunction,
     grid: Grid,
-    ranks: &[RankArgs],
+    ranks: &[A],
     timeout_ns: u64,
     stream: Stream<'_>,
 ) -> Result<(), Error> {
@@ -76,7 +79,7 @@ pub(crate) unsafe fn launch(
     }
     let mut args = LaunchArgs {
         timeout_ns,
-        rank: [RankArgs::default(); MAX_LAUNCH_RANKS as usize],
+        rank: [A::default(); MAX_LAUNCH_RANKS as usize],
     };
     args.rank[..n].copy_from_slice(ranks);
     let mut params = [(&raw mut args).cast::<c_void>()];
@@ -105,5 +108,5 @@ pub(crate) unsafe fn launch(
             )
         }
     };
-    launched.cuda("launching an LL kernel")
+    launched.cuda("launching a kernel")
 }

@@ -1,0 +1,209 @@
+//! High-throughput mode: the notify kernels (the first phase of a call) and the window region
+//! they exchange counts through.
+//!
+//! After the layout kernel has counted, on each rank s, its tokens per destination rank
+//! (`num_tokens_per_rank [R]`) and its slots per expert (`num_tokens_per_expert [E]`), notify
+//! gives every rank the whole `[R][R + E]` matrix of those counts: the send writes rank s's row
+//! into slot s of every peer's window and raises its flag there; the receive waits for the R
+//! flags of its own window and derives, on the device, everything a rank needs to place its rows
+//! at their final place in the receivers' buffers and to size its own:
+//! - `send_offset [R]`: the first row of rank s's tokens on each destination d,
+//!   `sum over s' < s of tokens(s' -> d)` (flat layout, rows in (s, t) order);
+//! - `recv_rows`: rows rank d receives (flat), checked against `max_recv_tokens_per_rank`;
+//! - `recv_tokens_per_expert [L]`: slots naming each local expert (`num_recv_tokens_per_expert`);
+//! - `group_offset [L + 1]`: the first row of each local expert's group in expert-major layout,
+//!   groups padded to `expert_alignment` (the last entry is the rows used);
+//! - `send_expert_offset [E]`: the first row of rank s's slots in each expert's group on the
+//!   expert's rank (expert-major, (s, t, k) order).
+//!
+//! The flags carry the call's epoch (the send advances a per-rank epoch word), so no cleaning
+//! pass is needed between calls. Send and receive are separate launches, like every phase that
+//! waits on peers, so virtual ranks beyond one launch never wait on a later launch.
+
+use std::collections::BTreeMap;
+
+use super::ll::launch_ranks;
+use super::{KernelPlan, LaunchShape, Param};
+use crate::spec::{Layout, Spec};
+
+/// Bytes of one rank's entry of notify's `LaunchArgs` (5 pointers, the rank, padding).
+pub const NOTIFY_ARGS_BYTES: usize = 48;
+
+/// Threads per block of the notify kernels (one block per rank).
+pub const NOTIFY_THREADS: u32 = 256;
+
+/// Where notify's counts and flags sit in a rank's high-throughput window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotifyWindow {
+    /// `counts [R][R + E]` (`i32`): slot s holds rank s's row.
+    pub counts_offset: u64,
+    /// `flags [R]` (`u64`: epoch << 32 | 1): slot s is raised by rank s.
+    pub flags_offset: u64,
+    /// Bytes of the region.
+    pub bytes: u64,
+}
+
+impl NotifyWindow {
+    /// The region for a spec.
+    pub fn of(spec: &Spec) -> NotifyWindow {
+        let (r, e) = (u64::from(spec.ranks), u64::from(spec.experts));
+        let flags_offset = (r * (r + e) * 4).div_ceil(256) * 256;
+        NotifyWindow {
+            counts_offset: 0,
+            flags_offset,
+            bytes: (flags_offset + r * 8).div_ceil(4096) * 4096,
+        }
+    }
+}
+
+/// Ints of one rank's notify outputs: `send_offset [R]`, `recv_rows`,
+/// `recv_tokens_per_expert [L]`, `group_offset [L + 1]`, `send_expert_offset [E]`.
+pub fn notify_output_ints(spec: &Spec) -> u32 {
+    spec.ranks + 1 + spec.local_experts() + spec.local_experts() + 1 + spec.experts
+}
+
+/// Index of each output inside a rank's notify outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotifyOutputs {
+    /// `send_offset [R]`.
+    pub send_offset: u32,
+    /// `recv_rows`.
+    pub recv_rows: u32,
+    /// `recv_tokens_per_expert [L]`.
+    pub recv_tokens_per_expert: u32,
+    /// `group_offset [L + 1]`.
+    pub group_offset: u32,
+    /// `send_expert_offset [E]`.
+    pub send_expert_offset: u32,
+}
+
+impl NotifyOutputs {
+    /// The indices for a spec.
+    pub fn of(spec: &Spec) -> NotifyOutputs {
+        let (r, l) = (spec.ranks, spec.local_experts());
+        NotifyOutputs {
+            send_offset: 0,
+            recv_rows: r,
+            recv_tokens_per_expert: r + 1,
+            group_offset: r + 1 + l,
+            send_expert_offset: r + 2 + 2 * l,
+        }
+    }
+}
+
+/// Status words of a rank's notify (`status [2]`, zeroed by the caller before the first call):
+/// `status[0]` is 0, or [`NOTIFY_TIMEOUT`] (`status[1]` = the rank whose flag never came), or
+/// [`NOTIFY_OVERFLOW`] (`status[1]` = the rows that would arrive).
+pub const NOTIFY_STATUS_WORDS: u32 = 2;
+/// A peer's counts did not arrive within the timeout.
+pub const NOTIFY_TIMEOUT: i32 = 1;
+/// More rows would arrive than `max_recv_tokens_per_rank` holds.
+pub const NOTIFY_OVERFLOW: i32 = 2;
+
+/// The notify kernels (send, then receive).
+pub fn notify_plan(spec: &Spec) -> KernelPlan {
+    let ht = spec.high_throughput;
+    let capacity = ht.map_or(0, |h| h.max_recv_tokens_per_rank);
+    let alignment = ht.map_or(1, |h| h.expert_alignment.max(1));
+    let expert_major = ht.is_some_and(|h| h.layout == Layout::ExpertMajor);
+    let window = NotifyWindow::of(spec);
+    let outputs = NotifyOutputs::of(spec);
+    let constants = BTreeMap::from([
+        ("ranks", i64::from(spec.ranks)),
+        ("experts", i64::from(spec.experts)),
+        ("local_experts", i64::from(spec.local_experts())),
+        ("capacity", i64::from(capacity)),
+        ("alignment", i64::from(alignment)),
+        ("threads", i64::from(NOTIFY_THREADS)),
+        ("launch_ranks", i64::from(launch_ranks(spec))),
+        ("notify_args_bytes", NOTIFY_ARGS_BYTES as i64),
+        ("flags_offset", window.flags_offset as i64),
+        ("out_send_offset", i64::from(outputs.send_offset)),
+        ("out_recv_rows", i64::from(outputs.recv_rows)),
+        (
+            "out_recv_tokens_per_expert",
+            i64::from(outputs.recv_tokens_per_expert),
+        ),
+        ("out_group_offset", i64::from(outputs.group_offset)),
+        (
+            "out_send_expert_offset",
+            i64::from(outputs.send_expert_offset),
+        ),
+        ("status_timeout", i64::from(NOTIFY_TIMEOUT)),
+        ("status_overflow", i64::from(NOTIFY_OVERFLOW)),
+    ]);
+    let param = |entry: &str| Param {
+        entry: entry.into(),
+        name: "args",
+        ctype: "const __grid_constant__ ht_notify::LaunchArgs".into(),
+        shape: "timeout, then per rank of the launch (grid.y): layout counters [R + E + 2], \
+                outputs, status [2], epoch word, window, peer table, rank"
+            .into(),
+    };
+    KernelPlan {
+        name: "ht_notify",
+        title: format!(
+            "High-throughput notify: counts of E={} experts over R={} ranks, capacity {capacity} \
+             rows{}.",
+            spec.experts,
+            spec.ranks,
+            if expert_major {
+                format!(", expert groups aligned to {alignment}")
+            } else {
+                String::new()
+            }
+        ),
+        template: "ht_notify.cu",
+        entries: vec![
+            ("send_entry", "epc_ht_notify_send".to_owned()),
+            ("recv_entry", "epc_ht_notify_recv".to_owned()),
+        ],
+        constants,
+        strings: BTreeMap::new(),
+        flags: BTreeMap::from([("expert_major", expert_major)]),
+        launch: LaunchShape {
+            block_threads: NOTIFY_THREADS,
+            tokens_per_block: 0,
+            shared_mem_bytes: 8 * spec.experts + 16,
+            cooperative: false,
+        },
+        params: vec![param("epc_ht_notify_send"), param("epc_ht_notify_recv")],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> Spec {
+        Spec::from_yaml(
+            &format!(
+                "name: n\nmode: high_throughput\nhidden: 4096\nexperts: 256\ntop_k: 8\nranks: 8\n\
+                 max_tokens_per_rank: 4096\nmax_recv_tokens_per_rank: 32768\n{extra}"
+            ),
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_window_holds_the_matrix_then_the_flags() {
+        let w = NotifyWindow::of(&spec(""));
+        assert_eq!(w.counts_offset, 0);
+        assert!(w.flags_offset >= 8 * (8 + 256) * 4);
+        assert_eq!(w.flags_offset % 256, 0);
+        assert!(w.flags_offset + 8 * 8 <= w.bytes);
+        assert_eq!(w.bytes % 4096, 0);
+    }
+
+    #[test]
+    fn outputs_follow_one_another() {
+        let s = spec("");
+        let o = NotifyOutputs::of(&s);
+        assert_eq!(o.recv_rows, 8);
+        assert_eq!(o.recv_tokens_per_expert, 9);
+        assert_eq!(o.group_offset, 9 + 32);
+        assert_eq!(o.send_expert_offset, 9 + 32 + 33);
+        assert_eq!(notify_output_ints(&s), o.send_expert_offset + 256);
+    }
+}
