@@ -10,7 +10,7 @@ use ep_runtime::routing::Pattern;
 
 use super::check::summary;
 use super::compile::check_target;
-use super::verify::{LlPlan, Plan, fitting, verify_layout, verify_ll};
+use super::verify::{LlPlan, Plan, fitting, verify_layout, verify_ll, verify_notify};
 use crate::cli::AllArgs;
 use crate::inputs::{load_specs, note_progress_all, optional_gpu, optional_jit, renderer};
 use crate::progress::bar;
@@ -86,14 +86,7 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
     println!("GPU {} ({}, {} SMs)", gpu.name(), gpu.arch(), gpu.sms());
     println!(
         "  {:<24} {:<30} {:>9} {:>8} {:>12} {:>9} {:>14} {:>13}",
-        "spec",
-        "compile",
-        "verified",
-        "T",
-        "layout (us)",
-        "LL ranks",
-        "dispatch (us)",
-        "combine (us)"
+        "spec", "compile", "verified", "T", "layout (us)", "ranks", "dispatch (us)", "combine (us)"
     );
     for ((l, c), ks) in specs.iter().zip(&compiled).zip(&rendered) {
         let spec = &l.spec;
@@ -121,7 +114,18 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
                 l.times.combine()
             )
         } else {
-            format!("{:>9} {:>14} {:>13}", "-", "-", "-")
+            let (calls, refused) = verify_notify(&gpu, &jit, spec, ks, &plan)?;
+            let notify = if refused == 0 {
+                format!("notify x{calls}")
+            } else {
+                format!("notify x{calls} ({refused} full)")
+            };
+            format!(
+                "{:>9} {:>14} {:>13}",
+                format!("{}/{}", spec.ranks(), spec.ranks()),
+                notify,
+                "-"
+            )
         };
         println!(
             "  {:<24} {:<30} {:>9} {:>8} {:>12.2} {ll}",
@@ -133,8 +137,10 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
         );
     }
     println!(
-        "all specs verified against the CPU reference (LL ranks: virtual ranks run / the spec's; \
-         fewer when the spec's windows do not fit on this GPU)"
+        "all specs verified against the CPU reference (ranks: virtual ranks run / the spec's; \
+         LL runs fewer when the spec's windows do not fit on this GPU; HT checks notify, its \
+         dispatch and combine are not built yet; `full`: routings that overflow the spec's \
+         max_recv_tokens_per_rank, rightly refused)"
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,9 @@ use ep_codegen::{KernelSource, Renderer, Spec};
 use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::reference::{self, Layout};
 use ep_runtime::routing::{Pattern, generate};
-use ep_runtime::{Gpu, Jit, LayoutKernel, LowLatency, PhaseTimes, check};
+use ep_runtime::{
+    Gpu, HtNotify, Jit, LayoutKernel, LowLatency, NotifyResult, PhaseTimes, check, expected_notify,
+};
 
 use crate::npy;
 
@@ -85,6 +87,76 @@ pub fn verify_layout(
         layout: first.unwrap_or_else(|| unreachable!("at least one routing runs")),
         layout_us,
     })
+}
+
+/// Runs high-throughput notify on the spec's R virtual ranks for `routings` calls (each rank's
+/// routing of `tokens` tokens, its layout from the GPU's layout kernel) and compares every
+/// rank's offsets and counts with their definition. A call whose routing sends some rank more
+/// rows than `max_recv_tokens_per_rank` holds must be refused with that rank and row count.
+/// Returns the calls checked and how many of them were (rightly) refused.
+pub fn verify_notify(
+    gpu: &Gpu,
+    jit: &Jit,
+    spec: &Spec,
+    kernels: &[KernelSource],
+    plan: &Plan,
+) -> Result<(usize, usize)> {
+    let layout_source = kernels
+        .iter()
+        .find(|k| k.name == "layout")
+        .ok_or_else(|| anyhow!("{}: no layout kernel rendered", spec.name()))?;
+    let (layout, _) = LayoutKernel::load(gpu, jit, spec, layout_source)?;
+    let mut notify = HtNotify::virtual_ranks(gpu, jit, spec, kernels)?;
+    let ep_codegen::Dims {
+        experts: e,
+        ranks: r,
+        top_k: k,
+        ..
+    } = spec.dims();
+    let ht = spec
+        .high_throughput()
+        .ok_or_else(|| anyhow!("{}: not a high_throughput spec", spec.name()))?;
+    // The rows a rank needs: flat, its rows; expert-major, its padded groups.
+    let needed = |w: &NotifyResult| match ht.layout {
+        ep_codegen::Layout::Flat => w.recv_rows,
+        ep_codegen::Layout::ExpertMajor => w.group_offset.last().copied().unwrap_or(0),
+    };
+    let capacity = i64::from(ht.max_recv_tokens_per_rank);
+    let calls = plan.routings.max(1);
+    let mut refused = 0;
+    for call in 0..calls {
+        let pattern = Pattern::ALL[(plan.pattern as usize + call) % Pattern::ALL.len()];
+        let layouts = (0..r)
+            .map(|rank| {
+                let seed = plan.seed.wrapping_add((call * r + rank) as u64);
+                layout.run(gpu, &generate(pattern, plan.tokens, k, e, r, seed))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let want = expected_notify(spec, &layouts);
+        let overflow = want
+            .iter()
+            .enumerate()
+            .find(|(_, w)| i64::from(needed(w)) > capacity);
+        let what = || {
+            format!(
+                "{}: notify, call {call} (T={}, pattern {pattern:?})",
+                spec.name(),
+                plan.tokens
+            )
+        };
+        match (notify.run(&layouts), overflow) {
+            (Ok(got), None) if got == want => {}
+            (Ok(_), None) => bail!("{} differs from its definition", what()),
+            (Ok(_), Some((rank, _))) => bail!("{} missed the overflow of rank {rank}", what()),
+            (Err(ep_runtime::Error::Capacity { rank, rows, .. }), Some((want_rank, w)))
+                if rank == want_rank && i64::try_from(rows).ok() == Some(i64::from(needed(w))) =>
+            {
+                refused += 1;
+            }
+            (Err(err), _) => return Err(err).with_context(what),
+        }
+    }
+    Ok((calls, refused))
 }
 
 /// What one spec's low-latency check found.
