@@ -258,7 +258,13 @@ mod tests {
         files.sort();
         assert_eq!(
             files,
-            ["exp.ht_notify.cu", "exp.layout.cu", "manifest.json"]
+            [
+                "exp.ht_combine.cu",
+                "exp.ht_dispatch.cu",
+                "exp.ht_notify.cu",
+                "exp.layout.cu",
+                "manifest.json"
+            ]
         );
     }
 

@@ -17,7 +17,9 @@
 
 use std::fmt::Write as _;
 
-use crate::kernels::ht::{NOTIFY_STATUS_WORDS, NotifyWindow, notify_output_ints};
+use crate::kernels::ht::{
+    HtWindow, NOTIFY_STATUS_WORDS, NotifyWindow, data_path_built, notify_output_ints,
+};
 use crate::kernels::ll::{CallLayout, Window, workspace_ints};
 use crate::{Dtype, Mode, Spec};
 
@@ -146,14 +148,21 @@ impl MemoryPlan {
                     mul(r, PEER_ENTRY_BYTES),
                 )
             }
-            // Notify's window and words so far: dispatch and combine are not built yet.
+            // The window (notify's region alone where dispatch and combine are not built yet)
+            // and notify's words.
             Mode::HighThroughput => (
-                NotifyWindow::of(spec).bytes,
+                if data_path_built(spec) {
+                    HtWindow::of(spec).bytes
+                } else {
+                    NotifyWindow::of(spec).bytes
+                },
                 0,
+                // Notify's outputs, status and epoch; each token's row on each rank [M, R].
                 mul(
                     4,
                     u64::from(notify_output_ints(spec) + NOTIFY_STATUS_WORDS + 1),
-                ),
+                )
+                .saturating_add(mul(mul(m, r), 4)),
                 0,
                 mul(r, PEER_ENTRY_BYTES),
             ),
@@ -249,9 +258,6 @@ impl MemoryPlan {
             let _ = write!(line, ", other {}", human_bytes(rest));
         }
         line.push(')');
-        if self.mode == Mode::HighThroughput {
-            line.push_str(", notify only so far");
-        }
         let _ = write!(
             line,
             "; {} for {} virtual rank{} on one GPU",
@@ -497,25 +503,28 @@ mod tests {
     }
 
     #[test]
-    fn high_throughput_specs_have_notify_and_layout_buffers_so_far() {
-        let s = spec(
-            "name: ht\nmode: high_throughput\nhidden: 4096\nexperts: 64\ntop_k: 6\nranks: 8\n\
-             max_tokens_per_rank: 4096\nmax_recv_tokens_per_rank: 32768\n",
-        );
-        let p = MemoryPlan::of(&s);
-        assert_eq!(p.layout, 4096 * 6 * 8 + (8 + 64 + 2) * 4 + 4096 * 8);
-        // Notify: the [R][R + E] counts and R flags, rounded to 4 KiB; outputs, status, epoch.
-        assert_eq!(p.window, 4096);
-        assert_eq!(p.workspace, 4 * ((8 + 1 + 8 + 9 + 64) + 2 + 1));
+    fn high_throughput_specs_count_their_window_positions_and_notify_words() {
+        let base = "name: ht\nmode: high_throughput\nhidden: 4096\nexperts: 64\ntop_k: 6\n\
+                    ranks: 8\nmax_tokens_per_rank: 4096\nmax_recv_tokens_per_rank: 32768\n";
+        let flat = MemoryPlan::of(&spec(base));
+        assert_eq!(flat.layout, 4096 * 6 * 8 + (8 + 64 + 2) * 4 + 4096 * 8);
+        assert_eq!(flat.window, HtWindow::of(&spec(base)).bytes);
+        // Each of the 32768 rows: x and y (4096 x 2 bytes each), 6 ids, 6 weights, a source.
+        assert!(flat.window >= 32768 * (2 * 4096 * 2 + 6 * 8 + 6 * 4 + 4));
+        // Notify's outputs, status and epoch, then each token's row on each rank [M, R].
         assert_eq!(
-            p.per_rank(),
-            p.layout + p.window + p.workspace + p.peer_table
+            flat.workspace,
+            4 * ((8 + 1 + 8 + 9 + 64) + 2 + 1) + 4 * 4096 * 8
         );
-        assert!(
-            p.summary().contains("notify only so far"),
-            "{}",
-            p.summary()
+        assert_eq!(
+            flat.per_rank(),
+            flat.layout + flat.window + flat.workspace + flat.peer_table
         );
+        // Expert-major dispatch is not built yet: notify's region alone.
+        let major = MemoryPlan::of(&spec(&format!(
+            "{base}layout: expert_major\nexpert_alignment: 128\n"
+        )));
+        assert_eq!(major.window, 4096);
     }
 
     #[test]

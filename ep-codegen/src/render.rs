@@ -26,6 +26,18 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/ht_notify.cu.hbs"),
     ),
     (
+        "ht_dispatch.cu",
+        include_str!("../templates/ht_dispatch.cu.hbs"),
+    ),
+    (
+        "ht_combine.cu",
+        include_str!("../templates/ht_combine.cu.hbs"),
+    ),
+    (
+        "partials/ht_constants",
+        include_str!("../templates/partials/ht_constants.hbs"),
+    ),
+    (
         "ll_dispatch.cu",
         include_str!("../templates/ll_dispatch.cu.hbs"),
     ),

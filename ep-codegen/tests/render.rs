@@ -34,7 +34,7 @@ fn snapshot_kernels() {
     settings.set_prepend_module_to_snapshot(true);
     settings.bind(|| {
         for (name, count) in [
-            ("deepseek-v3-ht", 2),
+            ("deepseek-v3-ht", 4),
             ("deepseek-v3-ll", 3),
             ("gpt-oss-120b-ll", 3),
             ("kimi-k2-ll", 3),

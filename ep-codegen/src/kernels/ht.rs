@@ -207,3 +207,219 @@ mod tests {
         assert_eq!(notify_output_ints(&s), o.send_expert_offset + 256);
     }
 }
+
+/// Blocks per rank of the dispatch send (each covers a contiguous chunk of the rank's tokens and
+/// raises its own flag in every receiver's window).
+pub const DISPATCH_BLOCKS: u32 = 16;
+
+/// Threads per block of the dispatch and combine kernels.
+pub const DATA_THREADS: u32 = 256;
+
+/// Bytes of one rank's entry of dispatch's and combine's `LaunchArgs` (10 pointers, the rank,
+/// the tokens).
+pub const HT_ARGS_BYTES: usize = 88;
+
+/// Byte offsets of a rank's high-throughput window: notify's region, then the receive buffer of
+/// `max_recv_tokens_per_rank` rows (C) and the flags of dispatch and combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HtWindow {
+    /// Notify's counts and flags, first.
+    pub notify: NotifyWindow,
+    /// Bytes of one row's payload (H x dispatch dtype size).
+    pub payload_bytes: u64,
+    /// Rows C.
+    pub rows: u64,
+    /// `recv_x [C][payload]`.
+    pub recv_x_offset: u64,
+    /// `recv_topk_idx [C][K]` (the index dtype): local expert ids, `-1` elsewhere.
+    pub recv_topk_idx_offset: u64,
+    /// `recv_topk_w [C][K]` (`f32`).
+    pub recv_topk_w_offset: u64,
+    /// `recv_src [C]` (`i32`: `s * M + t`).
+    pub recv_src_offset: u64,
+    /// `y [C][H]`: what the rank returns for each row, which combine pulls.
+    pub y_offset: u64,
+    /// Dispatch flags `[R][DISPATCH_BLOCKS]` (`u64`: epoch << 32 | 1), one per sender block.
+    pub dispatch_flags_offset: u64,
+    /// Combine flags `[R]` (`u64`): rank d's `y` is ready.
+    pub combine_flags_offset: u64,
+    /// Bytes of the window.
+    pub bytes: u64,
+}
+
+impl HtWindow {
+    /// The layout for a spec.
+    pub fn of(spec: &Spec) -> HtWindow {
+        let align = |v: u64, to: u64| v.div_ceil(to) * to;
+        let (h, k, r) = (
+            u64::from(spec.hidden),
+            u64::from(spec.top_k),
+            u64::from(spec.ranks),
+        );
+        let rows = spec
+            .high_throughput
+            .map_or(0, |ht| u64::from(ht.max_recv_tokens_per_rank));
+        let notify = NotifyWindow::of(spec);
+        let payload_bytes = h * u64::from(spec.dispatch_dtype.size());
+        let recv_x_offset = align(notify.bytes, 256);
+        let recv_topk_idx_offset = align(recv_x_offset + rows * payload_bytes, 256);
+        let recv_topk_w_offset = align(
+            recv_topk_idx_offset + rows * k * u64::from(spec.index_dtype.size()),
+            256,
+        );
+        let recv_src_offset = align(recv_topk_w_offset + rows * k * 4, 256);
+        let y_offset = align(recv_src_offset + rows * 4, 256);
+        let dispatch_flags_offset = align(
+            y_offset + rows * h * u64::from(spec.combine_dtype.size()),
+            256,
+        );
+        let combine_flags_offset = align(
+            dispatch_flags_offset + r * u64::from(DISPATCH_BLOCKS) * 8,
+            256,
+        );
+        HtWindow {
+            notify,
+            payload_bytes,
+            rows,
+            recv_x_offset,
+            recv_topk_idx_offset,
+            recv_topk_w_offset,
+            recv_src_offset,
+            y_offset,
+            dispatch_flags_offset,
+            combine_flags_offset,
+            bytes: align(combine_flags_offset + r * 8, 4096),
+        }
+    }
+}
+
+/// Whether this version builds dispatch and combine for a spec: the flat layout with a 16-bit
+/// payload (expert-major and FP8 payloads are not built yet).
+pub fn data_path_built(spec: &Spec) -> bool {
+    spec.high_throughput
+        .is_some_and(|h| h.layout == Layout::Flat)
+        && spec.fp8.is_none()
+}
+
+/// The pieces of high-throughput mode this version does not build for a spec yet.
+pub fn missing(spec: &Spec) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    if spec
+        .high_throughput
+        .is_some_and(|h| h.layout == Layout::ExpertMajor)
+    {
+        missing.push("expert-major dispatch and combine");
+    }
+    if spec.fp8.is_some() {
+        missing.push("fp8 dispatch");
+    }
+    if spec.nvlink_domain < spec.ranks {
+        missing.push("the hierarchical path (one crossing per domain)");
+    }
+    missing
+}
+
+/// A template's constants, strings and flags.
+type Context = (
+    BTreeMap<&'static str, i64>,
+    BTreeMap<&'static str, String>,
+    BTreeMap<&'static str, bool>,
+);
+
+/// Constants, strings and flags shared by the dispatch and combine templates.
+fn data_context(spec: &Spec) -> Context {
+    let w = HtWindow::of(spec);
+    let index_ctype = match spec.index_dtype {
+        crate::spec::IndexDtype::I32 => "epc::i32",
+        crate::spec::IndexDtype::I64 => "epc::i64",
+    };
+    let constants = BTreeMap::from([
+        ("hidden", i64::from(spec.hidden)),
+        ("top_k", i64::from(spec.top_k)),
+        ("experts", i64::from(spec.experts)),
+        ("ranks", i64::from(spec.ranks)),
+        ("nvlink_domain", i64::from(spec.nvlink_domain)),
+        ("local_experts", i64::from(spec.local_experts())),
+        ("max_tokens", i64::from(spec.max_tokens_per_rank)),
+        ("capacity", w.rows as i64),
+        ("threads", i64::from(DATA_THREADS)),
+        ("send_blocks", i64::from(DISPATCH_BLOCKS)),
+        ("launch_ranks", i64::from(launch_ranks(spec))),
+        ("ht_args_bytes", HT_ARGS_BYTES as i64),
+        ("payload_bytes", w.payload_bytes as i64),
+        ("recv_x_offset", w.recv_x_offset as i64),
+        ("recv_topk_idx_offset", w.recv_topk_idx_offset as i64),
+        ("recv_topk_w_offset", w.recv_topk_w_offset as i64),
+        ("recv_src_offset", w.recv_src_offset as i64),
+        ("y_offset", w.y_offset as i64),
+        ("dispatch_flags_offset", w.dispatch_flags_offset as i64),
+        ("combine_flags_offset", w.combine_flags_offset as i64),
+        ("status_timeout", i64::from(NOTIFY_TIMEOUT)),
+        ("status_overflow", i64::from(NOTIFY_OVERFLOW)),
+    ]);
+    let strings = BTreeMap::from([("index_ctype", index_ctype.to_owned())]);
+    let flags = BTreeMap::from([
+        ("act_is_bf16", spec.dtype == crate::spec::Dtype::Bf16),
+        ("fp8", false),
+    ]);
+    (constants, strings, flags)
+}
+
+fn data_plan(spec: &Spec, name: &'static str, template: &'static str, title: String) -> KernelPlan {
+    let (constants, strings, flags) = data_context(spec);
+    let send = format!("epc_{name}_send");
+    let recv = format!("epc_{name}_recv");
+    let param = |entry: &str| Param {
+        entry: entry.into(),
+        name: "args",
+        ctype: format!("const __grid_constant__ {name}::LaunchArgs"),
+        shape: "timeout, then per rank of the launch (grid.y): x [T, H], topk_idx [T, K], \
+                topk_weights [T, K], is_token_in_rank [T, R], notify's outputs, positions \
+                [M, R], out [T, H], epoch, status [2], peer table, rank, T"
+            .into(),
+    };
+    KernelPlan {
+        name,
+        title,
+        template,
+        entries: vec![("send_entry", send.clone()), ("recv_entry", recv.clone())],
+        constants,
+        strings,
+        flags,
+        launch: LaunchShape {
+            block_threads: DATA_THREADS,
+            tokens_per_block: 0,
+            shared_mem_bytes: 8 * spec.ranks,
+            cooperative: false,
+        },
+        params: vec![param(&send), param(&recv)],
+    }
+}
+
+/// The dispatch kernels (send, then receive) of the flat layout.
+pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
+    let title = format!(
+        "High-throughput dispatch (flat): H={} {}, E={} over R={} ranks, top-{}, M={}, C={}.",
+        spec.hidden,
+        spec.dispatch_dtype.as_str(),
+        spec.experts,
+        spec.ranks,
+        spec.top_k,
+        spec.max_tokens_per_rank,
+        HtWindow::of(spec).rows
+    );
+    data_plan(spec, "ht_dispatch", "ht_dispatch.cu", title)
+}
+
+/// The combine kernels (send: `y` ready; receive: the pull) of the flat layout.
+pub fn combine_plan(spec: &Spec) -> KernelPlan {
+    let title = format!(
+        "High-throughput combine (flat): H={} {}, R={} ranks in domains of {}, M={}.",
+        spec.hidden,
+        spec.combine_dtype.as_str(),
+        spec.ranks,
+        spec.nvlink_domain,
+        spec.max_tokens_per_rank
+    );
+    data_plan(spec, "ht_combine", "ht_combine.cu", title)
+}

@@ -71,33 +71,37 @@ pub fn plans(spec: &Spec) -> Vec<KernelPlan> {
             plans.push(ll::dispatch_plan(spec));
             plans.push(ll::combine_plan(spec));
         }
-        crate::Mode::HighThroughput => plans.push(ht::notify_plan(spec)),
+        crate::Mode::HighThroughput => {
+            plans.push(ht::notify_plan(spec));
+            if ht::data_path_built(spec) {
+                plans.push(ht::dispatch_plan(spec));
+                plans.push(ht::combine_plan(spec));
+            }
+        }
     }
     plans
 }
 
-/// Kernels a spec's mode needs that this version does not build yet, in launch order (empty
-/// when [`plans`] covers the whole mode). High-throughput mode has its layout and notify kernels
-/// so far.
-pub fn not_built(spec: &Spec) -> &'static [&'static str] {
+/// What a spec's mode needs that this version does not build yet (empty when [`plans`] covers
+/// the whole mode): in high-throughput mode, expert-major and FP8 dispatch and the hierarchical
+/// path (G < R).
+pub fn not_built(spec: &Spec) -> Vec<&'static str> {
     match spec.mode {
-        crate::Mode::LowLatency => &[],
-        crate::Mode::HighThroughput => &["dispatch", "combine"],
+        crate::Mode::LowLatency => Vec::new(),
+        crate::Mode::HighThroughput => ht::missing(spec),
     }
 }
 
-/// One line saying which of a spec's kernels are built and which are not yet, or `None` when
-/// every kernel of its mode is built: `high_throughput: layout, ht_notify kernels built; dispatch
-/// and combine are not built yet (HT mode is in progress)`.
+/// One line saying which of a spec's kernels are built and what is not yet, or `None` when all
+/// its mode needs is built: `high_throughput: layout, ht_notify kernels built; expert-major
+/// dispatch and combine is not built yet (HT mode is in progress)`.
 pub fn progress_note(spec: &Spec) -> Option<String> {
     let missing = not_built(spec);
-    let (last, rest) = missing.split_last()?;
+    if missing.is_empty() {
+        return None;
+    }
     let built: Vec<&str> = plans(spec).iter().map(|p| p.name).collect();
-    let list = if rest.is_empty() {
-        (*last).to_owned()
-    } else {
-        format!("{} and {last}", rest.join(", "))
-    };
+    let list = missing.join("; ");
     Some(format!(
         "high_throughput: {} kernel{} built; {list} {} not built yet (HT mode is in progress)",
         built.join(", "),
@@ -114,15 +118,16 @@ mod tests {
     fn high_throughput_specs_say_which_kernels_are_missing() {
         let ht = Spec::from_yaml(
             "name: ht\nmode: high_throughput\nhidden: 4096\nexperts: 64\ntop_k: 6\nranks: 8\n\
-             max_tokens_per_rank: 4096\nmax_recv_tokens_per_rank: 32768\n",
+             nvlink_domain: 2\nmax_tokens_per_rank: 4096\nmax_recv_tokens_per_rank: 32768\n",
             None,
         )
         .unwrap();
         assert_eq!(
             progress_note(&ht).as_deref(),
             Some(
-                "high_throughput: layout, ht_notify kernels built; dispatch and combine are not \
-                 built yet (HT mode is in progress)"
+                "high_throughput: layout, ht_notify, ht_dispatch, ht_combine kernels built; the \
+                 hierarchical path (one crossing per domain) is not built yet (HT mode is in \
+                 progress)"
             )
         );
         let ll = Spec::from_yaml(

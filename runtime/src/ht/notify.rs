@@ -7,8 +7,8 @@ use std::time::Duration;
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr};
 use ep_codegen::kernels::ht::{
-    NOTIFY_ARGS_BYTES, NOTIFY_OVERFLOW, NOTIFY_STATUS_WORDS, NOTIFY_TIMEOUT, NotifyOutputs,
-    NotifyWindow, notify_output_ints,
+    HtWindow, NOTIFY_ARGS_BYTES, NOTIFY_OVERFLOW, NOTIFY_STATUS_WORDS, NOTIFY_TIMEOUT,
+    NotifyOutputs, NotifyWindow, data_path_built, notify_output_ints,
 };
 use ep_codegen::kernels::ll::MAX_LAUNCH_RANKS;
 use ep_codegen::{KernelSource, Mode, Spec};
@@ -111,7 +111,14 @@ impl HtNotify {
         let functions = <[CudaFunction; 2]>::try_from(jit.load(gpu, source)?.functions)
             .map_err(|_| Error::Input("ht_notify must have a send and a receive entry".into()))?;
         let (r, e) = (spec.ranks() as usize, spec.experts() as usize);
-        let bytes = usize::try_from(NotifyWindow::of(spec).bytes).unwrap_or(usize::MAX);
+        // The whole high-throughput window when dispatch and combine are built (notify's region
+        // comes first), else notify's region alone.
+        let bytes = if data_path_built(spec) {
+            HtWindow::of(spec).bytes
+        } else {
+            NotifyWindow::of(spec).bytes
+        };
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
         let windows = VirtualRanks::new(gpu, r, bytes)?;
         let stream = gpu.stream();
         let zeros = |n: usize, what: &str| {
@@ -137,6 +144,81 @@ impl HtNotify {
     /// Changes how long a receive waits for a peer.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
+    }
+
+    /// The GPU.
+    pub(crate) fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The windows.
+    pub(crate) fn windows_mut(&mut self) -> &mut VirtualRanks {
+        &mut self.windows
+    }
+
+    /// The timeout of every wait, in nanoseconds.
+    pub(crate) fn timeout_ns(&self) -> u64 {
+        u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Device addresses of rank `rank`'s notify outputs, epoch word and status words, and of the
+    /// peer table.
+    pub(crate) fn rank_state(
+        &self,
+        rank: usize,
+    ) -> (CUdeviceptr, CUdeviceptr, CUdeviceptr, CUdeviceptr) {
+        let stream = self.gpu.stream();
+        let words = notify_output_ints(&self.spec) as usize;
+        let (out, _s1) = self.out.device_ptr(stream);
+        let (epochs, _s2) = self.epochs.device_ptr(stream);
+        let (status, _s3) = self.status.device_ptr(stream);
+        let (peers, _s4) = self.windows.peers().device_ptr(stream);
+        (
+            out + (rank * words * 4) as u64,
+            epochs + (rank * 4) as u64,
+            status + (rank * NOTIFY_STATUS_WORDS as usize * 4) as u64,
+            peers,
+        )
+    }
+
+    /// Reads and clears the status words: the first rank's error, if any.
+    pub(crate) fn take_status(&mut self, phase: &'static str) -> Result<(), Error> {
+        let stream = self.gpu.stream().clone();
+        let status = stream
+            .clone_dtoh(&self.status)
+            .cuda("reading the status words")?;
+        stream
+            .memset_zeros(&mut self.status)
+            .cuda("clearing the status words")?;
+        let capacity = self
+            .spec
+            .high_throughput()
+            .map_or(0, |h| h.max_recv_tokens_per_rank as usize);
+        for (rank, s) in status.chunks(NOTIFY_STATUS_WORDS as usize).enumerate() {
+            match s[0] {
+                0 => {}
+                NOTIFY_TIMEOUT => {
+                    return Err(Error::Timeout {
+                        rank,
+                        phase,
+                        peer: s[1].max(0) as usize,
+                    });
+                }
+                NOTIFY_OVERFLOW => {
+                    return Err(Error::Capacity {
+                        rank,
+                        rows: s[1].max(0) as usize,
+                        capacity,
+                    });
+                }
+                code => {
+                    return Err(Error::Input(format!(
+                        "rank {rank}: {phase} reported the unknown status {code}"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One notify over the ranks' layouts (`layouts[r]` of rank r, as the layout kernel
@@ -170,39 +252,8 @@ impl HtNotify {
         let out = stream
             .clone_dtoh(&self.out)
             .cuda("reading notify's outputs")?;
-        let status = stream
-            .clone_dtoh(&self.status)
-            .cuda("reading notify's status")?;
+        self.take_status("notify receive")?;
         let words = notify_output_ints(&self.spec) as usize;
-        let capacity = self
-            .spec
-            .high_throughput()
-            .map_or(0, |h| h.max_recv_tokens_per_rank as usize);
-        for rank in 0..r {
-            let s = &status[rank * NOTIFY_STATUS_WORDS as usize..];
-            match s[0] {
-                0 => {}
-                NOTIFY_TIMEOUT => {
-                    return Err(Error::Timeout {
-                        rank,
-                        phase: "notify receive",
-                        peer: s[1].max(0) as usize,
-                    });
-                }
-                NOTIFY_OVERFLOW => {
-                    return Err(Error::Capacity {
-                        rank,
-                        rows: s[1].max(0) as usize,
-                        capacity,
-                    });
-                }
-                code => {
-                    return Err(Error::Input(format!(
-                        "rank {rank}: notify reported the unknown status {code}"
-                    )));
-                }
-            }
-        }
         Ok((0..r)
             .map(|rank| NotifyResult::of(&self.spec, &out[rank * words..(rank + 1) * words]))
             .collect())

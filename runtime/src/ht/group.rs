@@ -1,0 +1,371 @@
+//! [`HtGroup`]: high-throughput dispatch and combine (flat layout, 16-bit payloads) of one spec
+//! on R virtual ranks of one GPU, driven from host vectors: the helper behind the GPU tests and
+//! the main job. Each call runs the layout kernel per rank, notify, then the dispatch kernels;
+//! combine takes what each rank returns for its rows.
+
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr};
+use ep_codegen::kernels::ht::{
+    DATA_THREADS, DISPATCH_BLOCKS, HT_ARGS_BYTES, HtWindow, data_path_built,
+};
+use ep_codegen::kernels::ll::MAX_LAUNCH_RANKS;
+use ep_codegen::{IndexDtype, KernelSource, Spec};
+
+use super::notify::{HtNotify, NotifyResult};
+use crate::device_index::DeviceIndex;
+use crate::error::CudaContextExt;
+use crate::ll::Stream;
+use crate::ll::launch::{Grid, launch};
+use crate::reference::ll::RankInput;
+use crate::{Error, Gpu, Jit, LayoutKernel};
+
+/// One rank's entry of dispatch's and combine's `LaunchArgs` (`partials/ht_constants.hbs`).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+struct HtArgs {
+    x: CUdeviceptr,
+    topk_idx: CUdeviceptr,
+    topk_weights: CUdeviceptr,
+    is_token_in_rank: CUdeviceptr,
+    notify_out: CUdeviceptr,
+    positions: CUdeviceptr,
+    out: CUdeviceptr,
+    epoch: CUdeviceptr,
+    status: CUdeviceptr,
+    peers: CUdeviceptr,
+    rank: i32,
+    tokens: i32,
+}
+
+const _: () = assert!(std::mem::size_of::<HtArgs>() == HT_ARGS_BYTES);
+
+/// Blocks per rank of the combine receive.
+const COMBINE_BLOCKS: u32 = 32;
+
+/// One rank's device buffers, sized for `max_tokens_per_rank` tokens.
+struct RankBuffers {
+    x: CudaSlice<u16>,
+    topk_idx: DeviceIndex,
+    topk_weights: CudaSlice<f32>,
+    is_token_in_rank: CudaSlice<bool>,
+    positions: CudaSlice<i32>,
+    out: CudaSlice<u16>,
+    tokens: usize,
+}
+
+/// What one rank received from a flat dispatch, read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlatReceived {
+    /// Rows, each `H` 16-bit values.
+    pub recv_x: Vec<u16>,
+    /// `[rows, K]`: local expert ids, `-1` elsewhere.
+    pub recv_topk_idx: Vec<i64>,
+    /// `[rows, K]`.
+    pub recv_topk_w: Vec<f32>,
+    /// `[rows]`: `s * M + t`.
+    pub recv_src: Vec<i32>,
+    /// What notify gave this rank.
+    pub notify: NotifyResult,
+}
+
+/// High-throughput dispatch and combine of one spec on its R virtual ranks.
+pub struct HtGroup {
+    notify: HtNotify,
+    spec: Spec,
+    layout: LayoutKernel,
+    dispatch: [CudaFunction; 2],
+    combine: [CudaFunction; 2],
+    window: HtWindow,
+    ranks: Vec<RankBuffers>,
+    received: Vec<NotifyResult>,
+}
+
+impl HtGroup {
+    /// All R ranks of `spec` on `gpu`, with the spec's kernels compiled by `jit`.
+    pub fn virtual_ranks(
+        gpu: &Gpu,
+        jit: &Jit,
+        spec: &Spec,
+        kernels: &[KernelSource],
+    ) -> Result<HtGroup, Error> {
+        if !data_path_built(spec) {
+            return Err(Error::Input(format!(
+                "spec `{}`: high-throughput dispatch is built for the flat layout with 16-bit \
+                 payloads only so far",
+                spec.name()
+            )));
+        }
+        let find = |name: &str| {
+            kernels
+                .iter()
+                .find(|k| k.name == name && k.spec_hash == spec.hash())
+                .ok_or_else(|| {
+                    Error::Input(format!("no {name} kernel rendered for {}", spec.name()))
+                })
+        };
+        let (layout, _) = LayoutKernel::load(gpu, jit, spec, find("layout")?)?;
+        let pair = |name: &str| -> Result<[CudaFunction; 2], Error> {
+            <[CudaFunction; 2]>::try_from(jit.load(gpu, find(name)?)?.functions)
+                .map_err(|_| Error::Input(format!("{name} must have a send and a receive entry")))
+        };
+        let dispatch = pair("ht_dispatch")?;
+        let combine = pair("ht_combine")?;
+        let notify = HtNotify::virtual_ranks(gpu, jit, spec, kernels)?;
+        let d = spec.dims();
+        let stream = gpu.stream();
+        let ranks = (0..d.ranks)
+            .map(|_| -> Result<RankBuffers, Error> {
+                Ok(RankBuffers {
+                    x: stream
+                        .alloc_zeros::<u16>((d.tokens * d.hidden).max(1))
+                        .cuda("allocating x")?,
+                    topk_idx: DeviceIndex::upload(
+                        stream,
+                        spec.index_dtype(),
+                        &vec![-1; (d.tokens * d.top_k).max(1)],
+                    )?,
+                    topk_weights: stream
+                        .alloc_zeros::<f32>((d.tokens * d.top_k).max(1))
+                        .cuda("allocating topk_weights")?,
+                    is_token_in_rank: stream
+                        .alloc_zeros::<bool>((d.tokens * d.ranks).max(1))
+                        .cuda("allocating is_token_in_rank")?,
+                    positions: stream
+                        .alloc_zeros::<i32>((d.tokens * d.ranks).max(1))
+                        .cuda("allocating positions")?,
+                    out: stream
+                        .alloc_zeros::<u16>((d.tokens * d.hidden).max(1))
+                        .cuda("allocating out")?,
+                    tokens: 0,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HtGroup {
+            notify,
+            spec: spec.clone(),
+            layout,
+            dispatch,
+            combine,
+            window: HtWindow::of(spec),
+            ranks,
+            received: Vec::new(),
+        })
+    }
+
+    /// Dispatches every rank's tokens (`inputs[r]`, at most `max_tokens_per_rank` each) and
+    /// reads back what each rank received.
+    pub fn dispatch(&mut self, inputs: &[RankInput]) -> Result<Vec<FlatReceived>, Error> {
+        let d = self.spec.dims();
+        if inputs.len() != d.ranks {
+            return Err(Error::Input(format!(
+                "{} inputs for {} ranks",
+                inputs.len(),
+                d.ranks
+            )));
+        }
+        let gpu = self.notify.gpu().clone();
+        let stream = gpu.stream().clone();
+        let mut layouts = Vec::with_capacity(d.ranks);
+        for (rank, (input, buffers)) in inputs.iter().zip(&mut self.ranks).enumerate() {
+            let t = input.routing.num_tokens;
+            if t > d.tokens || input.x.len() != t * d.hidden || input.routing.top_k != d.top_k {
+                return Err(Error::Input(format!(
+                    "rank {rank}: {t} tokens of x [{}] and top-{} (at most {} tokens of {} values, top-{})",
+                    input.x.len(),
+                    input.routing.top_k,
+                    d.tokens,
+                    d.hidden,
+                    d.top_k
+                )));
+            }
+            let layout = self.layout.run(&gpu, &input.routing)?;
+            if t > 0 {
+                stream
+                    .memcpy_htod(&input.x, &mut buffers.x.slice_mut(..t * d.hidden))
+                    .cuda("uploading x")?;
+                buffers.topk_idx.write(&stream, &input.routing.topk_idx)?;
+                stream
+                    .memcpy_htod(
+                        &input.routing.topk_weights,
+                        &mut buffers.topk_weights.slice_mut(..t * d.top_k),
+                    )
+                    .cuda("uploading topk_weights")?;
+                let in_rank: Vec<bool> = layout.is_token_in_rank.iter().map(|&b| b != 0).collect();
+                stream
+                    .memcpy_htod(
+                        &in_rank,
+                        &mut buffers.is_token_in_rank.slice_mut(..t * d.ranks),
+                    )
+                    .cuda("uploading is_token_in_rank")?;
+            }
+            buffers.tokens = t;
+            layouts.push(layout);
+        }
+        self.received = self.notify.run(&layouts)?;
+        self.launch(&self.dispatch, DISPATCH_BLOCKS, 1)?;
+        self.notify.take_status("dispatch receive")?;
+        let mut out = Vec::with_capacity(d.ranks);
+        for (rank, notify) in self.received.iter().enumerate() {
+            let rows = notify.recv_rows.max(0) as usize;
+            let w = &self.window;
+            let window = self.notify.windows_mut().window(rank);
+            let read = |offset: u64, bytes: usize| -> Result<Vec<u8>, Error> {
+                if bytes == 0 {
+                    return Ok(Vec::new());
+                }
+                let start = offset as usize;
+                stream
+                    .clone_dtoh(&window.slice(start..start + bytes))
+                    .cuda("reading the receive buffer")
+            };
+            let k = d.top_k;
+            let x = read(w.recv_x_offset, rows * w.payload_bytes as usize)?;
+            let idx_size = self.spec.index_dtype().size() as usize;
+            let idx = read(w.recv_topk_idx_offset, rows * k * idx_size)?;
+            let weights = read(w.recv_topk_w_offset, rows * k * 4)?;
+            let src = read(w.recv_src_offset, rows * 4)?;
+            out.push(FlatReceived {
+                recv_x: x
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+                recv_topk_idx: match self.spec.index_dtype() {
+                    IndexDtype::I64 => idx
+                        .chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                        .collect(),
+                    IndexDtype::I32 => idx
+                        .chunks_exact(4)
+                        .map(|b| i64::from(i32::from_le_bytes(b.try_into().unwrap_or([0; 4]))))
+                        .collect(),
+                },
+                recv_topk_w: weights
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+                    .collect(),
+                recv_src: src
+                    .chunks_exact(4)
+                    .map(|b| i32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+                    .collect(),
+                notify: notify.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Combines after [`HtGroup::dispatch`]: `y[d]` is what rank d returns for each of its rows
+    /// (`rows x H` values); gives each rank's `out [T, H]`.
+    pub fn combine(&mut self, y: &[Vec<u16>]) -> Result<Vec<Vec<u16>>, Error> {
+        let d = self.spec.dims();
+        if y.len() != d.ranks || self.received.len() != d.ranks {
+            return Err(Error::Input(
+                "combine needs a dispatch first, and y for every rank".into(),
+            ));
+        }
+        let stream = self.notify.gpu().stream().clone();
+        let y_offset = self.window.y_offset as usize;
+        for (rank, rows) in y.iter().enumerate() {
+            let expected = self.received[rank].recv_rows.max(0) as usize * d.hidden;
+            if rows.len() != expected {
+                return Err(Error::Input(format!(
+                    "rank {rank}: y holds {} values, its {} rows need {expected}",
+                    rows.len(),
+                    self.received[rank].recv_rows
+                )));
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let window = self.notify.windows_mut().window_mut(rank);
+            stream
+                .memcpy_htod(
+                    &bytes,
+                    &mut window.slice_mut(y_offset..y_offset + bytes.len()),
+                )
+                .cuda("writing y")?;
+        }
+        self.launch(&self.combine, 1, COMBINE_BLOCKS)?;
+        self.notify.take_status("combine receive")?;
+        self.ranks
+            .iter()
+            .map(|b| {
+                if b.tokens == 0 {
+                    return Ok(Vec::new());
+                }
+                stream
+                    .clone_dtoh(&b.out.slice(..b.tokens * d.hidden))
+                    .cuda("reading out")
+            })
+            .collect()
+    }
+
+    /// The send of `pair` for every rank (`send_blocks` per rank), then its receive
+    /// (`recv_blocks` per rank), in chunks of at most [`MAX_LAUNCH_RANKS`] ranks.
+    fn launch(
+        &self,
+        pair: &[CudaFunction; 2],
+        send_blocks: u32,
+        recv_blocks: u32,
+    ) -> Result<(), Error> {
+        let gpu = self.notify.gpu();
+        let stream = gpu.stream();
+        let ptr = |s: &CudaSlice<u16>| {
+            let (p, _sync) = s.device_ptr(stream);
+            p
+        };
+        let args: Vec<HtArgs> = self
+            .ranks
+            .iter()
+            .enumerate()
+            .map(|(rank, b)| -> Result<HtArgs, Error> {
+                let (notify_out, epoch, status, peers) = self.notify.rank_state(rank);
+                let weights = {
+                    let (p, _sync) = b.topk_weights.device_ptr(stream);
+                    p
+                };
+                let in_rank = {
+                    let (p, _sync) = b.is_token_in_rank.device_ptr(stream);
+                    p
+                };
+                let positions = {
+                    let (p, _sync) = b.positions.device_ptr(stream);
+                    p
+                };
+                Ok(HtArgs {
+                    x: ptr(&b.x),
+                    topk_idx: b.topk_idx.view(stream, &[b.topk_idx.len()])?.ptr(),
+                    topk_weights: weights,
+                    is_token_in_rank: in_rank,
+                    notify_out,
+                    positions,
+                    out: ptr(&b.out),
+                    epoch,
+                    status,
+                    peers,
+                    rank: rank as i32,
+                    tokens: b.tokens as i32,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        gpu.context()
+            .bind_to_thread()
+            .cuda("making the GPU's context current")?;
+        let timeout_ns = self.notify.timeout_ns();
+        for (f, blocks) in pair.iter().zip([send_blocks, recv_blocks]) {
+            let grid = Grid {
+                blocks,
+                threads: DATA_THREADS,
+                cooperative: false,
+            };
+            for chunk in args.chunks(MAX_LAUNCH_RANKS as usize) {
+                // SAFETY: `f` is an ht_dispatch or ht_combine entry of this spec (LaunchArgs of
+                // HtArgs, launch_ranks entries); every address points into buffers this group
+                // owns, sized for max_tokens_per_rank tokens and the spec's window, alive until
+                // the stream is synchronized by the reads that follow.
+                unsafe { launch(f, grid, chunk, timeout_ns, Stream::from(&**stream))? };
+            }
+        }
+        Ok(())
+    }
+}
