@@ -179,6 +179,8 @@ impl MemoryPlan {
             layout,
             caller_tensors: match mode(spec) {
                 Mode::LowLatency => mul(CALLS_IN_FLIGHT, caller_tensors),
+                // One call's tensors (the host helper's), where dispatch is built.
+                Mode::HighThroughput if data_path_built(spec) => caller_tensors,
                 Mode::HighThroughput => 0,
             },
             dims: Dims {

@@ -10,11 +10,14 @@ use ep_runtime::routing::Pattern;
 
 use super::check::summary;
 use super::compile::check_target;
-use super::verify::{LlPlan, Plan, fitting, verify_layout, verify_ll, verify_notify};
+use super::verify::{LlPlan, Plan, fitting, verify_ht, verify_layout, verify_ll, verify_notify};
 use crate::cli::AllArgs;
 use crate::inputs::{load_specs, note_progress_all, optional_gpu, optional_jit, renderer};
 use crate::progress::bar;
 use crate::words::count;
+
+/// Tokens per rank of the main job's check of HT dispatch and combine.
+const HT_CHECK_TOKENS: usize = 128;
 
 /// Checks, renders, compiles and (with a GPU) verifies and times every spec, printing a table.
 pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
@@ -120,11 +123,25 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
             } else {
                 format!("notify x{calls} ({refused} full)")
             };
+            // Dispatch and combine, where built, on the ranks that fit, at a few tokens per
+            // rank (the reference holds every row on the host).
+            let runnable = fitting(&gpu, spec)?;
+            let data = if ep_codegen::kernels::ht::data_path_built(&runnable) {
+                let kernels = renderer.render(&runnable)?;
+                let small = Plan {
+                    tokens: plan.tokens.min(HT_CHECK_TOKENS),
+                    ..plan
+                };
+                let calls = verify_ht(&gpu, &jit, &runnable, &kernels, &small)?;
+                format!("ok x{calls}")
+            } else {
+                "-".to_owned()
+            };
             format!(
                 "{:>9} {:>14} {:>13}",
-                format!("{}/{}", spec.ranks(), spec.ranks()),
+                format!("{}/{}", runnable.ranks(), spec.ranks()),
                 notify,
-                "-"
+                data
             )
         };
         println!(
@@ -137,10 +154,10 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
         );
     }
     println!(
-        "all specs verified against the CPU reference (ranks: virtual ranks run / the spec's; \
-         LL runs fewer when the spec's windows do not fit on this GPU; HT checks notify, its \
-         dispatch and combine are not built yet; `full`: routings that overflow the spec's \
-         max_recv_tokens_per_rank, rightly refused)"
+        "all specs verified against the CPU reference (ranks: virtual ranks run / the spec's, \
+         fewer when the spec's windows do not fit on this GPU; HT: notify at T, and where built \
+         dispatch and combine (ok: calls equal to the reference at T <= 128, on the ranks run); \
+         `full`: routings that overflow max_recv_tokens_per_rank, rightly refused)"
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use ep_codegen::Mode;
 use ep_runtime::Jit;
 
-use super::verify::{LlPlan, Plan, fitting, verify_layout, verify_ll_on};
+use super::verify::{LlPlan, Plan, fitting, verify_ht, verify_layout, verify_ll_on, verify_notify};
 use crate::cli::RunArgs;
 use crate::inputs::{load_specs, note_progress, renderer};
 use crate::transport::{Placement, Ranks, launch};
@@ -107,6 +107,33 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
             );
             if let Some(dir) = &args.dump {
                 println!("wrote rank<r>.<tensor>.npy files to {}", dir.display());
+            }
+        } else {
+            let runnable = match args.ranks {
+                Some(r) => spec.with_ranks(r)?,
+                None => fitting(&gpu, spec)?,
+            };
+            let kernels = renderer.render(&runnable)?;
+            let plan = Plan {
+                routings: args.routings,
+                ..plan
+            };
+            let (calls, refused) = verify_notify(&gpu, &jit, &runnable, &kernels, &plan)?;
+            println!(
+                "{:<24} {} of {}: notify matches its definition in {} ({refused} refused for \
+                 overflowing max_recv_tokens_per_rank)",
+                spec.name(),
+                runnable.ranks(),
+                count(spec.ranks() as usize, "rank"),
+                count(calls, "call")
+            );
+            if ep_codegen::kernels::ht::data_path_built(&runnable) {
+                let calls = verify_ht(&gpu, &jit, &runnable, &kernels, &plan)?;
+                println!(
+                    "{:<24} dispatch and combine (flat) match the reference in {}",
+                    spec.name(),
+                    count(calls, "call")
+                );
             }
         }
     }

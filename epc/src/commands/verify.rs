@@ -8,7 +8,8 @@ use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::reference::{self, Layout};
 use ep_runtime::routing::{Pattern, generate};
 use ep_runtime::{
-    Gpu, HtNotify, Jit, LayoutKernel, LowLatency, NotifyResult, PhaseTimes, check, expected_notify,
+    Gpu, HtGroup, HtNotify, Jit, LayoutKernel, LowLatency, NotifyResult, PhaseTimes, check,
+    expected_notify,
 };
 
 use crate::npy;
@@ -157,6 +158,103 @@ pub fn verify_notify(
         }
     }
     Ok((calls, refused))
+}
+
+/// Runs high-throughput dispatch and combine (flat layout) on the spec's R virtual ranks for
+/// `routings` calls of `tokens` tokens per rank and compares every received row, slot, weight
+/// and source, and every combined output, with the reference bit for bit. Returns the calls.
+pub fn verify_ht(
+    gpu: &Gpu,
+    jit: &Jit,
+    spec: &Spec,
+    kernels: &[KernelSource],
+    plan: &Plan,
+) -> Result<usize> {
+    let mut group = HtGroup::virtual_ranks(gpu, jit, spec, kernels)?;
+    let d = spec.dims();
+    let calls = plan.routings.max(1);
+    for call in 0..calls {
+        let pattern = Pattern::ALL[(plan.pattern as usize + call) % Pattern::ALL.len()];
+        let seed = plan.seed.wrapping_add((call * d.ranks) as u64);
+        let inputs: Vec<RankInput> = (0..d.ranks)
+            .map(|r| RankInput {
+                routing: generate(
+                    pattern,
+                    plan.tokens,
+                    d.top_k,
+                    d.experts,
+                    d.ranks,
+                    seed + r as u64,
+                ),
+                x: random_activations(spec, plan.tokens, seed ^ ((r as u64) << 20)),
+            })
+            .collect();
+        let what = || {
+            format!(
+                "{}: HT call {call} (T={}, pattern {pattern:?})",
+                spec.name(),
+                plan.tokens
+            )
+        };
+        let want = match reference::ht::dispatch_flat(spec, &inputs) {
+            Ok(want) => want,
+            // A routing this spec's buffer cannot hold: notify must refuse it (checked above).
+            Err(_) => continue,
+        };
+        let got = group.dispatch(&inputs).with_context(what)?;
+        for (rank, (g, w)) in got.iter().zip(&want).enumerate() {
+            let same = g.recv_src.len() == w.rows.len()
+                && w.rows.iter().enumerate().all(|(i, row)| {
+                    let k = d.top_k;
+                    g.recv_src[i] == (row.src_rank * d.tokens + row.token) as i32
+                        && g.recv_x[i * d.hidden..(i + 1) * d.hidden]
+                            .iter()
+                            .flat_map(|v| v.to_le_bytes())
+                            .eq(row.payload.iter().copied())
+                        && g.recv_topk_idx[i * k..(i + 1) * k] == row.topk_idx[..]
+                        && g.recv_topk_w[i * k..(i + 1) * k] == row.topk_w[..]
+                });
+            if !same {
+                bail!(
+                    "{}: dispatch on rank {rank} differs from the reference",
+                    what()
+                );
+            }
+        }
+        // Each rank returns a pseudo-random row for each row it received.
+        let y: Vec<Vec<u16>> = got
+            .iter()
+            .enumerate()
+            .map(|(rank, g)| random_activations(spec, g.recv_src.len(), seed ^ 0xc0 ^ rank as u64))
+            .collect();
+        let out = group.combine(&y).with_context(what)?;
+        let rows: Vec<std::collections::HashMap<i32, usize>> = got
+            .iter()
+            .map(|g| {
+                g.recv_src
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (v, i))
+                    .collect()
+            })
+            .collect();
+        for (rank, input) in inputs.iter().enumerate() {
+            let want = reference::ht::combine_flat(spec, &input.routing, |dst, t| {
+                let row = rows[dst]
+                    .get(&((rank * d.tokens + t) as i32))
+                    .copied()
+                    .unwrap_or(0);
+                &y[dst][row * d.hidden..(row + 1) * d.hidden]
+            });
+            if out[rank] != want {
+                bail!(
+                    "{}: combine on rank {rank} differs from the reference",
+                    what()
+                );
+            }
+        }
+    }
+    Ok(calls)
 }
 
 /// What one spec's low-latency check found.
