@@ -112,7 +112,8 @@ pub struct ArchNeed {
 /// beyond NVRTC's own oldest (the conversions of `partials/convert.hbs`; measured with NVRTC
 /// 13.0, whose ptxas reports `Feature ... requires .target sm_XX or higher` below it):
 /// - FP8 e4m3 dispatch (`cvt.rn.satfinite.e4m3x2.f32` in the dispatch): sm_89;
-/// - BF16 activations in low-latency mode (`cvt.rn.bf16.f32` in the combine): sm_80.
+/// - BF16 activations in low-latency mode, and in high-throughput mode where its combine is built
+///   (`cvt.rn.bf16.f32` in the combine): sm_80.
 ///
 /// FP16 activations and the layout kernel (high-throughput mode) need nothing beyond NVRTC's
 /// oldest architecture. `None` when the spec needs nothing more.
@@ -125,7 +126,10 @@ pub fn spec_needs(spec: &Spec) -> Option<ArchNeed> {
             alternative: "dispatch_dtype: bf16",
         });
     }
-    if spec.mode() == Mode::LowLatency && spec.dtype() == Dtype::Bf16 {
+    // LL combine, and HT combine where it is built, convert f32 sums to bf16.
+    let converts =
+        spec.mode() == Mode::LowLatency || ep_codegen::kernels::ht::data_path_built(spec);
+    if converts && spec.dtype() == Dtype::Bf16 {
         return Some(ArchNeed {
             minimum: Arch::sm(80),
             setting: format!("dtype {}", spec.dtype().as_str()),
