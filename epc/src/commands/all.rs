@@ -132,8 +132,8 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
                     tokens: plan.tokens.min(HT_CHECK_TOKENS),
                     ..plan
                 };
-                let calls = verify_ht(&gpu, &jit, &runnable, &kernels, &small)?;
-                format!("ok x{calls}")
+                let v = verify_ht(&gpu, &jit, &runnable, &kernels, &small)?;
+                format!("ok x{}", v.calls)
             } else {
                 "-".to_owned()
             };

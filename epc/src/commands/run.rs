@@ -128,11 +128,27 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
                 count(calls, "call")
             );
             if ep_codegen::kernels::ht::data_path_built(&runnable) {
-                let calls = verify_ht(&gpu, &jit, &runnable, &kernels, &plan)?;
+                let v = verify_ht(&gpu, &jit, &runnable, &kernels, &plan)?;
+                let timed = match v.times {
+                    Some(t) => {
+                        let copy = ep_runtime::timing::copy_us(&gpu, v.received_bytes, plan.iters)?;
+                        format!(
+                            "; at T={tokens} on all {} ranks together: notify {:.2} us, dispatch \
+                             {:.2} us, combine {:.2} us; a device copy of the {:.1} MB received \
+                             takes {copy:.2} us",
+                            runnable.ranks(),
+                            t.notify,
+                            t.dispatch,
+                            t.combine,
+                            v.received_bytes as f64 / 1e6
+                        )
+                    }
+                    None => String::new(),
+                };
                 println!(
-                    "{:<24} dispatch and combine (flat) match the reference in {}",
+                    "{:<24} dispatch and combine (flat) match the reference in {}{timed}",
                     spec.name(),
-                    count(calls, "call")
+                    count(v.calls, "call")
                 );
             }
         }

@@ -8,8 +8,8 @@ use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::reference::{self, Layout};
 use ep_runtime::routing::{Pattern, generate};
 use ep_runtime::{
-    Gpu, HtGroup, HtNotify, Jit, LayoutKernel, LowLatency, NotifyResult, PhaseTimes, check,
-    expected_notify,
+    Gpu, HtGroup, HtNotify, HtTimes, Jit, LayoutKernel, LowLatency, NotifyResult, PhaseTimes,
+    check, expected_notify,
 };
 
 use crate::npy;
@@ -162,17 +162,20 @@ pub fn verify_notify(
 
 /// Runs high-throughput dispatch and combine (flat layout) on the spec's R virtual ranks for
 /// `routings` calls of `tokens` tokens per rank and compares every received row, slot, weight
-/// and source, and every combined output, with the reference bit for bit. Returns the calls.
+/// and source, and every combined output, with the reference bit for bit; then times the last
+/// call's phases (`plan.iters` replays).
 pub fn verify_ht(
     gpu: &Gpu,
     jit: &Jit,
     spec: &Spec,
     kernels: &[KernelSource],
     plan: &Plan,
-) -> Result<usize> {
+) -> Result<HtVerified> {
     let mut group = HtGroup::virtual_ranks(gpu, jit, spec, kernels)?;
     let d = spec.dims();
     let calls = plan.routings.max(1);
+    let mut received_rows = 0;
+    let mut dispatched = false;
     for call in 0..calls {
         let pattern = Pattern::ALL[(plan.pattern as usize + call) % Pattern::ALL.len()];
         let seed = plan.seed.wrapping_add((call * d.ranks) as u64);
@@ -202,6 +205,8 @@ pub fn verify_ht(
             Err(_) => continue,
         };
         let got = group.dispatch(&inputs).with_context(what)?;
+        received_rows = got.iter().map(|g| g.recv_src.len()).sum();
+        dispatched = true;
         for (rank, (g, w)) in got.iter().zip(&want).enumerate() {
             let same = g.recv_src.len() == w.rows.len()
                 && w.rows.iter().enumerate().all(|(i, row)| {
@@ -254,7 +259,27 @@ pub fn verify_ht(
             }
         }
     }
-    Ok(calls)
+    // Every routing may have overflowed the buffer (nothing dispatched, nothing to time).
+    let times = if dispatched {
+        Some(group.time_phases(3, plan.iters)?)
+    } else {
+        None
+    };
+    Ok(HtVerified {
+        calls,
+        times,
+        received_bytes: received_rows * d.hidden * 2,
+    })
+}
+
+/// What one spec's high-throughput check found.
+pub struct HtVerified {
+    /// Calls compared with the reference, all equal.
+    pub calls: usize,
+    /// The last call's phases, timed over all ranks (`None` when no routing fitted the buffer).
+    pub times: Option<HtTimes>,
+    /// Bytes the last call's dispatch wrote into the receivers' windows (all ranks).
+    pub received_bytes: usize,
 }
 
 /// What one spec's low-latency check found.

@@ -68,6 +68,17 @@ pub struct FlatReceived {
     pub notify: NotifyResult,
 }
 
+/// Mean times of one call's phases over all the group's ranks, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HtTimes {
+    /// Notify (send and receive).
+    pub notify: f64,
+    /// Dispatch (send and receive).
+    pub dispatch: f64,
+    /// Combine (send and receive).
+    pub combine: f64,
+}
+
 /// High-throughput dispatch and combine of one spec on its R virtual ranks.
 pub struct HtGroup {
     notify: HtNotify,
@@ -298,6 +309,48 @@ impl HtGroup {
                     .cuda("reading out")
             })
             .collect()
+    }
+
+    /// Mean times of the last call's phases replayed `iters` times after `warmup` replays (the
+    /// same routings and rows; the launches only, nothing read back), in microseconds. Needs a
+    /// [`HtGroup::dispatch`] first.
+    pub fn time_phases(&mut self, warmup: usize, iters: usize) -> Result<HtTimes, Error> {
+        if self.received.is_empty() {
+            return Err(Error::Input("time_phases needs a dispatch first".into()));
+        }
+        let gpu = self.notify.gpu().clone();
+        let phases = |group: &Self| -> Result<(), Error> {
+            group.notify.launch_phases()?;
+            group.launch(&group.dispatch, DISPATCH_BLOCKS, 1)?;
+            group.launch(&group.combine, 1, COMBINE_BLOCKS)
+        };
+        for _ in 0..warmup {
+            phases(self)?;
+        }
+        let iters = iters.max(1);
+        let events = (0..4)
+            .map(|_| crate::timing::timing_event(&gpu))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut sums = [0f64; 3];
+        for _ in 0..iters {
+            crate::timing::record(&gpu, &events[0])?;
+            self.notify.launch_phases()?;
+            crate::timing::record(&gpu, &events[1])?;
+            self.launch(&self.dispatch, DISPATCH_BLOCKS, 1)?;
+            crate::timing::record(&gpu, &events[2])?;
+            self.launch(&self.combine, 1, COMBINE_BLOCKS)?;
+            crate::timing::record(&gpu, &events[3])?;
+            for (i, sum) in sums.iter_mut().enumerate() {
+                *sum += crate::timing::elapsed_us(&events[i], &events[i + 1])?;
+            }
+        }
+        self.notify.take_status("a timed call")?;
+        let n = iters as f64;
+        Ok(HtTimes {
+            notify: sums[0] / n,
+            dispatch: sums[1] / n,
+            combine: sums[2] / n,
+        })
     }
 
     /// The send of `pair` for every rank (`send_blocks` per rank), then its receive

@@ -261,7 +261,7 @@ impl HtNotify {
 
     /// The send for every rank, then the receive for every rank (chunks of at most
     /// [`MAX_LAUNCH_RANKS`] ranks per launch), on the GPU's stream.
-    fn launch_phases(&self) -> Result<(), Error> {
+    pub(crate) fn launch_phases(&self) -> Result<(), Error> {
         let stream = self.gpu.stream();
         let (r, e) = (self.spec.ranks() as usize, self.spec.experts() as usize);
         let words = notify_output_ints(&self.spec) as usize;
