@@ -210,7 +210,7 @@ mod tests {
 
 /// Blocks per rank of the dispatch send (each covers a contiguous chunk of the rank's tokens and
 /// raises its own flag in every receiver's window).
-pub const DISPATCH_BLOCKS: u32 = 16;
+pub const DISPATCH_BLOCKS: u32 = 64;
 
 /// Threads per block of the dispatch and combine kernels.
 pub const DATA_THREADS: u32 = 256;

@@ -40,7 +40,7 @@ struct HtArgs {
 const _: () = assert!(std::mem::size_of::<HtArgs>() == HT_ARGS_BYTES);
 
 /// Blocks per rank of the combine receive.
-const COMBINE_BLOCKS: u32 = 32;
+const COMBINE_BLOCKS: u32 = 64;
 
 /// One rank's device buffers, sized for `max_tokens_per_rank` tokens.
 struct RankBuffers {
