@@ -2,11 +2,10 @@
 //! bit for bit: rows in (source, token) order with rewritten slots, weights and sources, and the
 //! combine summed by NVLink domain.
 
-use std::collections::HashMap;
-
 use ep_codegen::Spec;
 use ep_runtime::HtGroup;
-use ep_runtime::reference::ht::{combine_flat, dispatch_flat};
+use ep_runtime::check::ht::{check_flat_combine, check_flat_dispatch};
+use ep_runtime::reference::ht::dispatch_flat;
 use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::routing::{Pattern, SplitMix64, generate};
 use ep_tests::{gpu_jit_or_skip, renderer};
@@ -41,33 +40,7 @@ fn check(group: &mut HtGroup, s: &Spec, tokens: usize, pattern: Pattern, seed: u
     let got = group.dispatch(&inputs).unwrap();
     let want = dispatch_flat(s, &inputs).unwrap();
     let what = format!("{} T={tokens} {pattern:?} seed {seed}", s.name());
-    for (rank, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(g.recv_src.len(), w.rows.len(), "{what}: rank {rank} rows");
-        let expected_per_expert: Vec<i32> = w.tokens_per_expert.iter().map(|&n| n as i32).collect();
-        assert_eq!(
-            g.notify.recv_tokens_per_expert, expected_per_expert,
-            "{what}: rank {rank}"
-        );
-        for (i, row) in w.rows.iter().enumerate() {
-            let src = (row.src_rank * d.tokens + row.token) as i32;
-            assert_eq!(g.recv_src[i], src, "{what}: rank {rank} row {i}");
-            let x: Vec<u8> = g.recv_x[i * d.hidden..(i + 1) * d.hidden]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
-            assert_eq!(x, row.payload, "{what}: rank {rank} row {i} payload");
-            assert_eq!(
-                g.recv_topk_idx[i * d.top_k..(i + 1) * d.top_k],
-                row.topk_idx[..],
-                "{what}: rank {rank} row {i}"
-            );
-            assert_eq!(
-                g.recv_topk_w[i * d.top_k..(i + 1) * d.top_k],
-                row.topk_w[..],
-                "{what}: rank {rank} row {i}"
-            );
-        }
-    }
+    check_flat_dispatch(s, &got, &want).unwrap_or_else(|e| panic!("{what}: {e}"));
     // Each rank returns a random row for each row it received.
     let mut rng = SplitMix64::new(seed ^ 0x7);
     let y: Vec<Vec<u16>> = got
@@ -84,24 +57,7 @@ fn check(group: &mut HtGroup, s: &Spec, tokens: usize, pattern: Pattern, seed: u
         })
         .collect();
     let out = group.combine(&y).unwrap();
-    // Where each (source rank, token) landed on each rank.
-    let rows: Vec<HashMap<i32, usize>> = got
-        .iter()
-        .map(|g| {
-            g.recv_src
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| (v, i))
-                .collect()
-        })
-        .collect();
-    for (rank, input) in inputs.iter().enumerate() {
-        let want = combine_flat(s, &input.routing, |dst, t| {
-            let row = rows[dst][&((rank * d.tokens + t) as i32)];
-            &y[dst][row * d.hidden..(row + 1) * d.hidden]
-        });
-        assert_eq!(out[rank], want, "{what}: combine on rank {rank}");
-    }
+    check_flat_combine(s, &inputs, &got, &y, &out).unwrap_or_else(|e| panic!("{what}: {e}"));
 }
 
 #[test]

@@ -207,25 +207,8 @@ pub fn verify_ht(
         let got = group.dispatch(&inputs).with_context(what)?;
         received_rows = got.iter().map(|g| g.recv_src.len()).sum();
         dispatched = true;
-        for (rank, (g, w)) in got.iter().zip(&want).enumerate() {
-            let same = g.recv_src.len() == w.rows.len()
-                && w.rows.iter().enumerate().all(|(i, row)| {
-                    let k = d.top_k;
-                    g.recv_src[i] == (row.src_rank * d.tokens + row.token) as i32
-                        && g.recv_x[i * d.hidden..(i + 1) * d.hidden]
-                            .iter()
-                            .flat_map(|v| v.to_le_bytes())
-                            .eq(row.payload.iter().copied())
-                        && g.recv_topk_idx[i * k..(i + 1) * k] == row.topk_idx[..]
-                        && g.recv_topk_w[i * k..(i + 1) * k] == row.topk_w[..]
-                });
-            if !same {
-                bail!(
-                    "{}: dispatch on rank {rank} differs from the reference",
-                    what()
-                );
-            }
-        }
+        check::ht::check_flat_dispatch(spec, &got, &want)
+            .map_err(|e| anyhow!("{}: dispatch: {e}", what()))?;
         // Each rank returns a pseudo-random row for each row it received.
         let y: Vec<Vec<u16>> = got
             .iter()
@@ -233,31 +216,8 @@ pub fn verify_ht(
             .map(|(rank, g)| random_activations(spec, g.recv_src.len(), seed ^ 0xc0 ^ rank as u64))
             .collect();
         let out = group.combine(&y).with_context(what)?;
-        let rows: Vec<std::collections::HashMap<i32, usize>> = got
-            .iter()
-            .map(|g| {
-                g.recv_src
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &v)| (v, i))
-                    .collect()
-            })
-            .collect();
-        for (rank, input) in inputs.iter().enumerate() {
-            let want = reference::ht::combine_flat(spec, &input.routing, |dst, t| {
-                let row = rows[dst]
-                    .get(&((rank * d.tokens + t) as i32))
-                    .copied()
-                    .unwrap_or(0);
-                &y[dst][row * d.hidden..(row + 1) * d.hidden]
-            });
-            if out[rank] != want {
-                bail!(
-                    "{}: combine on rank {rank} differs from the reference",
-                    what()
-                );
-            }
-        }
+        check::ht::check_flat_combine(spec, &inputs, &got, &y, &out)
+            .map_err(|e| anyhow!("{}: {e}", what()))?;
     }
     // Every routing may have overflowed the buffer (nothing dispatched, nothing to time).
     let times = if dispatched {
