@@ -17,6 +17,7 @@ mod gpu;
 pub mod check;
 pub mod ht;
 pub mod jit;
+mod launch;
 pub mod libsearch;
 pub mod ll;
 pub mod reference;

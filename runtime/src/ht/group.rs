@@ -14,8 +14,8 @@ use ep_codegen::{IndexDtype, KernelSource, Spec};
 use super::notify::{HtNotify, NotifyResult};
 use crate::device_index::DeviceIndex;
 use crate::error::CudaContextExt;
+use crate::launch::{Grid, launch};
 use crate::ll::Stream;
-use crate::ll::launch::{Grid, launch};
 use crate::reference::ll::RankInput;
 use crate::{Error, Gpu, Jit, LayoutKernel};
 

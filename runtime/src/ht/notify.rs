@@ -14,7 +14,7 @@ use ep_codegen::kernels::ll::MAX_LAUNCH_RANKS;
 use ep_codegen::{KernelSource, Mode, Spec};
 
 use crate::error::CudaContextExt;
-use crate::ll::launch::{Grid, launch};
+use crate::launch::{Grid, launch};
 use crate::ll::{DEFAULT_TIMEOUT, Stream};
 use crate::reference::Layout;
 use crate::transport::VirtualRanks;

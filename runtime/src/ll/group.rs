@@ -10,9 +10,10 @@ use ep_codegen::{KernelSource, MemoryPlan, Mode, Spec};
 
 use super::call::{CombineInput, DispatchInput, LlCall};
 use super::errors::read_errors;
-use super::launch::{Grid, RankArgs, launch};
+use super::launch::RankArgs;
 use super::tensor::{Elem, Stream, Tensor};
 use crate::error::CudaContextExt;
+use crate::launch::{Grid, launch};
 use crate::transport::VirtualRanks;
 use crate::{Error, Gpu, Jit};
 

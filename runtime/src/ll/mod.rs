@@ -12,7 +12,7 @@ mod errors;
 mod graphs;
 mod group;
 mod harness;
-pub(crate) mod launch;
+mod launch;
 mod nccl;
 mod tensor;
 mod typed;
