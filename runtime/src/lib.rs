@@ -20,6 +20,7 @@ pub mod jit;
 mod launch;
 pub mod libsearch;
 pub mod ll;
+mod raw_copy;
 pub mod reference;
 pub mod routing;
 pub mod timing;

@@ -1,6 +1,6 @@
-//! LL over the `nccl` transport: NCCL symmetric windows, LSA peer pointers from NCCL's device
-//! API, the same kernels as on virtual ranks. One GPU runs a 1-rank communicator; the 2, 4 and
-//! 8-GPU tests (one process for all GPUs, and one process per GPU) skip with a printed reason
+//! LL and HT over the `nccl` transport: NCCL symmetric windows, LSA peer pointers from NCCL's
+//! device API, the same kernels as on virtual ranks. One GPU runs a 1-rank communicator; the 2, 4
+//! and 8-GPU tests (one process for all GPUs, and one process per GPU) skip with a printed reason
 //! where fewer GPUs exist.
 
 use std::io::Write;
@@ -8,14 +8,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ep_codegen::Spec;
+use ep_runtime::check::ht::{check_flat_combine_of, check_flat_dispatch_of};
 use ep_runtime::check::ll::{check_combine_of, check_dispatch_of, expert_outputs_of};
+use ep_runtime::reference::ht::dispatch_flat;
 use ep_runtime::reference::ll::{RankInput, random_activations};
-use ep_runtime::routing::{Pattern, generate};
+use ep_runtime::reference::values;
+use ep_runtime::routing::{Pattern, SplitMix64, generate};
 use ep_runtime::transport::{NcclComm, NcclLibrary, NcclUniqueId};
-use ep_runtime::{Gpu, LlGroup, LowLatency};
+use ep_runtime::{Gpu, HtGroup, LlGroup, LowLatency};
 use ep_tests::{fresh_jit, gpu_jit_or_skip, nvrtc_or_skip, renderer};
 
 const ROUNDS: usize = 12;
+const HT_ROUNDS: usize = 6;
 
 fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
@@ -121,6 +125,69 @@ fn run_rounds(spec: &Spec, lls: &mut [LowLatency], what: &str) {
     say(&format!("{what}: {ROUNDS} rounds match the reference"));
 }
 
+/// A high-throughput spec of `ranks` ranks, all in one NVLink domain.
+fn ht_spec(ranks: u32) -> Spec {
+    let yaml = format!(
+        "name: nccl-ht-r{ranks}\nmode: high_throughput\nhidden: 2048\nexperts: {}\ntop_k: 8\n\
+         ranks: {ranks}\nnvlink_domain: {ranks}\nmax_tokens_per_rank: 1024\n\
+         max_recv_tokens_per_rank: {}\n",
+        16 * ranks,
+        1024 * ranks
+    );
+    Spec::from_yaml(&yaml, None).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+/// What rank `rank` returns for each of its `rows` rows in round `round` (every process can
+/// make every rank's).
+fn ht_rows(spec: &Spec, round: usize, rank: usize, rows: usize) -> Vec<u16> {
+    let mut rng = SplitMix64::new((round * 7919 + rank) as u64 ^ 0xc0b1);
+    (0..rows * spec.hidden() as usize)
+        .map(|_| values::from_f32(rng.next_f64() as f32 * 4.0 - 2.0, spec.dtype()))
+        .collect()
+}
+
+/// Runs `HT_ROUNDS` high-throughput calls over the given groups (each on its own GPU, driven by
+/// this process): every group's phase is started before any is finished, and every local
+/// rank's dispatch and combine is checked against the reference.
+fn run_ht_rounds(spec: &Spec, groups: &mut [HtGroup], what: &str) {
+    let d = spec.dims();
+    for round in 0..HT_ROUNDS {
+        let all = inputs(spec, round);
+        let want = dispatch_flat(spec, &all).unwrap();
+        let ranks: Vec<Vec<usize>> = groups.iter().map(HtGroup::ranks).collect();
+        for (g, mine) in groups.iter_mut().zip(&ranks) {
+            let local: Vec<RankInput> = mine.iter().map(|&r| all[r].clone()).collect();
+            g.start_dispatch(&local).unwrap();
+        }
+        for (g, mine) in groups.iter_mut().zip(&ranks) {
+            let got = g
+                .finish_dispatch()
+                .unwrap_or_else(|e| panic!("{what} round {round}: {e}"));
+            check_flat_dispatch_of(spec, &want, mine, &got)
+                .unwrap_or_else(|e| panic!("{what} round {round}: {e}"));
+        }
+        let y: Vec<Vec<u16>> = (0..d.ranks)
+            .map(|r| ht_rows(spec, round, r, want[r].rows.len()))
+            .collect();
+        for (g, mine) in groups.iter_mut().zip(&ranks) {
+            let local: Vec<Vec<u16>> = mine.iter().map(|&r| y[r].clone()).collect();
+            g.start_combine(&local).unwrap();
+        }
+        let sources: Vec<Vec<i32>> = want.iter().map(|w| w.sources(d.tokens)).collect();
+        let sources: Vec<&[i32]> = sources.iter().map(Vec::as_slice).collect();
+        for (g, mine) in groups.iter_mut().zip(&ranks) {
+            let out = g
+                .finish_combine()
+                .unwrap_or_else(|e| panic!("{what} round {round}: {e}"));
+            check_flat_combine_of(spec, &all, &sources, &y, mine, &out)
+                .unwrap_or_else(|e| panic!("{what} round {round}: {e}"));
+        }
+    }
+    say(&format!(
+        "{what}: {HT_ROUNDS} high-throughput rounds match the reference"
+    ));
+}
+
 #[test]
 fn one_rank_communicator_matches_the_reference_and_replays_graphs() {
     let test = "one_rank_communicator_matches_the_reference_and_replays_graphs";
@@ -197,6 +264,31 @@ fn one_rank_communicator_matches_the_reference_and_replays_graphs() {
     }
 }
 
+#[test]
+fn one_rank_communicator_runs_high_throughput() {
+    let test = "one_rank_communicator_runs_high_throughput";
+    let Some((gpu, jit, _dir)) = gpu_jit_or_skip(test) else {
+        return;
+    };
+    let Some(lib) = nccl_or_skip(test) else {
+        return;
+    };
+    let v = lib.version;
+    if (v.major, v.minor, v.patch) < (2, 28, 9) {
+        say(&format!(
+            "SKIP {test}: NCCL {v} has no symmetric memory for a 1-rank communicator; \
+             set EPC_NCCL to NCCL >= 2.28.9"
+        ));
+        return;
+    }
+    let spec = ht_spec(1);
+    let kernels = renderer().render(&spec).unwrap();
+    let comm = NcclComm::init_rank(&gpu, &NcclComm::unique_id().unwrap(), 0, 1).unwrap();
+    let mut groups = HtGroup::nccl(&[(&gpu, &comm)], &jit, &spec, &kernels).unwrap();
+    run_ht_rounds(&spec, &mut groups, "HT over a 1-rank communicator");
+    HtGroup::close(groups).unwrap();
+}
+
 /// One process drives `n` GPUs with `ncclCommInitAll`.
 fn one_process_for_all(n: usize) {
     let test = format!("one_process_drives_{n}_gpus");
@@ -225,6 +317,12 @@ fn one_process_for_all(n: usize) {
     LlGroup::close(lls.into_iter().map(LowLatency::into_group).collect())
         .unwrap_or_else(|e| panic!("{test}: closing: {e}"));
     say(&format!("{test}: groups closed in {:?}", start.elapsed()));
+    // High-throughput mode on the same communicators.
+    let spec = ht_spec(n as u32);
+    let kernels = renderer().render(&spec).unwrap();
+    let mut groups = HtGroup::nccl(&members, &jit, &spec, &kernels).unwrap();
+    run_ht_rounds(&spec, &mut groups, &format!("{test} (HT)"));
+    HtGroup::close(groups).unwrap_or_else(|e| panic!("{test}: closing HT: {e}"));
 }
 
 #[test]
@@ -340,4 +438,12 @@ fn rank_process() {
     assert_eq!(group.ranks(), vec![rank]);
     let mut ll = [LowLatency::from_group(group)];
     run_rounds(&spec, &mut ll, &format!("rank {rank} of {ranks}"));
+    let [ll] = ll;
+    LlGroup::close(vec![ll.into_group()]).unwrap();
+    // High-throughput mode on the same communicator.
+    let spec = ht_spec(ranks as u32);
+    let kernels = renderer().render(&spec).unwrap();
+    let mut groups = HtGroup::nccl(&[(&gpu, &comm)], &jit, &spec, &kernels).unwrap();
+    run_ht_rounds(&spec, &mut groups, &format!("rank {rank} of {ranks} (HT)"));
+    HtGroup::close(groups).unwrap();
 }

@@ -16,7 +16,6 @@ pub fn check_flat_dispatch(
     got: &[FlatReceived],
     want: &[FlatReceive],
 ) -> Result<(), String> {
-    let d = spec.dims();
     if got.len() != want.len() {
         return Err(format!(
             "{} ranks received, {} expected",
@@ -24,7 +23,28 @@ pub fn check_flat_dispatch(
             want.len()
         ));
     }
-    for (rank, (g, w)) in got.iter().zip(want).enumerate() {
+    let all: Vec<usize> = (0..got.len()).collect();
+    check_flat_dispatch_of(spec, want, &all, got)
+}
+
+/// [`check_flat_dispatch`] for the ranks `mine` a process drives (`got[i]` is rank `mine[i]`'s),
+/// against the reference of every rank (`want`).
+pub fn check_flat_dispatch_of(
+    spec: &Spec,
+    want: &[FlatReceive],
+    mine: &[usize],
+    got: &[FlatReceived],
+) -> Result<(), String> {
+    let d = spec.dims();
+    if got.len() != mine.len() || mine.iter().any(|&r| r >= want.len()) {
+        return Err(format!(
+            "{} results for ranks {mine:?} of {}",
+            got.len(),
+            want.len()
+        ));
+    }
+    for (&rank, g) in mine.iter().zip(got) {
+        let w = &want[rank];
         if g.recv_src.len() != w.rows.len() {
             return Err(format!(
                 "rank {rank}: {} rows received, {} expected",
@@ -77,19 +97,36 @@ pub fn check_flat_combine(
     y: &[Vec<u16>],
     out: &[Vec<u16>],
 ) -> Result<(), String> {
+    let sources: Vec<&[i32]> = got.iter().map(|g| &g.recv_src[..]).collect();
+    let all: Vec<usize> = (0..inputs.len()).collect();
+    check_flat_combine_of(spec, inputs, &sources, y, &all, out)
+}
+
+/// [`check_flat_combine`] for the ranks `mine` a process drives (`out[i]` is rank `mine[i]`'s),
+/// given every rank's inputs, row sources (`recv_src`) and returned rows `y`.
+pub fn check_flat_combine_of(
+    spec: &Spec,
+    inputs: &[RankInput],
+    sources: &[&[i32]],
+    y: &[Vec<u16>],
+    mine: &[usize],
+    out: &[Vec<u16>],
+) -> Result<(), String> {
     let d = spec.dims();
+    if out.len() != mine.len() || mine.iter().any(|&r| r >= inputs.len()) {
+        return Err(format!(
+            "{} outputs for ranks {mine:?} of {}",
+            out.len(),
+            inputs.len()
+        ));
+    }
     // Where each (source rank, token) landed on each rank.
-    let rows: Vec<HashMap<i32, usize>> = got
+    let rows: Vec<HashMap<i32, usize>> = sources
         .iter()
-        .map(|g| {
-            g.recv_src
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| (v, i))
-                .collect()
-        })
+        .map(|s| s.iter().enumerate().map(|(i, &v)| (v, i)).collect())
         .collect();
-    for (rank, input) in inputs.iter().enumerate() {
+    for (&rank, got_out) in mine.iter().zip(out) {
+        let input = &inputs[rank];
         let missing = std::cell::Cell::new(None);
         let want = combine_flat(spec, &input.routing, |dst, t| {
             match rows[dst].get(&((rank * d.tokens + t) as i32)) {
@@ -107,7 +144,7 @@ pub fn check_flat_combine(
                 "rank {dst} holds no row of rank {rank}'s token {t}"
             ));
         }
-        if out.get(rank) != Some(&want) {
+        if *got_out != want {
             return Err(format!("combine on rank {rank} differs from the reference"));
         }
     }

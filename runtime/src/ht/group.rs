@@ -1,6 +1,6 @@
 //! [`HtGroup`]: high-throughput dispatch and combine (flat layout, 16-bit payloads) of one spec
-//! on R virtual ranks of one GPU, driven from host vectors: the helper behind the GPU tests and
-//! the main job. Each call runs the layout kernel per rank, notify, then the dispatch kernels;
+//! on the ranks a process drives on one GPU (R virtual ranks, or one NCCL rank), driven from
+//! host vectors: the helper behind the GPU tests, `epc run`, `epc bench` and the main job. Each call runs the layout kernel per rank, notify, then the dispatch kernels;
 //! combine takes what each rank returns for its rows.
 
 use cudarc::driver::sys::CUdeviceptr;
@@ -17,7 +17,8 @@ use crate::error::CudaContextExt;
 use crate::launch::{Grid, launch};
 use crate::ll::Stream;
 use crate::reference::ll::RankInput;
-use crate::{Error, Gpu, Jit, LayoutKernel};
+use crate::transport::NcclComm;
+use crate::{Error, Gpu, Jit, LayoutKernel, raw_copy};
 
 /// One rank's entry of dispatch's and combine's `LaunchArgs` (`partials/ht_constants.hbs`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -79,7 +80,8 @@ pub struct HtTimes {
     pub combine: f64,
 }
 
-/// High-throughput dispatch and combine of one spec on its R virtual ranks.
+/// High-throughput dispatch and combine of one spec on the ranks this process drives on one
+/// GPU: all R as virtual ranks, or one NCCL rank.
 pub struct HtGroup {
     notify: HtNotify,
     spec: Spec,
@@ -99,13 +101,36 @@ impl HtGroup {
         spec: &Spec,
         kernels: &[KernelSource],
     ) -> Result<HtGroup, Error> {
-        if !data_path_built(spec) {
-            return Err(Error::Input(format!(
-                "spec `{}`: high-throughput dispatch is built for the flat layout with 16-bit \
-                 payloads only so far",
-                spec.name()
-            )));
-        }
+        check_built(spec)?;
+        let notify = HtNotify::virtual_ranks(gpu, jit, spec, kernels)?;
+        HtGroup::build(gpu, jit, spec, kernels, notify)
+    }
+
+    /// The groups of the NCCL ranks this process drives, one member `(gpu, communicator)` per
+    /// GPU (see [`crate::LlGroup::nccl`]). Collective: every rank of the communicators calls
+    /// this at the same time, with the same spec.
+    pub fn nccl(
+        members: &[(&Gpu, &NcclComm)],
+        jit: &Jit,
+        spec: &Spec,
+        kernels: &[KernelSource],
+    ) -> Result<Vec<HtGroup>, Error> {
+        check_built(spec)?;
+        let notifies = HtNotify::nccl(members, jit, spec, kernels)?;
+        members
+            .iter()
+            .zip(notifies)
+            .map(|((gpu, _), notify)| HtGroup::build(gpu, jit, spec, kernels, notify))
+            .collect()
+    }
+
+    fn build(
+        gpu: &Gpu,
+        jit: &Jit,
+        spec: &Spec,
+        kernels: &[KernelSource],
+        notify: HtNotify,
+    ) -> Result<HtGroup, Error> {
         let find = |name: &str| {
             kernels
                 .iter()
@@ -121,10 +146,11 @@ impl HtGroup {
         };
         let dispatch = pair("ht_dispatch")?;
         let combine = pair("ht_combine")?;
-        let notify = HtNotify::virtual_ranks(gpu, jit, spec, kernels)?;
         let d = spec.dims();
         let stream = gpu.stream();
-        let ranks = (0..d.ranks)
+        let ranks = notify
+            .ranks()
+            .iter()
             .map(|_| -> Result<RankBuffers, Error> {
                 Ok(RankBuffers {
                     x: stream
@@ -163,21 +189,45 @@ impl HtGroup {
         })
     }
 
-    /// Dispatches every rank's tokens (`inputs[r]`, at most `max_tokens_per_rank` each) and
-    /// reads back what each rank received.
+    /// The ranks this group drives, in the order of every per-rank argument and result.
+    pub fn ranks(&self) -> Vec<usize> {
+        self.notify.ranks()
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// The GPU.
+    pub fn gpu(&self) -> &Gpu {
+        self.notify.gpu()
+    }
+
+    /// Dispatches the local ranks' tokens (`inputs[i]` of the i-th of [`HtGroup::ranks`], at
+    /// most `max_tokens_per_rank` each) and reads back what each received.
     pub fn dispatch(&mut self, inputs: &[RankInput]) -> Result<Vec<FlatReceived>, Error> {
+        self.start_dispatch(inputs)?;
+        self.finish_dispatch()
+    }
+
+    /// Uploads the inputs and launches notify and dispatch without waiting for them: a process
+    /// driving several GPUs starts every GPU's dispatch before it finishes any.
+    pub fn start_dispatch(&mut self, inputs: &[RankInput]) -> Result<(), Error> {
         let d = self.spec.dims();
-        if inputs.len() != d.ranks {
+        let ranks = self.ranks();
+        if inputs.len() != ranks.len() {
             return Err(Error::Input(format!(
-                "{} inputs for {} ranks",
+                "{} inputs for the {} ranks {ranks:?} this group drives",
                 inputs.len(),
-                d.ranks
+                ranks.len()
             )));
         }
+        self.received.clear();
         let gpu = self.notify.gpu().clone();
         let stream = gpu.stream().clone();
-        let mut layouts = Vec::with_capacity(d.ranks);
-        for (rank, (input, buffers)) in inputs.iter().zip(&mut self.ranks).enumerate() {
+        let mut layouts = Vec::with_capacity(ranks.len());
+        for ((input, buffers), rank) in inputs.iter().zip(&mut self.ranks).zip(ranks) {
             let t = input.routing.num_tokens;
             if t > d.tokens || input.x.len() != t * d.hidden || input.routing.top_k != d.top_k {
                 return Err(Error::Input(format!(
@@ -212,22 +262,26 @@ impl HtGroup {
             buffers.tokens = t;
             layouts.push(layout);
         }
-        self.received = self.notify.run(&layouts)?;
-        self.launch(&self.dispatch, DISPATCH_BLOCKS, 1)?;
-        self.notify.take_status("dispatch receive")?;
-        let mut out = Vec::with_capacity(d.ranks);
-        for (rank, notify) in self.received.iter().enumerate() {
+        self.notify.start(&layouts)?;
+        self.launch(&self.dispatch, DISPATCH_BLOCKS, 1)
+    }
+
+    /// Waits for the dispatch [`HtGroup::start_dispatch`] launched and reads back what each local
+    /// rank received.
+    pub fn finish_dispatch(&mut self) -> Result<Vec<FlatReceived>, Error> {
+        let d = self.spec.dims();
+        self.received = self.notify.finish("dispatch")?;
+        let stream = self.notify.gpu().stream().clone();
+        let mut out = Vec::with_capacity(self.received.len());
+        for (i, notify) in self.received.iter().enumerate() {
             let rows = notify.recv_rows.max(0) as usize;
             let w = &self.window;
-            let window = self.notify.windows_mut().window(rank);
+            let base = self.notify.window_base(i);
             let read = |offset: u64, bytes: usize| -> Result<Vec<u8>, Error> {
-                if bytes == 0 {
-                    return Ok(Vec::new());
-                }
-                let start = offset as usize;
-                stream
-                    .clone_dtoh(&window.slice(start..start + bytes))
-                    .cuda("reading the receive buffer")
+                // SAFETY: the region lies inside local rank i's window (HtWindow's offsets
+                // and sizes for at most max_recv_tokens_per_rank rows, which notify checked),
+                // which this group holds.
+                unsafe { raw_copy::read(&stream, base + offset, bytes) }
             };
             let k = d.top_k;
             let x = read(w.recv_x_offset, rows * w.payload_bytes as usize)?;
@@ -264,39 +318,54 @@ impl HtGroup {
         Ok(out)
     }
 
-    /// Combines after [`HtGroup::dispatch`]: `y[d]` is what rank d returns for each of its rows
-    /// (`rows x H` values); gives each rank's `out [T, H]`.
+    /// Combines after [`HtGroup::dispatch`]: `y[i]` is what the i-th local rank returns for
+    /// each of its rows (`rows x H` values); gives each local rank's `out [T, H]`.
     pub fn combine(&mut self, y: &[Vec<u16>]) -> Result<Vec<Vec<u16>>, Error> {
+        self.start_combine(y)?;
+        self.finish_combine()
+    }
+
+    /// Writes `y` and launches combine without waiting for it (see
+    /// [`HtGroup::start_dispatch`]).
+    pub fn start_combine(&mut self, y: &[Vec<u16>]) -> Result<(), Error> {
         let d = self.spec.dims();
-        if y.len() != d.ranks || self.received.len() != d.ranks {
+        if y.len() != self.ranks.len() || self.received.len() != self.ranks.len() {
             return Err(Error::Input(
-                "combine needs a dispatch first, and y for every rank".into(),
+                "combine needs a finished dispatch first, and y for every local rank".into(),
             ));
         }
         let stream = self.notify.gpu().stream().clone();
-        let y_offset = self.window.y_offset as usize;
-        for (rank, rows) in y.iter().enumerate() {
-            let expected = self.received[rank].recv_rows.max(0) as usize * d.hidden;
+        for (i, rows) in y.iter().enumerate() {
+            let expected = self.received[i].recv_rows.max(0) as usize * d.hidden;
             if rows.len() != expected {
                 return Err(Error::Input(format!(
-                    "rank {rank}: y holds {} values, its {} rows need {expected}",
+                    "rank {}: y holds {} values, its {} rows need {expected}",
+                    self.notify.ranks()[i],
                     rows.len(),
-                    self.received[rank].recv_rows
+                    self.received[i].recv_rows
                 )));
             }
-            if rows.is_empty() {
-                continue;
-            }
             let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let window = self.notify.windows_mut().window_mut(rank);
-            stream
-                .memcpy_htod(
+            // SAFETY: the y region of local rank i's window holds max_recv_tokens_per_rank rows
+            // of H values, at least the received rows checked above; no kernel runs on it now
+            // (the dispatch was finished).
+            unsafe {
+                raw_copy::write(
+                    &stream,
+                    self.notify.window_base(i) + self.window.y_offset,
                     &bytes,
-                    &mut window.slice_mut(y_offset..y_offset + bytes.len()),
-                )
-                .cuda("writing y")?;
+                )?;
+            }
         }
-        self.launch(&self.combine, 1, COMBINE_BLOCKS)?;
+        self.launch(&self.combine, 1, COMBINE_BLOCKS)
+    }
+
+    /// Waits for the combine [`HtGroup::start_combine`] launched and reads each local rank's
+    /// `out [T, H]`.
+    pub fn finish_combine(&mut self) -> Result<Vec<Vec<u16>>, Error> {
+        let d = self.spec.dims();
+        let stream = self.notify.gpu().stream().clone();
+        stream.synchronize().cuda("waiting for combine")?;
         self.notify.take_status("combine receive")?;
         self.ranks
             .iter()
@@ -309,6 +378,12 @@ impl HtGroup {
                     .cuda("reading out")
             })
             .collect()
+    }
+
+    /// Closes groups together, as [`HtNotify::close`] does (needed over NCCL only).
+    pub fn close(mut groups: Vec<HtGroup>) -> Result<(), Error> {
+        let mut notifies: Vec<&mut HtNotify> = groups.iter_mut().map(|g| &mut g.notify).collect();
+        HtNotify::close_all(&mut notifies)
     }
 
     /// Mean times of the last call's phases replayed `iters` times after `warmup` replays (the
@@ -371,8 +446,8 @@ impl HtGroup {
             .ranks
             .iter()
             .enumerate()
-            .map(|(rank, b)| -> Result<HtArgs, Error> {
-                let (notify_out, epoch, status, peers) = self.notify.rank_state(rank);
+            .map(|(i, b)| -> Result<HtArgs, Error> {
+                let state = self.notify.rank_state(i);
                 let weights = {
                     let (p, _sync) = b.topk_weights.device_ptr(stream);
                     p
@@ -390,13 +465,13 @@ impl HtGroup {
                     topk_idx: b.topk_idx.view(stream, &[b.topk_idx.len()])?.ptr(),
                     topk_weights: weights,
                     is_token_in_rank: in_rank,
-                    notify_out,
+                    notify_out: state.out,
                     positions,
                     out: ptr(&b.out),
-                    epoch,
-                    status,
-                    peers,
-                    rank: rank as i32,
+                    epoch: state.epoch,
+                    status: state.status,
+                    peers: state.peers,
+                    rank: state.rank as i32,
                     tokens: b.tokens as i32,
                 })
             })
@@ -421,4 +496,15 @@ impl HtGroup {
         }
         Ok(())
     }
+}
+
+fn check_built(spec: &Spec) -> Result<(), Error> {
+    if !data_path_built(spec) {
+        return Err(Error::Input(format!(
+            "spec `{}`: high-throughput dispatch is built for the flat layout with 16-bit \
+             payloads only so far",
+            spec.name()
+        )));
+    }
+    Ok(())
 }

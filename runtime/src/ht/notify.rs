@@ -17,7 +17,7 @@ use crate::error::CudaContextExt;
 use crate::launch::{Grid, launch};
 use crate::ll::{DEFAULT_TIMEOUT, Stream};
 use crate::reference::Layout;
-use crate::transport::VirtualRanks;
+use crate::transport::{LocalRank, NcclComm, SymmetricWindow, Transport, VirtualRanks};
 use crate::{Error, Gpu, Jit};
 
 /// One rank's entry of notify's `LaunchArgs` (`struct RankArgs` in `ht_notify.cu.hbs`).
@@ -71,21 +71,36 @@ impl NotifyResult {
     }
 }
 
-/// Notify for all R ranks of a high-throughput spec as virtual ranks of one GPU.
+/// Notify of a high-throughput spec for the ranks this process drives on one GPU: all R as
+/// virtual ranks, or one NCCL rank.
 pub struct HtNotify {
     gpu: Gpu,
     spec: Spec,
     functions: [CudaFunction; 2],
-    windows: VirtualRanks,
-    /// Per rank: the layout counters `[R + E + 2]`.
+    windows: Transport,
+    ranks: Vec<LocalRank>,
+    /// Per local rank: the layout counters `[R + E + 2]`.
     counters: CudaSlice<i32>,
-    /// Per rank: the outputs.
+    /// Per local rank: the outputs.
     out: CudaSlice<i32>,
-    /// Per rank: status words.
+    /// Per local rank: status words.
     status: CudaSlice<i32>,
-    /// Per rank: the epoch word.
+    /// Per local rank: the epoch word.
     epochs: CudaSlice<u32>,
     timeout: Duration,
+    /// Met its peers for the last time ([`HtNotify::close`]).
+    closed: bool,
+}
+
+/// Bytes of one rank's window: the whole high-throughput window when dispatch and combine are
+/// built (notify's region comes first), else notify's region alone.
+pub(crate) fn window_bytes(spec: &Spec) -> usize {
+    let bytes = if data_path_built(spec) {
+        HtWindow::of(spec).bytes
+    } else {
+        NotifyWindow::of(spec).bytes
+    };
+    usize::try_from(bytes).unwrap_or(usize::MAX)
 }
 
 impl HtNotify {
@@ -96,12 +111,52 @@ impl HtNotify {
         spec: &Spec,
         kernels: &[KernelSource],
     ) -> Result<HtNotify, Error> {
-        if spec.mode() != Mode::HighThroughput {
-            return Err(Error::Input(format!(
-                "spec `{}` is not a high_throughput spec",
-                spec.name()
-            )));
+        check_mode(spec)?;
+        let windows = VirtualRanks::new(gpu, spec.ranks() as usize, window_bytes(spec))?;
+        let ranks = LocalRank::of_virtual(gpu, &windows);
+        HtNotify::build(gpu, jit, spec, kernels, Transport::Virtual(windows), ranks)
+    }
+
+    /// Notify for the NCCL ranks this process drives, one member `(gpu, communicator)` per GPU
+    /// (see [`crate::LlGroup::nccl`]). Registering the windows is collective: every rank of the
+    /// communicators calls this at the same time, with the same spec.
+    pub fn nccl(
+        members: &[(&Gpu, &NcclComm)],
+        jit: &Jit,
+        spec: &Spec,
+        kernels: &[KernelSource],
+    ) -> Result<Vec<HtNotify>, Error> {
+        check_mode(spec)?;
+        for (_, comm) in members {
+            if comm.ranks() != spec.ranks() as usize {
+                return Err(Error::Input(format!(
+                    "spec `{}` has {} ranks; the NCCL communicator of rank {} has {}",
+                    spec.name(),
+                    spec.ranks(),
+                    comm.rank(),
+                    comm.ranks()
+                )));
+            }
         }
+        let windows = SymmetricWindow::register(members, window_bytes(spec))?;
+        members
+            .iter()
+            .zip(windows)
+            .map(|((gpu, _), window)| {
+                let rank = LocalRank::of_nccl(&window);
+                HtNotify::build(gpu, jit, spec, kernels, Transport::Nccl(window), vec![rank])
+            })
+            .collect()
+    }
+
+    fn build(
+        gpu: &Gpu,
+        jit: &Jit,
+        spec: &Spec,
+        kernels: &[KernelSource],
+        windows: Transport,
+        ranks: Vec<LocalRank>,
+    ) -> Result<HtNotify, Error> {
         let source = kernels
             .iter()
             .find(|k| k.name == "ht_notify" && k.spec_hash == spec.hash())
@@ -110,34 +165,27 @@ impl HtNotify {
             })?;
         let functions = <[CudaFunction; 2]>::try_from(jit.load(gpu, source)?.functions)
             .map_err(|_| Error::Input("ht_notify must have a send and a receive entry".into()))?;
-        let (r, e) = (spec.ranks() as usize, spec.experts() as usize);
-        // The whole high-throughput window when dispatch and combine are built (notify's region
-        // comes first), else notify's region alone.
-        let bytes = if data_path_built(spec) {
-            HtWindow::of(spec).bytes
-        } else {
-            NotifyWindow::of(spec).bytes
-        };
-        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
-        let windows = VirtualRanks::new(gpu, r, bytes)?;
+        let (n, r, e) = (ranks.len(), spec.ranks() as usize, spec.experts() as usize);
         let stream = gpu.stream();
-        let zeros = |n: usize, what: &str| {
+        let zeros = |count: usize, what: &str| {
             stream
-                .alloc_zeros::<i32>(n.max(1))
+                .alloc_zeros::<i32>(count.max(1))
                 .cuda(&format!("allocating notify's {what}"))
         };
         Ok(HtNotify {
             gpu: gpu.clone(),
             spec: spec.clone(),
             functions,
-            counters: zeros(r * (r + e + 2), "counters")?,
-            out: zeros(r * notify_output_ints(spec) as usize, "outputs")?,
-            status: zeros(r * NOTIFY_STATUS_WORDS as usize, "status words")?,
+            counters: zeros(n * (r + e + 2), "counters")?,
+            out: zeros(n * notify_output_ints(spec) as usize, "outputs")?,
+            status: zeros(n * NOTIFY_STATUS_WORDS as usize, "status words")?,
             epochs: stream
-                .alloc_zeros::<u32>(r)
+                .alloc_zeros::<u32>(n.max(1))
                 .cuda("allocating notify's epochs")?,
             windows,
+            ranks,
             timeout: DEFAULT_TIMEOUT,
+            closed: false,
         })
     }
 
@@ -146,14 +194,19 @@ impl HtNotify {
         self.timeout = timeout;
     }
 
+    /// The ranks this process drives here, in the order of every per-rank argument and result.
+    pub fn ranks(&self) -> Vec<usize> {
+        self.ranks.iter().map(|r| r.rank).collect()
+    }
+
     /// The GPU.
     pub(crate) fn gpu(&self) -> &Gpu {
         &self.gpu
     }
 
-    /// The windows.
-    pub(crate) fn windows_mut(&mut self) -> &mut VirtualRanks {
-        &mut self.windows
+    /// Device address of local rank `i`'s window.
+    pub(crate) fn window_base(&self, i: usize) -> CUdeviceptr {
+        self.ranks[i].window
     }
 
     /// The timeout of every wait, in nanoseconds.
@@ -161,27 +214,24 @@ impl HtNotify {
         u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Device addresses of rank `rank`'s notify outputs, epoch word and status words, and of the
-    /// peer table.
-    pub(crate) fn rank_state(
-        &self,
-        rank: usize,
-    ) -> (CUdeviceptr, CUdeviceptr, CUdeviceptr, CUdeviceptr) {
+    /// Local rank `i`'s id and the device addresses of its notify outputs, epoch word, status
+    /// words and peer table.
+    pub(crate) fn rank_state(&self, i: usize) -> RankState {
         let stream = self.gpu.stream();
         let words = notify_output_ints(&self.spec) as usize;
         let (out, _s1) = self.out.device_ptr(stream);
         let (epochs, _s2) = self.epochs.device_ptr(stream);
         let (status, _s3) = self.status.device_ptr(stream);
-        let (peers, _s4) = self.windows.peers().device_ptr(stream);
-        (
-            out + (rank * words * 4) as u64,
-            epochs + (rank * 4) as u64,
-            status + (rank * NOTIFY_STATUS_WORDS as usize * 4) as u64,
-            peers,
-        )
+        RankState {
+            rank: self.ranks[i].rank,
+            out: out + (i * words * 4) as u64,
+            epoch: epochs + (i * 4) as u64,
+            status: status + (i * NOTIFY_STATUS_WORDS as usize * 4) as u64,
+            peers: self.ranks[i].peers,
+        }
     }
 
-    /// Reads and clears the status words: the first rank's error, if any.
+    /// Reads and clears the status words: the first local rank's error, if any.
     pub(crate) fn take_status(&mut self, phase: &'static str) -> Result<(), Error> {
         let stream = self.gpu.stream().clone();
         let status = stream
@@ -194,7 +244,12 @@ impl HtNotify {
             .spec
             .high_throughput()
             .map_or(0, |h| h.max_recv_tokens_per_rank as usize);
-        for (rank, s) in status.chunks(NOTIFY_STATUS_WORDS as usize).enumerate() {
+        for (local, s) in self
+            .ranks
+            .iter()
+            .zip(status.chunks(NOTIFY_STATUS_WORDS as usize))
+        {
+            let rank = local.rank;
             match s[0] {
                 0 => {}
                 NOTIFY_TIMEOUT => {
@@ -221,23 +276,36 @@ impl HtNotify {
         Ok(())
     }
 
-    /// One notify over the ranks' layouts (`layouts[r]` of rank r, as the layout kernel
-    /// computes it), read back per rank. A peer that never signals is [`Error::Timeout`]; a
-    /// receive buffer too small is [`Error::Capacity`].
+    /// One notify over the local ranks' layouts (`layouts[i]` of the i-th of
+    /// [`HtNotify::ranks`], as the layout kernel computes it), read back per local rank. A peer
+    /// that never signals is [`Error::Timeout`]; a receive buffer too small is
+    /// [`Error::Capacity`].
     pub fn run(&mut self, layouts: &[Layout]) -> Result<Vec<NotifyResult>, Error> {
-        let (r, e) = (self.spec.ranks() as usize, self.spec.experts() as usize);
-        if layouts.len() != r
+        self.start(layouts)?;
+        self.finish("notify")
+    }
+
+    /// Uploads the layouts' counts and launches notify, without waiting for it: a process
+    /// driving several GPUs starts every GPU's notify before it reads any back.
+    pub(crate) fn start(&mut self, layouts: &[Layout]) -> Result<(), Error> {
+        let (n, r, e) = (
+            self.ranks.len(),
+            self.spec.ranks() as usize,
+            self.spec.experts() as usize,
+        );
+        if layouts.len() != n
             || layouts
                 .iter()
                 .any(|l| l.num_tokens_per_rank.len() != r || l.num_tokens_per_expert.len() != e)
         {
             return Err(Error::Input(format!(
-                "notify takes {r} layouts of {r} rank counts and {e} expert counts"
+                "notify takes {n} layouts (one per local rank) of {r} rank counts and {e} \
+                 expert counts"
             )));
         }
-        let mut host = vec![0i32; r * (r + e + 2)];
-        for (rank, l) in layouts.iter().enumerate() {
-            let row = &mut host[rank * (r + e + 2)..];
+        let mut host = vec![0i32; n * (r + e + 2)];
+        for (i, l) in layouts.iter().enumerate() {
+            let row = &mut host[i * (r + e + 2)..];
             row[..r].copy_from_slice(&l.num_tokens_per_rank);
             row[r..r + e].copy_from_slice(&l.num_tokens_per_expert);
         }
@@ -248,45 +316,42 @@ impl HtNotify {
         stream
             .memset_zeros(&mut self.status)
             .cuda("clearing notify's status")?;
-        self.launch_phases()?;
-        let out = stream
+        self.launch_phases()
+    }
+
+    /// Waits for the notify [`HtNotify::start`] launched (and for what was queued after it) and
+    /// reads what it gave each local rank; an error is reported as `phase`'s.
+    pub(crate) fn finish(&mut self, phase: &'static str) -> Result<Vec<NotifyResult>, Error> {
+        let out = self
+            .gpu
+            .stream()
             .clone_dtoh(&self.out)
             .cuda("reading notify's outputs")?;
-        self.take_status("notify receive")?;
+        self.take_status(phase)?;
         let words = notify_output_ints(&self.spec) as usize;
-        Ok((0..r)
-            .map(|rank| NotifyResult::of(&self.spec, &out[rank * words..(rank + 1) * words]))
+        Ok((0..self.ranks.len())
+            .map(|i| NotifyResult::of(&self.spec, &out[i * words..(i + 1) * words]))
             .collect())
     }
 
-    /// The send for every rank, then the receive for every rank (chunks of at most
+    /// The send for every local rank, then the receive for every local rank (chunks of at most
     /// [`MAX_LAUNCH_RANKS`] ranks per launch), on the GPU's stream.
     pub(crate) fn launch_phases(&self) -> Result<(), Error> {
-        let stream = self.gpu.stream();
-        let (r, e) = (self.spec.ranks() as usize, self.spec.experts() as usize);
-        let words = notify_output_ints(&self.spec) as usize;
-        let base = |s: &CudaSlice<i32>| {
-            let (ptr, _sync) = s.device_ptr(stream);
-            ptr
-        };
-        let (counters, out, status) = (base(&self.counters), base(&self.out), base(&self.status));
-        let epochs = {
-            let (ptr, _sync) = self.epochs.device_ptr(stream);
-            ptr
-        };
-        let peers = {
-            let (ptr, _sync) = self.windows.peers().device_ptr(stream);
-            ptr
-        };
-        let args: Vec<NotifyArgs> = (0..r)
-            .map(|rank| NotifyArgs {
-                counters: counters + (rank * (r + e + 2) * 4) as u64,
-                out: out + (rank * words * 4) as u64,
-                status: status + (rank * NOTIFY_STATUS_WORDS as usize * 4) as u64,
-                epoch: epochs + (rank * 4) as u64,
-                peers,
-                rank: rank as i32,
-                unused: 0,
+        let args: Vec<NotifyArgs> = (0..self.ranks.len())
+            .map(|i| {
+                let state = self.rank_state(i);
+                let stream = self.gpu.stream();
+                let (counters, _sync) = self.counters.device_ptr(stream);
+                let stride = self.spec.ranks() as usize + self.spec.experts() as usize + 2;
+                NotifyArgs {
+                    counters: counters + (i * stride * 4) as u64,
+                    out: state.out,
+                    status: state.status,
+                    epoch: state.epoch,
+                    peers: state.peers,
+                    rank: state.rank as i32,
+                    unused: 0,
+                }
             })
             .collect();
         let grid = Grid {
@@ -294,7 +359,7 @@ impl HtNotify {
             threads: ep_codegen::kernels::ht::NOTIFY_THREADS,
             cooperative: false,
         };
-        let timeout_ns = u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX);
+        let stream = self.gpu.stream();
         self.gpu
             .context()
             .bind_to_thread()
@@ -303,13 +368,92 @@ impl HtNotify {
             for chunk in args.chunks(MAX_LAUNCH_RANKS as usize) {
                 // SAFETY: `f` is an ht_notify entry of this spec (LaunchArgs of NotifyArgs, as
                 // many ranks as launch_ranks); every address points into buffers this struct
-                // owns, sized above for R ranks, alive until the stream is synchronized by the
-                // reads that follow.
-                unsafe { launch(f, grid, chunk, timeout_ns, Stream::from(&**stream))? };
+                // owns, sized above for its local ranks, or into the windows it holds, alive
+                // until the stream is synchronized by the reads that follow.
+                unsafe { launch(f, grid, chunk, self.timeout_ns(), Stream::from(&**stream))? };
             }
         }
         Ok(())
     }
+
+    /// Closes notifies together: every rank meets once more (a notify of no tokens, whose
+    /// receive returns only when every rank has sent it, so once no peer reads or writes this
+    /// rank's window again), then the windows can be freed. A process driving several GPUs
+    /// closes its ranks with one call; dropped one by one, each would wait for the next one's
+    /// meeting (bounded by the timeout). Virtual ranks need none of this.
+    pub fn close(mut notifies: Vec<HtNotify>) -> Result<(), Error> {
+        let mut all: Vec<&mut HtNotify> = notifies.iter_mut().collect();
+        HtNotify::close_all(&mut all)
+    }
+
+    /// [`HtNotify::close`] over borrowed notifies (a group closes the notify it holds).
+    pub(crate) fn close_all(notifies: &mut [&mut HtNotify]) -> Result<(), Error> {
+        let met = if notifies.iter().any(|n| n.windows.is_nccl() && !n.closed) {
+            HtNotify::meet(notifies)
+        } else {
+            Ok(())
+        };
+        for n in notifies.iter_mut() {
+            n.closed = true;
+        }
+        met
+    }
+
+    /// A notify of no tokens on every local rank of every notify, sent by all before any
+    /// receive is waited for.
+    fn meet(notifies: &mut [&mut HtNotify]) -> Result<(), Error> {
+        for n in notifies.iter_mut() {
+            let (r, e) = (n.spec.ranks() as usize, n.spec.experts() as usize);
+            let empty = Layout {
+                num_tokens_per_rank: vec![0; r],
+                num_tokens_per_expert: vec![0; e],
+                is_token_in_rank: Vec::new(),
+            };
+            let layouts = vec![empty; n.ranks.len()];
+            n.start(&layouts)?;
+        }
+        for n in notifies.iter_mut() {
+            n.finish("the closing meeting")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HtNotify {
+    /// Over NCCL, peers reach this rank's window until they finish their last call: before the
+    /// window is freed, every rank meets once more (see [`HtNotify::close`]); a peer that is
+    /// gone costs one timeout and a warning.
+    fn drop(&mut self) {
+        if self.closed || !self.windows.is_nccl() {
+            return;
+        }
+        if let Err(e) = HtNotify::close_all(&mut [self]) {
+            tracing::warn!(
+                "NCCL rank(s) {:?}: the last meeting before freeing the window failed: {e}",
+                self.ranks()
+            );
+        }
+    }
+}
+
+/// Where one local rank's notify state is, for the data kernels' arguments.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RankState {
+    pub rank: usize,
+    pub out: CUdeviceptr,
+    pub epoch: CUdeviceptr,
+    pub status: CUdeviceptr,
+    pub peers: CUdeviceptr,
+}
+
+fn check_mode(spec: &Spec) -> Result<(), Error> {
+    if spec.mode() != Mode::HighThroughput {
+        return Err(Error::Input(format!(
+            "spec `{}` is not a high_throughput spec",
+            spec.name()
+        )));
+    }
+    Ok(())
 }
 
 /// What notify must give every rank, from the ranks' layouts (the definition the kernels are

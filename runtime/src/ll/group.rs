@@ -14,29 +14,11 @@ use super::launch::RankArgs;
 use super::tensor::{Elem, Stream, Tensor};
 use crate::error::CudaContextExt;
 use crate::launch::{Grid, launch};
-use crate::transport::VirtualRanks;
+use crate::transport::{LocalRank, Transport, VirtualRanks};
 use crate::{Error, Gpu, Jit};
 
 /// How long a receive waits for a peer before reporting a timeout, unless changed.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Keeps the windows of a group's ranks alive (kernels reach them through `LocalRank`).
-#[derive(Debug)]
-#[expect(dead_code, reason = "held only to keep the windows alive")]
-pub(crate) enum Transport {
-    /// R windows on this GPU.
-    Virtual(VirtualRanks),
-    /// This GPU's rank's window in NCCL symmetric memory.
-    Nccl(crate::transport::SymmetricWindow),
-}
-
-/// One rank this process drives: its id and where its window and peer table are.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LocalRank {
-    pub rank: usize,
-    pub window: CUdeviceptr,
-    pub peers: CUdeviceptr,
-}
 
 /// Low-latency dispatch and combine of one spec, for the ranks this process drives on one GPU.
 ///
@@ -83,17 +65,7 @@ impl LlGroup {
         let r = spec.ranks() as usize;
         let bytes = usize::try_from(Window::of(spec).bytes()).unwrap_or(usize::MAX);
         let windows = VirtualRanks::new(gpu, r, bytes)?;
-        let peers = {
-            let (ptr, _sync) = windows.peers().device_ptr(gpu.stream());
-            ptr
-        };
-        let ranks = (0..r)
-            .map(|rank| LocalRank {
-                rank,
-                window: windows.base(rank),
-                peers,
-            })
-            .collect();
+        let ranks = LocalRank::of_virtual(gpu, &windows);
         LlGroup::build(gpu, jit, spec, kernels, Transport::Virtual(windows), ranks)
     }
 
@@ -420,7 +392,7 @@ impl Drop for LlGroup {
     /// drops its groups in the same order, as it made them; a peer that is gone costs one
     /// timeout and a warning.
     fn drop(&mut self) {
-        if self.closed || !matches!(self._transport, Transport::Nccl(_)) {
+        if self.closed || !self._transport.is_nccl() {
             return;
         }
         if let Err(e) = LlGroup::meet(std::slice::from_mut(self)) {
@@ -441,10 +413,7 @@ impl LlGroup {
     /// (bounded by the timeout). A group dropped alone meets on its own; virtual ranks need none
     /// of this.
     pub fn close(mut groups: Vec<LlGroup>) -> Result<(), Error> {
-        let met = if groups
-            .iter()
-            .any(|g| matches!(g._transport, Transport::Nccl(_)))
-        {
+        let met = if groups.iter().any(|g| g._transport.is_nccl()) {
             LlGroup::meet(&mut groups)
         } else {
             Ok(())

@@ -3,8 +3,8 @@
 use ep_codegen::kernels::ll::Window;
 use ep_codegen::{KernelSource, Spec};
 
-use super::group::{LlGroup, LocalRank, Transport};
-use crate::transport::{NcclComm, SymmetricWindow};
+use super::group::LlGroup;
+use crate::transport::{LocalRank, NcclComm, SymmetricWindow, Transport};
 use crate::{Error, Gpu, Jit};
 
 impl LlGroup {
@@ -36,12 +36,8 @@ impl LlGroup {
         members
             .iter()
             .zip(windows)
-            .map(|((gpu, comm), window)| {
-                let local = LocalRank {
-                    rank: comm.rank(),
-                    window: window.base(),
-                    peers: window.peers_ptr(),
-                };
+            .map(|((gpu, _), window)| {
+                let local = LocalRank::of_nccl(&window);
                 LlGroup::build(
                     gpu,
                     jit,

@@ -49,6 +49,16 @@ pub struct FlatReceive {
     pub tokens_per_expert: Vec<usize>,
 }
 
+impl FlatReceive {
+    /// Each row's `recv_src` (`src_rank * M + token`, M = `max_tokens_per_rank`).
+    pub fn sources(&self, max_tokens_per_rank: usize) -> Vec<i32> {
+        self.rows
+            .iter()
+            .map(|r| (r.src_rank * max_tokens_per_rank + r.token) as i32)
+            .collect()
+    }
+}
+
 /// One row of an expert-major receive buffer (padding rows are not listed: they are zero).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MajorRow {

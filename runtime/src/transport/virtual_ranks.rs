@@ -50,16 +50,6 @@ impl VirtualRanks {
         &self.peers
     }
 
-    /// Rank `rank`'s window, for the host helpers that read and write it.
-    pub(crate) fn window(&self, rank: usize) -> &CudaSlice<u8> {
-        &self.windows[rank]
-    }
-
-    /// Rank `rank`'s window, writable.
-    pub(crate) fn window_mut(&mut self, rank: usize) -> &mut CudaSlice<u8> {
-        &mut self.windows[rank]
-    }
-
     /// Ranks.
     pub fn ranks(&self) -> usize {
         self.windows.len()
