@@ -19,6 +19,16 @@ pub enum Mode {
     HighThroughput,
 }
 
+impl Mode {
+    /// The spelling in a spec (`low_latency`, `high_throughput`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::LowLatency => "low_latency",
+            Mode::HighThroughput => "high_throughput",
+        }
+    }
+}
+
 /// Element types of activations and payloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -182,12 +192,20 @@ impl Spec {
     }
 
     /// The same deployment on `ranks` ranks of one NVLink domain (name suffixed `-r<ranks>`),
-    /// validated again.
+    /// validated again. A high-throughput receive buffer larger than every row `ranks` ranks
+    /// can send (`ranks x max_tokens_per_rank`) is capped to that.
     pub fn with_ranks(&self, ranks: u32) -> Result<Spec, crate::SpecErrors> {
         let mut s = self.clone();
         s.ranks = ranks;
         s.nvlink_domain = ranks;
         s.name = format!("{}-r{ranks}", self.name);
+        // Fewer ranks can send fewer rows: a receive buffer larger than all of them is capped.
+        if let Some(ht) = &mut s.high_throughput {
+            let most = u64::from(ranks) * u64::from(s.max_tokens_per_rank);
+            if u64::from(ht.max_recv_tokens_per_rank) > most {
+                ht.max_recv_tokens_per_rank = most as u32;
+            }
+        }
         s.revalidated()
     }
 

@@ -187,18 +187,19 @@ pub struct AllArgs {
 /// `epc bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Low-latency specs to time (default: the standard workloads, see --standard).
+    /// Specs to time (default: the standard workloads, see --standard).
     #[arg(value_name = "SPEC")]
     pub specs: Vec<String>,
-    /// The standard workloads: T=128 tokens per rank on 8 ranks of DeepSeek-V3 (H=7168, E=256,
-    /// K=8) with FP8 and with BF16 dispatch, Qwen3-235B (H=4096, E=128, K=8) and gpt-oss-120b
-    /// (H=2880, E=128, K=4). The default when no SPEC is given.
+    /// The standard workloads on 8 ranks: LL at T=128 tokens per rank, DeepSeek-V3 (H=7168,
+    /// E=256, K=8) with FP8 and with BF16 dispatch, Qwen3-235B (H=4096, E=128, K=8) and
+    /// gpt-oss-120b (H=2880, E=128, K=4); HT at T=4096 for the same three shapes (flat layout).
+    /// The default when no SPEC is given.
     #[arg(long)]
     pub standard: bool,
     /// Run every spec with this many (virtual) ranks instead of its own.
     #[arg(long)]
     pub ranks: Option<u32>,
-    /// Tokens per rank (default 128, at most max_tokens_per_rank).
+    /// Tokens per rank (default: LL 128, HT 4096; at most max_tokens_per_rank).
     #[arg(long)]
     pub tokens: Option<usize>,
     /// Set tuning.sms (SMs all ranks' kernels may occupy) of every spec.
@@ -222,6 +223,11 @@ pub struct BenchArgs {
     /// Plot time against tokens per rank as SVG (with --sweep).
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+    /// Write every rank's routing of every measurement into this folder as NumPy files
+    /// (`WORKLOAD.T<tokens>.rank<r>.topk_idx.npy` and `.topk_weights.npy`), for the baselines in
+    /// scripts/bench/.
+    #[arg(long, value_name = "DIR")]
+    pub routing_out: Option<PathBuf>,
     /// Where the ranks run.
     #[command(flatten)]
     pub transport: TransportArgs,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use ep_codegen::{Renderer, Spec};
 use ep_runtime::transport::{NcclComm, NcclUniqueId};
-use ep_runtime::{Gpu, Jit, LlGroup, LowLatency};
+use ep_runtime::{Gpu, HtGroup, Jit, LlGroup, LowLatency};
 
 use crate::cli::{TransportArg, TransportArgs};
 
@@ -167,6 +167,45 @@ impl Ranks {
                 .context("one group per communicator")?,
         };
         Ok(LowLatency::from_group(group))
+    }
+}
+
+impl Ranks {
+    /// The high-throughput group of `spec` on this process's ranks (collective, as
+    /// [`Ranks::ll_group`]).
+    pub fn ht_group(
+        &self,
+        gpu: &Gpu,
+        jit: &Jit,
+        renderer: &Renderer,
+        spec: &Spec,
+    ) -> Result<HtGroup> {
+        let kernels = renderer.render(spec)?;
+        Ok(match &self.comm {
+            None => HtGroup::virtual_ranks(gpu, jit, spec, &kernels)?,
+            Some(comm) => HtGroup::nccl(&[(gpu, comm)], jit, spec, &kernels)?
+                .pop()
+                .context("one group per communicator")?,
+        })
+    }
+
+    /// Whether this process speaks for the job: every process of virtual ranks, rank 0 of an
+    /// NCCL job.
+    pub fn lead(&self) -> bool {
+        self.comm.as_ref().is_none_or(|c| c.rank() == 0)
+    }
+
+    /// Every process's `values` in rank order (NCCL: an all-gather, collective); with virtual
+    /// ranks, the values themselves.
+    pub fn gather(&self, gpu: &Gpu, values: &[f64]) -> Result<Vec<Vec<f64>>> {
+        match &self.comm {
+            None => Ok(vec![values.to_vec()]),
+            Some(comm) => Ok(comm
+                .all_gather_f64(gpu, values)?
+                .chunks(values.len().max(1))
+                .map(<[f64]>::to_vec)
+                .collect()),
+        }
     }
 }
 

@@ -1,26 +1,26 @@
 //! Host copies to and from raw device addresses (windows in NCCL symmetric memory are not
 //! cudarc slices), ordered on a stream and waited for: for the host-vector helpers only.
 
-use cudarc::driver::CudaStream;
 use cudarc::driver::sys::CUdeviceptr;
 
-use crate::Error;
 use crate::error::CudaContextExt;
+use crate::{Error, Gpu};
 
-/// Reads `bytes` bytes at `src` after the work queued on `stream`.
+/// Reads `bytes` bytes at `src` after the work queued on `gpu`'s stream.
 ///
 /// # Safety
-/// `src` must address at least `bytes` bytes of device memory that stays allocated until the
+/// `src` must address at least `bytes` bytes of `gpu`'s memory that stays allocated until the
 /// copy ends (this function waits for it).
-pub(crate) unsafe fn read(
-    stream: &CudaStream,
-    src: CUdeviceptr,
-    bytes: usize,
-) -> Result<Vec<u8>, Error> {
+pub(crate) unsafe fn read(gpu: &Gpu, src: CUdeviceptr, bytes: usize) -> Result<Vec<u8>, Error> {
     let mut out = vec![0u8; bytes];
     if bytes == 0 {
         return Ok(out);
     }
+    // The stream must belong to the current context (a process may drive several GPUs).
+    gpu.context()
+        .bind_to_thread()
+        .cuda("making the GPU's context current")?;
+    let stream = gpu.stream();
     // SAFETY: the caller guarantees `src` holds `bytes` bytes; `out` holds as many and lives
     // until the synchronization below.
     unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut out, src, stream.cu_stream()) }
@@ -29,19 +29,19 @@ pub(crate) unsafe fn read(
     Ok(out)
 }
 
-/// Writes `data` at `dst`, ordered after the work queued on `stream`, and waits for it.
+/// Writes `data` at `dst`, ordered after the work queued on `gpu`'s stream, and waits for it.
 ///
 /// # Safety
-/// `dst` must address at least `data.len()` bytes of device memory that no kernel uses while
+/// `dst` must address at least `data.len()` bytes of `gpu`'s memory that no kernel uses while
 /// the copy runs and that stays allocated until it ends (this function waits for it).
-pub(crate) unsafe fn write(
-    stream: &CudaStream,
-    dst: CUdeviceptr,
-    data: &[u8],
-) -> Result<(), Error> {
+pub(crate) unsafe fn write(gpu: &Gpu, dst: CUdeviceptr, data: &[u8]) -> Result<(), Error> {
     if data.is_empty() {
         return Ok(());
     }
+    gpu.context()
+        .bind_to_thread()
+        .cuda("making the GPU's context current")?;
+    let stream = gpu.stream();
     // SAFETY: the caller guarantees `dst` holds `data.len()` bytes; `data` lives until the
     // synchronization below.
     unsafe { cudarc::driver::result::memcpy_htod_async(dst, data, stream.cu_stream()) }

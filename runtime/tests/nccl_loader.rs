@@ -320,6 +320,7 @@ fn fake_nccl(dir: &Path, code: u32, full: bool) -> Option<PathBuf> {
             "ncclCommGetAsyncError",
             "ncclGroupStart",
             "ncclGroupEnd",
+            "ncclAllGather",
             "ncclMemAlloc",
             "ncclMemFree",
             "ncclCommWindowRegister",

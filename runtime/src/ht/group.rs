@@ -40,8 +40,10 @@ struct HtArgs {
 
 const _: () = assert!(std::mem::size_of::<HtArgs>() == HT_ARGS_BYTES);
 
-/// Blocks per rank of the combine receive.
+/// Blocks per rank of the combine receive: at least this many, and enough for two blocks per
+/// SM over the ranks a GPU runs (one NCCL rank pulls its rows with the whole GPU).
 const COMBINE_BLOCKS: u32 = 64;
+const COMBINE_BLOCKS_MAX: u32 = 1024;
 
 /// One rank's device buffers, sized for `max_tokens_per_rank` tokens.
 struct RankBuffers {
@@ -271,7 +273,7 @@ impl HtGroup {
     pub fn finish_dispatch(&mut self) -> Result<Vec<FlatReceived>, Error> {
         let d = self.spec.dims();
         self.received = self.notify.finish("dispatch")?;
-        let stream = self.notify.gpu().stream().clone();
+        let gpu = self.notify.gpu().clone();
         let mut out = Vec::with_capacity(self.received.len());
         for (i, notify) in self.received.iter().enumerate() {
             let rows = notify.recv_rows.max(0) as usize;
@@ -281,7 +283,7 @@ impl HtGroup {
                 // SAFETY: the region lies inside local rank i's window (HtWindow's offsets
                 // and sizes for at most max_recv_tokens_per_rank rows, which notify checked),
                 // which this group holds.
-                unsafe { raw_copy::read(&stream, base + offset, bytes) }
+                unsafe { raw_copy::read(&gpu, base + offset, bytes) }
             };
             let k = d.top_k;
             let x = read(w.recv_x_offset, rows * w.payload_bytes as usize)?;
@@ -334,7 +336,6 @@ impl HtGroup {
                 "combine needs a finished dispatch first, and y for every local rank".into(),
             ));
         }
-        let stream = self.notify.gpu().stream().clone();
         for (i, rows) in y.iter().enumerate() {
             let expected = self.received[i].recv_rows.max(0) as usize * d.hidden;
             if rows.len() != expected {
@@ -351,13 +352,13 @@ impl HtGroup {
             // (the dispatch was finished).
             unsafe {
                 raw_copy::write(
-                    &stream,
+                    self.notify.gpu(),
                     self.notify.window_base(i) + self.window.y_offset,
                     &bytes,
                 )?;
             }
         }
-        self.launch(&self.combine, 1, COMBINE_BLOCKS)
+        self.launch(&self.combine, 1, self.combine_blocks())
     }
 
     /// Waits for the combine [`HtGroup::start_combine`] launched and reads each local rank's
@@ -397,7 +398,7 @@ impl HtGroup {
         let phases = |group: &Self| -> Result<(), Error> {
             group.notify.launch_phases()?;
             group.launch(&group.dispatch, DISPATCH_BLOCKS, 1)?;
-            group.launch(&group.combine, 1, COMBINE_BLOCKS)
+            group.launch(&group.combine, 1, group.combine_blocks())
         };
         for _ in 0..warmup {
             phases(self)?;
@@ -413,7 +414,7 @@ impl HtGroup {
             crate::timing::record(&gpu, &events[1])?;
             self.launch(&self.dispatch, DISPATCH_BLOCKS, 1)?;
             crate::timing::record(&gpu, &events[2])?;
-            self.launch(&self.combine, 1, COMBINE_BLOCKS)?;
+            self.launch(&self.combine, 1, self.combine_blocks())?;
             crate::timing::record(&gpu, &events[3])?;
             for (i, sum) in sums.iter_mut().enumerate() {
                 *sum += crate::timing::elapsed_us(&events[i], &events[i + 1])?;
@@ -426,6 +427,12 @@ impl HtGroup {
             dispatch: sums[1] / n,
             combine: sums[2] / n,
         })
+    }
+
+    /// Blocks per rank of the combine receive (see [`COMBINE_BLOCKS`]).
+    fn combine_blocks(&self) -> u32 {
+        let local = self.ranks.len().max(1) as u32;
+        (2 * self.notify.gpu().sms() / local).clamp(COMBINE_BLOCKS, COMBINE_BLOCKS_MAX)
     }
 
     /// The send of `pair` for every rank (`send_blocks` per rank), then its receive

@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use cudarc::driver::CudaContext;
+use cudarc::driver::{CudaContext, DevicePtr};
 
 use super::NcclLibrary;
 use super::result;
@@ -359,6 +359,44 @@ impl NcclComm {
                 format!("an asynchronous operation of rank {}", self.rank())
             })
         }
+    }
+
+    /// Every rank's `values` (the same count on each), in rank order: `ncclAllGather` through
+    /// device buffers on `gpu`'s stream, waited for. Collective; a host helper for benchmarks
+    /// and tests, not for the hot path.
+    pub fn all_gather_f64(&self, gpu: &Gpu, values: &[f64]) -> Result<Vec<f64>, Error> {
+        let stream = gpu.stream();
+        let send = stream
+            .clone_htod(values)
+            .cuda("uploading values to gather")?;
+        let recv = stream
+            .alloc_zeros::<f64>((values.len() * self.ranks()).max(1))
+            .cuda("allocating gathered values")?;
+        {
+            let (send_ptr, _s1) = send.device_ptr(stream);
+            let (recv_ptr, _s2) = recv.device_ptr(stream);
+            let (_guard, raw) = self.inner.lock();
+            gpu.context()
+                .bind_to_thread()
+                .cuda("making the GPU's context current")?;
+            // SAFETY: `raw` is live while `self` exists and the lock is held; `send` holds
+            // values.len() f64 and `recv` that many per rank, on this GPU, alive until the
+            // synchronization below; the stream belongs to this GPU's context.
+            unsafe {
+                result::all_gather_f64(
+                    self.inner.lib.api(),
+                    raw,
+                    send_ptr,
+                    recv_ptr,
+                    values.len(),
+                    stream.cu_stream().cast(),
+                )
+            }?;
+        }
+        stream.synchronize().cuda("waiting for ncclAllGather")?;
+        let mut out = stream.clone_dtoh(&recv).cuda("reading gathered values")?;
+        out.truncate(values.len() * self.ranks());
+        Ok(out)
     }
 
     /// The shared state windows keep alive.

@@ -5,7 +5,8 @@
 use std::ffi::{CStr, c_char, c_int, c_void};
 
 use super::sys::{
-    Api, NCCL_SUCCESS, NCCL_UNIQUE_ID_BYTES, ncclComm_t, ncclResult_t, ncclUniqueId, ncclWindow_t,
+    Api, NCCL_FLOAT64, NCCL_SUCCESS, NCCL_UNIQUE_ID_BYTES, ncclComm_t, ncclResult_t, ncclUniqueId,
+    ncclWindow_t,
 };
 use crate::Error;
 
@@ -186,6 +187,35 @@ pub unsafe fn comm_get_async_error(api: &Api, comm: ncclComm_t) -> Result<ncclRe
     // SAFETY: `comm` is live.
     unsafe { check(api, comm, rc, || "ncclCommGetAsyncError".into()) }?;
     Ok(async_rc)
+}
+
+/// `ncclAllGather` of `count` f64 values per rank, queued on `stream`.
+///
+/// # Safety
+/// `comm` is live; `send` holds `count` f64 and `recv` `count * ranks` f64 on the
+/// communicator's GPU, both alive until the stream has run the collective; `stream` is a
+/// stream of that GPU's context.
+pub unsafe fn all_gather_f64(
+    api: &Api,
+    comm: ncclComm_t,
+    send: u64,
+    recv: u64,
+    count: usize,
+    stream: *mut c_void,
+) -> Result<(), Error> {
+    // SAFETY: as the caller guarantees.
+    let rc = unsafe {
+        (api.all_gather)(
+            send as *const c_void,
+            recv as *mut c_void,
+            count,
+            NCCL_FLOAT64,
+            comm,
+            stream,
+        )
+    };
+    // SAFETY: `comm` is live.
+    unsafe { check(api, comm, rc, || "ncclAllGather".into()) }
 }
 
 /// `ncclGroupStart`.

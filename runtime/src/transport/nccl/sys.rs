@@ -59,6 +59,20 @@ pub type CommQuery = unsafe extern "C" fn(ncclComm_t, *mut c_int) -> ncclResult_
 pub type CommGetAsyncError = unsafe extern "C" fn(ncclComm_t, *mut ncclResult_t) -> ncclResult_t;
 /// `ncclGroupStart()` and `ncclGroupEnd()`.
 pub type Group = unsafe extern "C" fn() -> ncclResult_t;
+/// `ncclDataType_t`: a C enum, passed as `int`.
+pub type ncclDataType_t = c_int;
+/// `ncclFloat64`.
+pub const NCCL_FLOAT64: ncclDataType_t = 8;
+/// `ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcount, ncclDataType_t,
+/// ncclComm_t, cudaStream_t)`.
+pub type AllGather = unsafe extern "C" fn(
+    *const c_void,
+    *mut c_void,
+    usize,
+    ncclDataType_t,
+    ncclComm_t,
+    *mut c_void,
+) -> ncclResult_t;
 /// `ncclMemAlloc(void**, size_t)`.
 pub type MemAlloc = unsafe extern "C" fn(*mut *mut c_void, usize) -> ncclResult_t;
 /// `ncclMemFree(void*)`.
@@ -103,6 +117,8 @@ pub struct Api {
     pub group_start: Group,
     /// `ncclGroupEnd`.
     pub group_end: Group,
+    /// `ncclAllGather`.
+    pub all_gather: AllGather,
     /// `ncclMemAlloc`.
     pub mem_alloc: MemAlloc,
     /// `ncclMemFree`.
@@ -161,6 +177,7 @@ impl Api {
                 comm_get_async_error: symbol(lib, "ncclCommGetAsyncError")?,
                 group_start: symbol(lib, "ncclGroupStart")?,
                 group_end: symbol(lib, "ncclGroupEnd")?,
+                all_gather: symbol(lib, "ncclAllGather")?,
                 mem_alloc: symbol(lib, "ncclMemAlloc")?,
                 mem_free: symbol(lib, "ncclMemFree")?,
                 comm_window_register: symbol(lib, "ncclCommWindowRegister")?,

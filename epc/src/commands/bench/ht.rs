@@ -1,0 +1,53 @@
+//! Timing high-throughput notify, dispatch and combine.
+
+use anyhow::Result;
+use ep_codegen::{Mode, Spec};
+use ep_runtime::reference::ll::RankInput;
+
+use super::bytes::{Counts, ht_combine, ht_dispatch};
+use super::{Bench, Measured, ll};
+
+/// Dispatch (notify and the data kernels) and combine of `spec` at each of `tokens` tokens per
+/// rank, on the same routing as LL's bench.
+pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Measured>> {
+    let mut group = ctx.ranks.ht_group(ctx.gpu, ctx.jit, ctx.renderer, spec)?;
+    let h = spec.hidden() as usize;
+    let mut out = Vec::with_capacity(2 * tokens.len());
+    for &t in tokens {
+        let all = ll::inputs(spec, t);
+        ctx.dump_routings(spec, t, &all)?;
+        let mine: Vec<RankInput> = group.ranks().iter().map(|&r| all[r].clone()).collect();
+        let got = group.dispatch(&mine)?;
+        // The rows' values do not change the time; each rank returns zeros.
+        let y: Vec<Vec<u16>> = got.iter().map(|g| vec![0; g.recv_src.len() * h]).collect();
+        group.combine(&y)?;
+        let times = group.time_phases(ctx.args.warmup, ctx.args.iters)?;
+        let (mut dispatch, mut combine) = (Counts::default(), Counts::default());
+        for (input, g) in mine.iter().zip(&got) {
+            let rows = g.recv_src.len() as u64;
+            dispatch = dispatch.add(ht_dispatch(spec, &input.routing, rows));
+            combine = combine.add(ht_combine(spec, &input.routing, rows));
+        }
+        for (phase, time_us, parts, counts) in [
+            (
+                "dispatch",
+                times.notify + times.dispatch,
+                (times.notify, times.dispatch),
+                dispatch,
+            ),
+            ("combine", times.combine, (times.combine, 0.0), combine),
+        ] {
+            out.push(Measured {
+                workload: spec.name().to_owned(),
+                mode: Mode::HighThroughput,
+                tokens: t,
+                phase,
+                time_us,
+                parts,
+                counts,
+                row_bytes: (h * spec.dtype().size() as usize) as u64,
+            });
+        }
+    }
+    Ok(out)
+}

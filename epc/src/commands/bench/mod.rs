@@ -1,0 +1,349 @@
+//! `epc bench`: dispatch and combine of low-latency and high-throughput specs, each timed against
+//! yardsticks measured in the same process (DESIGN.md "Benchmarks"):
+//! - a device-to-device copy of the phase's unique payload bytes;
+//! - the same-traffic copy: a copy moving as many HBM bytes as the phase minimally reads and
+//!   writes, the honest limit on one GPU;
+//!
+//! and, per GPU, GB/s counted the ways NCCL EP's `ep_bench` and DeepEP's tests count them (DESIGN.md
+//! "How the anchors count bytes"). Over NCCL every rank measures its own GPU; rank 0 gathers the
+//! ranks' times and prints. `--routing-out` writes the routings as NumPy files, so that the
+//! baselines in `scripts/bench/` move exactly the same tokens.
+
+mod bytes;
+mod ht;
+mod ll;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use ep_codegen::kernels::ht::data_path_built;
+use ep_codegen::{Dtype, Mode, Renderer, Spec, find_builtin, join_component};
+use ep_runtime::reference::ll::RankInput;
+use ep_runtime::{Gpu, Jit, timing};
+
+use self::bytes::Counts;
+use self::report::Row;
+use crate::cli::BenchArgs;
+use crate::inputs::{load_specs, renderer};
+use crate::npy;
+use crate::transport::{Placement, Ranks, launch};
+use crate::words::count;
+
+/// One phase of one workload as this process measured it, before the ranks' figures are joined.
+pub struct Measured {
+    workload: String,
+    mode: Mode,
+    tokens: usize,
+    phase: &'static str,
+    /// Mean time of the phase (all of this process's ranks together), in microseconds.
+    time_us: f64,
+    /// The phase's two launches: LL send and receive; HT notify and data (dispatch), data alone
+    /// (combine).
+    parts: (f64, f64),
+    /// Bytes of this process's ranks.
+    counts: Counts,
+    /// Payload bytes of one row.
+    row_bytes: u64,
+}
+
+/// What every measurement needs.
+pub struct Bench<'a> {
+    gpu: &'a Gpu,
+    jit: &'a Jit,
+    renderer: &'a Renderer,
+    ranks: &'a Ranks,
+    args: &'a BenchArgs,
+}
+
+impl Bench<'_> {
+    /// Writes every rank's routing of one measurement under `--routing-out` (rank 0 only).
+    fn dump_routings(&self, spec: &Spec, tokens: usize, inputs: &[RankInput]) -> Result<()> {
+        let (Some(dir), true) = (&self.args.routing_out, self.ranks.lead()) else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (rank, input) in inputs.iter().enumerate() {
+            let r = &input.routing;
+            let stem = format!("{}.T{tokens}.rank{rank}", spec.name());
+            let path = |what: &str| -> Result<PathBuf> {
+                Ok(join_component(
+                    dir,
+                    &format!("{stem}.{what}.npy"),
+                    "routing file name",
+                )?)
+            };
+            npy::write(
+                &path("topk_idx")?,
+                &[r.num_tokens, r.top_k],
+                npy::Data::I64(&r.topk_idx),
+            )?;
+            npy::write(
+                &path("topk_weights")?,
+                &[r.num_tokens, r.top_k],
+                npy::Data::F32(&r.topk_weights),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Joins this process's measurement with every rank's (collective over NCCL) and times the
+    /// yardsticks on this GPU.
+    fn row(&self, spec: &Spec, m: Measured) -> Result<Row> {
+        let ranks = self
+            .ranks
+            .gather(self.gpu, &[m.time_us, m.counts.deepep as f64])?;
+        let times: Vec<f64> = ranks.iter().map(|v| v[0]).collect();
+        let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+        // DeepEP reports each rank's own bytes over its own time; the mean of those.
+        let deepep_gbps = ranks.iter().map(|v| v[1] / v[0] / 1e3).sum::<f64>() / ranks.len() as f64;
+        let iters = self.args.iters.max(10);
+        let copy_us = timing::copy_us(self.gpu, m.counts.unique as usize, iters)?;
+        let same_traffic_us = timing::copy_us(self.gpu, (m.counts.traffic / 2) as usize, iters)?;
+        Ok(Row {
+            workload: m.workload,
+            mode: m.mode,
+            ranks: spec.ranks(),
+            hidden: spec.hidden(),
+            top_k: spec.top_k(),
+            experts: spec.experts(),
+            tokens: m.tokens,
+            phase: m.phase,
+            time_us: mean,
+            min_us: times.iter().copied().fold(f64::INFINITY, f64::min),
+            max_us: times.iter().copied().fold(0.0, f64::max),
+            parts: m.parts,
+            counts: m.counts,
+            row_bytes: m.row_bytes,
+            copy_us,
+            same_traffic_us,
+            // NCCL EP: rank 0's bytes over the mean per-rank time.
+            nccl_ep_gbps: m.counts.nccl_ep.map(|b| b as f64 / mean / 1e3),
+            deepep_gbps,
+        })
+    }
+}
+
+/// Names of the built-in specs behind the standard workloads.
+const LL_STANDARD: [&str; 3] = ["deepseek-v3-ll", "qwen3-235b-a22b-ll", "gpt-oss-120b-ll"];
+
+fn builtin(name: &str) -> Result<Spec> {
+    Ok(find_builtin(name)
+        .with_context(|| format!("built-in spec {name}"))?
+        .parse()?)
+}
+
+/// `spec` with some fields changed, written out and validated again (JSON is YAML).
+fn edited(spec: &Spec, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Result<Spec> {
+    let mut fields = serde_json::to_value(spec)?;
+    fields["name"] = name.into();
+    edit(&mut fields);
+    Ok(Spec::from_yaml(
+        &fields.to_string(),
+        Some(&format!("{} as {name}", spec.name())),
+    )?)
+}
+
+/// The standard workloads of DESIGN.md, derived from the built-in specs: LL DeepSeek-V3 with FP8
+/// and BF16 dispatch, Qwen3-235B and gpt-oss-120b; HT DeepSeek-V3 and the same two other shapes
+/// (flat layout).
+fn standard() -> Result<Vec<Spec>> {
+    let fp8 = builtin(LL_STANDARD[0])?;
+    let bf16 = edited(&fp8, "deepseek-v3-ll-bf16", |f| {
+        f["dispatch_dtype"] = Dtype::Bf16.as_str().into();
+        if let Some(map) = f.as_object_mut() {
+            map.remove("fp8");
+        }
+    })?;
+    let ht = builtin("deepseek-v3-ht")?;
+    let ht_shape = |name: &str, hidden: u32, experts: u32, top_k: u32| {
+        edited(&ht, name, |f| {
+            f["hidden"] = hidden.into();
+            f["experts"] = experts.into();
+            f["top_k"] = top_k.into();
+        })
+    };
+    Ok(vec![
+        fp8,
+        bf16,
+        builtin(LL_STANDARD[1])?,
+        builtin(LL_STANDARD[2])?,
+        ht.clone(),
+        ht_shape("qwen3-235b-a22b-ht-flat", 4096, 128, 8)?,
+        ht_shape("gpt-oss-120b-ht", 2880, 128, 4)?,
+    ])
+}
+
+/// The specs to time, with `--ranks`, `--sms` and `--warps` applied.
+fn workloads(args: &BenchArgs, ranks: Option<u32>) -> Result<Vec<Spec>> {
+    let mut specs = if args.specs.is_empty() || args.standard {
+        standard()?
+    } else {
+        Vec::new()
+    };
+    if !args.specs.is_empty() {
+        specs.extend(load_specs(&args.specs)?.into_iter().map(|l| l.spec));
+    }
+    specs
+        .iter()
+        .map(|s| {
+            let s = ranks.map_or(Ok(s.clone()), |r| s.with_ranks(r))?;
+            let mut tuning = s.tuning();
+            if args.sms.is_some() {
+                tuning.sms = args.sms;
+            }
+            if args.warps.is_some() {
+                tuning.warps_per_block = args.warps;
+            }
+            Ok(s.with_tuning(tuning)?)
+        })
+        .collect()
+}
+
+/// Tokens per rank to time `spec` at.
+fn token_counts(spec: &Spec, args: &BenchArgs) -> Result<Vec<usize>> {
+    let m = spec.max_tokens_per_rank() as usize;
+    let default = match spec.mode() {
+        Mode::LowLatency => 128,
+        Mode::HighThroughput => 4096,
+    };
+    let tokens: Vec<usize> = if args.sweep {
+        (0..=13).map(|p| 1usize << p).filter(|&t| t <= m).collect()
+    } else {
+        vec![args.tokens.unwrap_or(default.min(m))]
+    };
+    if let Some(&t) = tokens.iter().find(|&&t| t > m) {
+        bail!(
+            "--tokens {t} exceeds max_tokens_per_rank = {m} of {}",
+            spec.name()
+        );
+    }
+    Ok(tokens)
+}
+
+/// Times all workloads and prints, writes CSV and SVG as asked.
+pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
+    let placement = Placement::of(&args.transport)?;
+    if let Placement::NcclLauncher { gpus } = placement {
+        return launch(gpus);
+    }
+    if let (Some(_), Some(r)) = (args.ranks, placement.ranks()) {
+        bail!(
+            "--ranks does not apply to --transport nccl: the job has {}, one per GPU",
+            count(r as usize, "rank")
+        );
+    }
+    let ranks = placement.ranks().or(args
+        .ranks
+        .or((args.specs.is_empty() || args.standard).then_some(8)));
+    let specs = workloads(args, ranks)?;
+    let gpu = Gpu::open(placement.device())?;
+    let jit = Jit::nvrtc()?;
+    let renderer = renderer(templates)?;
+    let mine = Ranks::join(&placement, &args.transport, &gpu)?;
+    let ctx = Bench {
+        gpu: &gpu,
+        jit: &jit,
+        renderer: &renderer,
+        ranks: &mine,
+        args,
+    };
+    let lead = mine.lead();
+    if lead {
+        println!(
+            "GPU {} ({}, {} SMs); {}; {} after {}",
+            gpu.name(),
+            gpu.arch(),
+            gpu.sms(),
+            match placement {
+                Placement::Virtual => "virtual ranks on this GPU".to_owned(),
+                _ => format!(
+                    "NCCL, one rank per GPU, {}",
+                    count(ranks.unwrap_or(1) as usize, "rank")
+                ),
+            },
+            count(args.iters, "timed call"),
+            count(args.warmup, "warm-up")
+        );
+    }
+    let mut rows = Vec::new();
+    for spec in &specs {
+        if spec.mode() == Mode::HighThroughput && !data_path_built(spec) {
+            if lead {
+                println!(
+                    "skipping {}: its high-throughput layout is not built yet (flat, 16-bit, \
+                     one NVLink domain only so far)",
+                    spec.name()
+                );
+            }
+            continue;
+        }
+        let measured = match spec.mode() {
+            Mode::LowLatency => ll::measure(&ctx, spec, &token_counts(spec, args)?),
+            Mode::HighThroughput => ht::measure(&ctx, spec, &token_counts(spec, args)?),
+        }
+        .with_context(|| format!("timing {}", spec.name()))?;
+        for m in measured {
+            rows.push(ctx.row(spec, m)?);
+        }
+    }
+    if !lead {
+        return Ok(ExitCode::SUCCESS);
+    }
+    report::print_table(&rows);
+    if let Some(path) = &args.csv {
+        std::fs::write(path, report::csv(&rows))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, report::plot(&rows))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(dir) = &args.routing_out {
+        println!("wrote the routings to {}", dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_workloads_are_valid_and_derived_ones_differ_only_where_meant() {
+        let specs = standard().unwrap();
+        let names: Vec<&str> = specs.iter().map(Spec::name).collect();
+        assert_eq!(
+            names,
+            [
+                "deepseek-v3-ll",
+                "deepseek-v3-ll-bf16",
+                "qwen3-235b-a22b-ll",
+                "gpt-oss-120b-ll",
+                "deepseek-v3-ht",
+                "qwen3-235b-a22b-ht-flat",
+                "gpt-oss-120b-ht"
+            ]
+        );
+        let (fp8, bf16) = (&specs[0], &specs[1]);
+        assert_eq!(bf16.dispatch_dtype(), Dtype::Bf16);
+        assert!(bf16.fp8().is_none() && fp8.fp8().is_some());
+        assert_eq!(
+            (bf16.hidden(), bf16.experts(), bf16.top_k(), bf16.ranks()),
+            (fp8.hidden(), fp8.experts(), fp8.top_k(), fp8.ranks())
+        );
+        assert_eq!(bf16.tuning(), fp8.tuning());
+        for ht in &specs[4..] {
+            let r8 = ht.with_ranks(8).unwrap();
+            assert!(data_path_built(&r8), "{} is timed on 8 ranks", ht.name());
+            assert_eq!(ht.max_tokens_per_rank(), 4096);
+        }
+        assert_eq!(
+            (specs[6].hidden(), specs[6].experts(), specs[6].top_k()),
+            (2880, 128, 4)
+        );
+    }
+}

@@ -1,0 +1,50 @@
+"""Shared by the baselines: epc bench's CSV and routing files (epc bench --csv F --routing-out D)."""
+
+import csv
+import os
+
+import numpy as np
+
+
+def read_rows(path):
+    """The rows of `epc bench --csv`, numbers converted."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for key in ("ranks", "hidden", "top_k", "experts", "tokens_per_rank", "row_bytes"):
+            r[key] = int(r[key])
+        for key in ("time_us", "min_us", "max_us"):
+            r[key] = float(r[key])
+    return rows
+
+
+def routing(folder, row, rank):
+    """Rank `rank`'s (topk_idx [T, K] int64, topk_weights [T, K] float32) of a CSV row."""
+    stem = os.path.join(folder, f"{row['workload']}.T{row['tokens_per_rank']}.rank{rank}")
+    return np.load(stem + ".topk_idx.npy"), np.load(stem + ".topk_weights.npy")
+
+
+def rows_sent(folder, row):
+    """`[R, R]` rows rank s sends rank d in a dispatch: LL one per valid slot, HT one per
+    (token, destination rank)."""
+    r, e = row["ranks"], row["experts"]
+    local = e // r
+    sends = np.zeros((r, r), dtype=np.int64)
+    for s in range(r):
+        idx, _ = routing(folder, row, s)
+        dest = np.where(idx >= 0, idx // local, -1)
+        if row["mode"] == "low_latency":
+            for d in range(r):
+                sends[s, d] = int((dest == d).sum())
+        else:
+            for d in range(r):
+                sends[s, d] = int((dest == d).any(axis=1).sum())
+    return sends
+
+
+def workloads(rows):
+    """(dispatch row, combine row) pairs of the CSV, in order."""
+    by_key = {}
+    for r in rows:
+        by_key.setdefault((r["workload"], r["tokens_per_rank"]), {})[r["phase"]] = r
+    return [(v["dispatch"], v["combine"]) for v in by_key.values() if "dispatch" in v and "combine" in v]
