@@ -17,22 +17,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import read_rows, rows_sent, workloads  # noqa: E402
-
-WARMUP, ITERS = 10, 50
-
-
-def timed_us(fn):
-    for _ in range(WARMUP):
-        fn()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    dist.barrier()
-    start.record()
-    for _ in range(ITERS):
-        fn()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) * 1e3 / ITERS
+from common import read_rows, rows_sent, timed_us, workloads  # noqa: E402
 
 
 def mean_over_ranks(value):
@@ -48,7 +33,7 @@ def a2a_us(sends, me, row_bytes, reverse):
         out_rows, in_rows = in_rows, out_rows
     src = torch.randint(0, 255, (sum(out_rows), row_bytes), dtype=torch.uint8, device="cuda")
     dst = torch.empty((sum(in_rows), row_bytes), dtype=torch.uint8, device="cuda")
-    return timed_us(lambda: dist.all_to_all_single(dst, src, in_rows, out_rows))
+    return timed_us(lambda: dist.all_to_all_single(dst, src, in_rows, out_rows), dist.barrier)
 
 
 def main():

@@ -4,6 +4,25 @@ import csv
 import os
 
 import numpy as np
+import torch
+
+WARMUP, ITERS = 10, 50
+
+
+def timed_us(fn, before=None):
+    """Mean time of `fn` in microseconds over ITERS calls after WARMUP, with CUDA events;
+    `before` (a barrier, say) runs once between the warm-ups and the timed calls."""
+    for _ in range(WARMUP):
+        fn()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    if before is not None:
+        before()
+    start.record()
+    for _ in range(ITERS):
+        fn()
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) * 1e3 / ITERS
 
 
 def read_rows(path):

@@ -16,21 +16,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import read_rows, routing, workloads  # noqa: E402
-
-WARMUP, ITERS = 10, 50
-
-
-def timed_us(fn):
-    for _ in range(WARMUP):
-        fn()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(ITERS):
-        fn()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) * 1e3 / ITERS
+from common import read_rows, routing, timed_us, workloads  # noqa: E402
 
 
 def main():

@@ -44,6 +44,23 @@ fn nccl_or_skip(test: &str) -> Option<&'static NcclLibrary> {
     }
 }
 
+/// NCCL that gives a 1-rank communicator symmetric memory, or `None` after printing why the
+/// test is skipped.
+fn one_rank_nccl_or_skip(test: &str) -> Option<&'static NcclLibrary> {
+    let lib = nccl_or_skip(test)?;
+    let v = lib.version;
+    if (v.major, v.minor, v.patch) < (2, 28, 9) {
+        // NCCL 2.28.0 to 2.28.8 give a communicator of one rank no symmetric memory (the
+        // window setup says so; 2.28.9 lifted it): a limit of that NCCL, not a failure here.
+        say(&format!(
+            "SKIP {test}: NCCL {v} has no symmetric memory for a 1-rank communicator; \
+             set EPC_NCCL to NCCL >= 2.28.9 (the nvidia-nccl-cu13 wheel or PyTorch's copy)"
+        ));
+        return None;
+    }
+    Some(lib)
+}
+
 /// `n` GPUs, or `None` after printing why the test is skipped.
 fn gpus_or_skip(test: &str, n: usize) -> Option<Vec<Gpu>> {
     let have = Gpu::count();
@@ -194,17 +211,7 @@ fn one_rank_communicator_matches_the_reference_and_replays_graphs() {
     let Some((gpu, jit, _dir)) = gpu_jit_or_skip(test) else {
         return;
     };
-    let Some(lib) = nccl_or_skip(test) else {
-        return;
-    };
-    let v = lib.version;
-    if (v.major, v.minor, v.patch) < (2, 28, 9) {
-        // NCCL 2.28.0 to 2.28.8 give a communicator of one rank no symmetric memory (the
-        // window setup says so; 2.28.9 lifted it): a limit of that NCCL, not a failure here.
-        say(&format!(
-            "SKIP {test}: NCCL {v} has no symmetric memory for a 1-rank communicator; \
-             set EPC_NCCL to NCCL >= 2.28.9 (the nvidia-nccl-cu13 wheel or PyTorch's copy)"
-        ));
+    if one_rank_nccl_or_skip(test).is_none() {
         return;
     }
     for (spec, borrowed) in [
@@ -270,15 +277,7 @@ fn one_rank_communicator_runs_high_throughput() {
     let Some((gpu, jit, _dir)) = gpu_jit_or_skip(test) else {
         return;
     };
-    let Some(lib) = nccl_or_skip(test) else {
-        return;
-    };
-    let v = lib.version;
-    if (v.major, v.minor, v.patch) < (2, 28, 9) {
-        say(&format!(
-            "SKIP {test}: NCCL {v} has no symmetric memory for a 1-rank communicator; \
-             set EPC_NCCL to NCCL >= 2.28.9"
-        ));
+    if one_rank_nccl_or_skip(test).is_none() {
         return;
     }
     let spec = ht_spec(1);

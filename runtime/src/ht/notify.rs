@@ -17,7 +17,7 @@ use crate::error::CudaContextExt;
 use crate::launch::{Grid, launch};
 use crate::ll::{DEFAULT_TIMEOUT, Stream};
 use crate::reference::Layout;
-use crate::transport::{LocalRank, NcclComm, SymmetricWindow, Transport, VirtualRanks};
+use crate::transport::{LocalRank, NcclComm, Transport, VirtualRanks, register_windows};
 use crate::{Error, Gpu, Jit};
 
 /// One rank's entry of notify's `LaunchArgs` (`struct RankArgs` in `ht_notify.cu.hbs`).
@@ -127,18 +127,7 @@ impl HtNotify {
         kernels: &[KernelSource],
     ) -> Result<Vec<HtNotify>, Error> {
         check_mode(spec)?;
-        for (_, comm) in members {
-            if comm.ranks() != spec.ranks() as usize {
-                return Err(Error::Input(format!(
-                    "spec `{}` has {} ranks; the NCCL communicator of rank {} has {}",
-                    spec.name(),
-                    spec.ranks(),
-                    comm.rank(),
-                    comm.ranks()
-                )));
-            }
-        }
-        let windows = SymmetricWindow::register(members, window_bytes(spec))?;
+        let windows = register_windows(spec, members, window_bytes(spec))?;
         members
             .iter()
             .zip(windows)

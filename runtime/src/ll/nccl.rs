@@ -4,7 +4,7 @@ use ep_codegen::kernels::ll::Window;
 use ep_codegen::{KernelSource, Spec};
 
 use super::group::LlGroup;
-use crate::transport::{LocalRank, NcclComm, SymmetricWindow, Transport};
+use crate::transport::{LocalRank, NcclComm, Transport, register_windows};
 use crate::{Error, Gpu, Jit};
 
 impl LlGroup {
@@ -20,19 +20,8 @@ impl LlGroup {
         spec: &Spec,
         kernels: &[KernelSource],
     ) -> Result<Vec<LlGroup>, Error> {
-        for (_, comm) in members {
-            if comm.ranks() != spec.ranks() as usize {
-                return Err(Error::Input(format!(
-                    "spec `{}` has {} ranks; the NCCL communicator of rank {} has {}",
-                    spec.name(),
-                    spec.ranks(),
-                    comm.rank(),
-                    comm.ranks()
-                )));
-            }
-        }
         let bytes = usize::try_from(Window::of(spec).bytes()).unwrap_or(usize::MAX);
-        let windows = SymmetricWindow::register(members, bytes)?;
+        let windows = register_windows(spec, members, bytes)?;
         members
             .iter()
             .zip(windows)

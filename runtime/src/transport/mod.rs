@@ -10,7 +10,29 @@ pub use virtual_ranks::VirtualRanks;
 use cudarc::driver::DevicePtr;
 use cudarc::driver::sys::CUdeviceptr;
 
-use crate::Gpu;
+use crate::{Error, Gpu};
+
+/// Registers `bytes`-byte symmetric windows of `spec` for the NCCL members a process drives,
+/// after checking that every communicator has the spec's rank count (collective, as
+/// [`SymmetricWindow::register`]).
+pub(crate) fn register_windows(
+    spec: &ep_codegen::Spec,
+    members: &[(&Gpu, &NcclComm)],
+    bytes: usize,
+) -> Result<Vec<SymmetricWindow>, Error> {
+    for (_, comm) in members {
+        if comm.ranks() != spec.ranks() as usize {
+            return Err(Error::Input(format!(
+                "spec `{}` has {} ranks; the NCCL communicator of rank {} has {}",
+                spec.name(),
+                spec.ranks(),
+                comm.rank(),
+                comm.ranks()
+            )));
+        }
+    }
+    SymmetricWindow::register(members, bytes)
+}
 
 /// The windows of the ranks a group drives, held to keep them alive while kernels reach them
 /// through [`LocalRank`]s.
