@@ -49,7 +49,32 @@ pub enum Placement {
     },
 }
 
+/// What a command's transport arguments make of this process.
+pub enum Role {
+    /// Runs its part of the job here.
+    Here(Placement),
+    /// Was the launcher: the job's processes ran and ended with this code.
+    Launched(ExitCode),
+}
+
 impl Placement {
+    /// For a command that also takes `--ranks` (`ranks`): [`Placement::of`], except that a
+    /// launcher starts the job's processes and waits for them, and `--ranks` over NCCL is an
+    /// error (the job has one rank per GPU).
+    pub fn for_command(args: &TransportArgs, ranks: Option<u32>) -> Result<Role> {
+        let placement = Placement::of(args)?;
+        if let Placement::NcclLauncher { gpus } = placement {
+            return launch(gpus).map(Role::Launched);
+        }
+        if let (Some(_), Some(r)) = (ranks, placement.ranks()) {
+            bail!(
+                "--ranks does not apply to --transport nccl: the job has {}, one per GPU",
+                crate::words::count(r as usize, "rank")
+            );
+        }
+        Ok(Role::Here(placement))
+    }
+
     /// Decides from the arguments, the environment and the GPUs present.
     pub fn of(args: &TransportArgs) -> Result<Placement> {
         if args.transport == TransportArg::Virtual {
@@ -260,7 +285,7 @@ fn write_atomically(path: &Path, text: &str) -> Result<()> {
 
 /// Starts this program once per GPU as rank i of `gpus` (same arguments, plus the rank
 /// options), waits for all, prints each one's output under its rank, and fails if any failed.
-pub fn launch(gpus: usize) -> Result<ExitCode> {
+fn launch(gpus: usize) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("finding epc's own executable")?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let id = NcclComm::unique_id()?;

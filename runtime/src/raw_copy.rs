@@ -6,27 +6,25 @@ use cudarc::driver::sys::CUdeviceptr;
 use crate::error::CudaContextExt;
 use crate::{Error, Gpu};
 
-/// Reads `bytes` bytes at `src` after the work queued on `gpu`'s stream.
+/// Fills `dst` from `src`, after the work queued on `gpu`'s stream.
 ///
 /// # Safety
-/// `src` must address at least `bytes` bytes of `gpu`'s memory that stays allocated until the
-/// copy ends (this function waits for it).
-pub(crate) unsafe fn read(gpu: &Gpu, src: CUdeviceptr, bytes: usize) -> Result<Vec<u8>, Error> {
-    let mut out = vec![0u8; bytes];
-    if bytes == 0 {
-        return Ok(out);
+/// `src` must address at least `dst.len()` bytes of `gpu`'s memory that stays allocated until
+/// the copy ends (this function waits for it).
+pub(crate) unsafe fn read(gpu: &Gpu, src: CUdeviceptr, dst: &mut [u8]) -> Result<(), Error> {
+    if dst.is_empty() {
+        return Ok(());
     }
     // The stream must belong to the current context (a process may drive several GPUs).
     gpu.context()
         .bind_to_thread()
         .cuda("making the GPU's context current")?;
     let stream = gpu.stream();
-    // SAFETY: the caller guarantees `src` holds `bytes` bytes; `out` holds as many and lives
-    // until the synchronization below.
-    unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut out, src, stream.cu_stream()) }
+    // SAFETY: the caller guarantees `src` holds `dst.len()` bytes; `dst` lives until the
+    // synchronization below.
+    unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src, stream.cu_stream()) }
         .cuda("reading device memory")?;
-    stream.synchronize().cuda("reading device memory")?;
-    Ok(out)
+    stream.synchronize().cuda("reading device memory")
 }
 
 /// Writes `data` at `dst`, ordered after the work queued on `gpu`'s stream, and waits for it.

@@ -10,23 +10,17 @@ use ep_runtime::Jit;
 use super::verify::{LlPlan, Plan, fitting, verify_ht, verify_layout, verify_ll_on, verify_notify};
 use crate::cli::RunArgs;
 use crate::inputs::{load_specs, note_progress, renderer};
-use crate::transport::{Placement, Ranks, launch};
+use crate::transport::{Placement, Ranks, Role};
 use crate::words::count;
 
 /// Runs each spec's kernels once on the GPU, checks them, times them and prints the layout.
 pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
     let specs = load_specs(&args.specs.specs)?;
     let renderer = renderer(templates)?;
-    let placement = Placement::of(&args.transport)?;
-    if let Placement::NcclLauncher { gpus } = placement {
-        return launch(gpus);
-    }
-    if let (Some(_), Some(r)) = (args.ranks, placement.ranks()) {
-        bail!(
-            "--ranks does not apply to --transport nccl: the job has {}, one per GPU",
-            count(r as usize, "rank")
-        );
-    }
+    let placement = match Placement::for_command(&args.transport, args.ranks)? {
+        Role::Here(p) => p,
+        Role::Launched(code) => return Ok(code),
+    };
     let gpu = ep_runtime::Gpu::open(placement.device())?;
     let jit = Jit::nvrtc()?;
     println!("GPU {} ({}, {} SMs)", gpu.name(), gpu.arch(), gpu.sms());

@@ -1,7 +1,8 @@
 //! [`HtGroup`]: high-throughput dispatch and combine (flat layout, 16-bit payloads) of one spec
 //! on the ranks a process drives on one GPU (R virtual ranks, or one NCCL rank), driven from
-//! host vectors: the helper behind the GPU tests, `epc run`, `epc bench` and the main job. Each call runs the layout kernel per rank, notify, then the dispatch kernels;
-//! combine takes what each rank returns for its rows.
+//! host vectors: the helper behind the GPU tests, `epc run`, `epc bench` and the main job. Each
+//! call runs the layout kernel per rank, notify, then the dispatch kernels; combine takes what
+//! each rank returns for its rows.
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr};
@@ -280,10 +281,12 @@ impl HtGroup {
             let w = &self.window;
             let base = self.notify.window_base(i);
             let read = |offset: u64, bytes: usize| -> Result<Vec<u8>, Error> {
+                let mut v = vec![0u8; bytes];
                 // SAFETY: the region lies inside local rank i's window (HtWindow's offsets
                 // and sizes for at most max_recv_tokens_per_rank rows, which notify checked),
                 // which this group holds.
-                unsafe { raw_copy::read(&gpu, base + offset, bytes) }
+                unsafe { raw_copy::read(&gpu, base + offset, &mut v) }?;
+                Ok(v)
             };
             let k = d.top_k;
             let x = read(w.recv_x_offset, rows * w.payload_bytes as usize)?;

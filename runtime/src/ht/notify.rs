@@ -326,12 +326,15 @@ impl HtNotify {
     /// The send for every local rank, then the receive for every local rank (chunks of at most
     /// [`MAX_LAUNCH_RANKS`] ranks per launch), on the GPU's stream.
     pub(crate) fn launch_phases(&self) -> Result<(), Error> {
+        let stream = self.gpu.stream();
+        let counters = {
+            let (ptr, _sync) = self.counters.device_ptr(stream);
+            ptr
+        };
+        let stride = self.spec.ranks() as usize + self.spec.experts() as usize + 2;
         let args: Vec<NotifyArgs> = (0..self.ranks.len())
             .map(|i| {
                 let state = self.rank_state(i);
-                let stream = self.gpu.stream();
-                let (counters, _sync) = self.counters.device_ptr(stream);
-                let stride = self.spec.ranks() as usize + self.spec.experts() as usize + 2;
                 NotifyArgs {
                     counters: counters + (i * stride * 4) as u64,
                     out: state.out,
@@ -348,7 +351,6 @@ impl HtNotify {
             threads: ep_codegen::kernels::ht::NOTIFY_THREADS,
             cooperative: false,
         };
-        let stream = self.gpu.stream();
         self.gpu
             .context()
             .bind_to_thread()

@@ -286,16 +286,9 @@ impl LowLatency {
 
     /// Copies `dst.len()` bytes at device address `src` (a view of this group's memory).
     fn read(&self, src: u64, dst: &mut [u8]) -> Result<(), Error> {
-        if dst.is_empty() {
-            return Ok(());
-        }
-        let stream = self.group.gpu().stream();
         // SAFETY: `src` is inside a window or call state of this group (a view from
-        // `received`) holding at least `dst.len()` bytes; the copy is ordered on the stream
-        // after the kernels and waited for before `dst` is used.
-        unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src, stream.cu_stream()) }
-            .cuda("reading a window")?;
-        stream.synchronize().cuda("reading a window")
+        // `received`) holding at least `dst.len()` bytes, alive while the group is.
+        unsafe { crate::raw_copy::read(self.group.gpu(), src, dst) }
     }
 
     /// Copies `src` to device address `dst` (a view of this group's memory).

@@ -28,7 +28,7 @@ use self::report::Row;
 use crate::cli::BenchArgs;
 use crate::inputs::{load_specs, renderer};
 use crate::npy;
-use crate::transport::{Placement, Ranks, launch};
+use crate::transport::{Placement, Ranks, Role};
 use crate::words::count;
 
 /// One phase of one workload as this process measured it, before the ranks' figures are joined.
@@ -224,16 +224,10 @@ fn token_counts(spec: &Spec, args: &BenchArgs) -> Result<Vec<usize>> {
 
 /// Times all workloads and prints, writes CSV and SVG as asked.
 pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
-    let placement = Placement::of(&args.transport)?;
-    if let Placement::NcclLauncher { gpus } = placement {
-        return launch(gpus);
-    }
-    if let (Some(_), Some(r)) = (args.ranks, placement.ranks()) {
-        bail!(
-            "--ranks does not apply to --transport nccl: the job has {}, one per GPU",
-            count(r as usize, "rank")
-        );
-    }
+    let placement = match Placement::for_command(&args.transport, args.ranks)? {
+        Role::Here(p) => p,
+        Role::Launched(code) => return Ok(code),
+    };
     let ranks = placement.ranks().or(args
         .ranks
         .or((args.specs.is_empty() || args.standard).then_some(8)));
@@ -272,9 +266,9 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
         if spec.mode() == Mode::HighThroughput && !data_path_built(spec) {
             if lead {
                 println!(
-                    "skipping {}: its high-throughput layout is not built yet (flat, 16-bit, \
-                     one NVLink domain only so far)",
-                    spec.name()
+                    "skipping {}: {} not built yet",
+                    spec.name(),
+                    ep_codegen::kernels::not_built(spec).join("; ")
                 );
             }
             continue;
