@@ -18,7 +18,7 @@
 use std::fmt::Write as _;
 
 use crate::kernels::ht::{
-    HtWindow, NOTIFY_STATUS_WORDS, NotifyWindow, data_path_built, notify_output_ints,
+    HtWindow, NOTIFY_STATUS_WORDS, NotifyWindow, data_path_built, destinations, notify_output_ints,
 };
 use crate::kernels::ll::{CallLayout, Window, workspace_ints};
 use crate::{Dtype, Mode, Spec};
@@ -157,12 +157,13 @@ impl MemoryPlan {
                     NotifyWindow::of(spec).bytes
                 },
                 0,
-                // Notify's outputs, status and epoch; each token's row on each rank [M, R].
+                // Notify's outputs, status and epoch; each token's row on each destination
+                // [M, R] (flat) or each slot's [M, K] (expert-major).
                 mul(
                     4,
                     u64::from(notify_output_ints(spec) + NOTIFY_STATUS_WORDS + 1),
                 )
-                .saturating_add(mul(mul(m, r), 4)),
+                .saturating_add(mul(mul(m, u64::from(destinations(spec))), 4)),
                 0,
                 mul(r, PEER_ENTRY_BYTES),
             ),
@@ -522,11 +523,16 @@ mod tests {
             flat.per_rank(),
             flat.layout + flat.window + flat.workspace + flat.peer_table
         );
-        // Expert-major dispatch is not built yet: notify's region alone.
-        let major = MemoryPlan::of(&spec(&format!(
+        // Expert-major: the same window, a row per slot in `positions` [M, K].
+        let major_spec = spec(&format!(
             "{base}layout: expert_major\nexpert_alignment: 128\n"
-        )));
-        assert_eq!(major.window, 4096);
+        ));
+        let major = MemoryPlan::of(&major_spec);
+        assert_eq!(major.window, HtWindow::of(&major_spec).bytes);
+        assert_eq!(
+            major.workspace,
+            4 * ((8 + 1 + 8 + 9 + 64) + 2 + 1) + 4 * 4096 * 6
+        );
     }
 
     #[test]

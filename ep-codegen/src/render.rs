@@ -50,6 +50,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/partials/convert.hbs"),
     ),
     (
+        "partials/fp8",
+        include_str!("../templates/partials/fp8.hbs"),
+    ),
+    (
         "partials/ll_constants",
         include_str!("../templates/partials/ll_constants.hbs"),
     ),

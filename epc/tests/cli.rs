@@ -527,9 +527,9 @@ fn check_prints_each_specs_memory_and_refuses_one_too_large_for_a_rank() {
 #[test]
 fn high_throughput_specs_say_once_which_kernels_are_not_built() {
     let dir = tempfile::tempdir().unwrap();
-    let note = "note: qwen3-235b-a22b-ht: high_throughput: layout, ht_notify kernels built; \
-                expert-major dispatch and combine; the hierarchical path (one crossing per \
-                domain) are not built yet (HT mode is in progress)";
+    let note = "note: qwen3-235b-a22b-ht: high_throughput: layout, ht_notify, ht_dispatch, \
+                ht_combine kernels built; the hierarchical path (one crossing per domain) is \
+                not built yet (HT mode is in progress)";
     let out_dir = dir.path().join("out");
     let runs: [&[&str]; 3] = [
         &["check", "qwen3-235b-a22b-ht", "gpt-oss-120b-ll"],

@@ -28,9 +28,7 @@ pub mod transport;
 
 pub use error::Error;
 pub use gpu::{DeviceInfo, DriverInfo, Gpu};
-pub use ht::{
-    FlatReceived, HtGroup, HtNotify, HtTimes, LayoutKernel, NotifyResult, expected_notify,
-};
+pub use ht::{HtGroup, HtNotify, HtReceived, HtTimes, LayoutKernel, NotifyResult, expected_notify};
 pub use jit::arch::{ARCH_SPELLINGS, Arch, ArchNeed, check_spec_arch, spec_needs};
 pub use jit::cache::{
     CacheOutcome, CachedCubin, KernelCache, Metadata, compile_uncached, save_failed_source,

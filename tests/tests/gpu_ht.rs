@@ -1,22 +1,31 @@
-//! High-throughput dispatch and combine (flat layout) on virtual ranks against the CPU reference,
-//! bit for bit: rows in (source, token) order with rewritten slots, weights and sources, and the
-//! combine summed by NVLink domain.
+//! High-throughput dispatch and combine on virtual ranks against the CPU reference, bit for bit,
+//! in both layouts and with 16-bit and FP8 payloads: flat rows in (source, token) order with
+//! rewritten slots, weights and sources, and the combine summed by NVLink domain; expert-major
+//! groups in (source, token, slot) order, padded with zero rows, and the combine weighted over
+//! the slots.
 
 use ep_codegen::Spec;
 use ep_runtime::HtGroup;
-use ep_runtime::check::ht::{check_flat_combine, check_flat_dispatch};
-use ep_runtime::reference::ht::dispatch_flat;
+use ep_runtime::check::ht::{Expected, check_combine, check_dispatch};
 use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::routing::{Pattern, SplitMix64, generate};
 use ep_tests::{gpu_jit_or_skip, renderer};
 
-fn spec(ranks: u32, domain: u32, tokens: u32, dtype: &str) -> Spec {
-    let yaml = format!(
-        "name: ht-r{ranks}-g{domain}\nmode: high_throughput\nhidden: 1024\ndtype: {dtype}\n\
-         experts: {}\ntop_k: 8\nranks: {ranks}\nnvlink_domain: {domain}\n\
-         max_tokens_per_rank: {tokens}\nmax_recv_tokens_per_rank: {}\n",
-        8 * ranks,
+/// A spec of R ranks in domains of G, M tokens per rank, with `extra` YAML lines (layout,
+/// payload) and a buffer that holds every row a rank can be sent.
+fn spec(ranks: u32, domain: u32, tokens: u32, hidden: u32, extra: &str) -> Spec {
+    let expert_major = extra.contains("expert_major");
+    let capacity = if expert_major {
+        // Every slot of every sender, plus each of the 8 local experts' padding (alignment 64).
+        ranks * tokens * 8 + 8 * 63
+    } else {
         ranks * tokens
+    };
+    let yaml = format!(
+        "name: ht-r{ranks}-g{domain}\nmode: high_throughput\nhidden: {hidden}\n\
+         experts: {}\ntop_k: 8\nranks: {ranks}\nnvlink_domain: {domain}\n\
+         max_tokens_per_rank: {tokens}\nmax_recv_tokens_per_rank: {capacity}\n{extra}",
+        8 * ranks,
     );
     Spec::from_yaml(&yaml, None).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
 }
@@ -38,10 +47,10 @@ fn check(group: &mut HtGroup, s: &Spec, tokens: usize, pattern: Pattern, seed: u
         })
         .collect();
     let got = group.dispatch(&inputs).unwrap();
-    let want = dispatch_flat(s, &inputs).unwrap();
+    let want = Expected::of(s, &inputs).unwrap();
     let what = format!("{} T={tokens} {pattern:?} seed {seed}", s.name());
-    check_flat_dispatch(s, &got, &want).unwrap_or_else(|e| panic!("{what}: {e}"));
-    // Each rank returns a random row for each row it received.
+    check_dispatch(s, &inputs, &want, &got).unwrap_or_else(|e| panic!("{what}: {e}"));
+    // Each rank returns a random row for each row of its buffer.
     let mut rng = SplitMix64::new(seed ^ 0x7);
     let y: Vec<Vec<u16>> = got
         .iter()
@@ -57,7 +66,26 @@ fn check(group: &mut HtGroup, s: &Spec, tokens: usize, pattern: Pattern, seed: u
         })
         .collect();
     let out = group.combine(&y).unwrap();
-    check_flat_combine(s, &inputs, &got, &y, &out).unwrap_or_else(|e| panic!("{what}: {e}"));
+    check_combine(s, &inputs, &want, &y, &out).unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
+/// Runs the patterns and token counts of one spec (T = 0, 1, M and partial) on a fresh group.
+fn check_spec(gpu: &ep_runtime::Gpu, jit: &ep_runtime::Jit, s: &Spec, seed: u64) -> usize {
+    let kernels = renderer().render(s).unwrap();
+    let mut group = HtGroup::virtual_ranks(gpu, jit, s, &kernels).unwrap();
+    let m = s.max_tokens_per_rank() as usize;
+    let calls = [
+        (0, Pattern::Uniform),
+        (1, Pattern::Uniform),
+        (m, Pattern::Uniform),
+        (m, Pattern::Hot),
+        (m * 3 / 4, Pattern::EmptyRanks),
+        (m * 2 / 3, Pattern::Sparse),
+    ];
+    for (i, (tokens, pattern)) in calls.into_iter().enumerate() {
+        check(&mut group, s, tokens, pattern, seed + i as u64);
+    }
+    calls.len()
 }
 
 #[test]
@@ -67,40 +95,45 @@ fn ht_flat_dispatch_and_combine_match_the_reference() {
     else {
         return;
     };
-    let renderer = renderer();
     let mut checked = 0;
-    for (ranks, domain, dtype) in [
-        (1, 1, "bf16"),
-        (2, 2, "bf16"),
-        (4, 4, "fp16"),
-        (8, 8, "bf16"),
-        (8, 2, "bf16"),
-        (16, 16, "bf16"),
+    for (ranks, domain, extra) in [
+        (1, 1, "dtype: bf16\n"),
+        (2, 2, "dtype: bf16\n"),
+        (4, 4, "dtype: fp16\n"),
+        (8, 8, "dtype: bf16\n"),
+        (8, 2, "dtype: bf16\n"),
+        (16, 16, "dtype: bf16\n"),
     ] {
-        let s = spec(ranks, domain, 4096, dtype);
-        let kernels = renderer.render(&s).unwrap();
-        let mut group = HtGroup::virtual_ranks(&gpu, &jit, &s, &kernels).unwrap();
-        let m = s.max_tokens_per_rank() as usize;
-        for (i, (tokens, pattern)) in [
-            (0, Pattern::Uniform),
-            (1, Pattern::Uniform),
-            (m, Pattern::Uniform),
-            (m, Pattern::Hot),
-            (m * 3 / 4, Pattern::EmptyRanks),
-            (m * 2 / 3, Pattern::Sparse),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            check(
-                &mut group,
-                &s,
-                tokens,
-                pattern,
-                100 * u64::from(ranks) + i as u64,
-            );
-            checked += 1;
-        }
+        let s = spec(ranks, domain, 4096, 1024, extra);
+        checked += check_spec(&gpu, &jit, &s, 100 * u64::from(ranks));
     }
-    eprintln!("{checked} HT calls checked");
+    eprintln!("{checked} flat HT calls checked");
+}
+
+#[test]
+fn ht_fp8_and_expert_major_match_the_reference() {
+    let Some((gpu, jit, _dir)) = gpu_jit_or_skip("ht_fp8_and_expert_major_match_the_reference")
+    else {
+        return;
+    };
+    let fp8 = "dispatch_dtype: fp8_e4m3\nfp8:\n  block: 128\n  scale: f32\n";
+    let ue8m0 = "dispatch_dtype: fp8_e4m3\nfp8:\n  block: 128\n  scale: ue8m0\n";
+    let major = "layout: expert_major\nexpert_alignment: 64\n";
+    let mut checked = 0;
+    for (ranks, domain, extra) in [
+        (1, 1, fp8.to_owned()),
+        (4, 4, fp8.to_owned()),
+        (8, 8, ue8m0.to_owned()),
+        (16, 16, fp8.to_owned()),
+        (1, 1, major.to_owned()),
+        (2, 2, major.to_owned()),
+        (8, 8, major.to_owned()),
+        (16, 16, major.to_owned()),
+        (4, 4, format!("{major}{fp8}")),
+        (8, 8, format!("{major}{ue8m0}")),
+    ] {
+        let s = spec(ranks, domain, 2048, 1024, &extra);
+        checked += check_spec(&gpu, &jit, &s, 300 * u64::from(ranks));
+    }
+    eprintln!("{checked} FP8 and expert-major HT calls checked");
 }

@@ -8,9 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ep_codegen::Spec;
-use ep_runtime::check::ht::{check_flat_combine_of, check_flat_dispatch_of};
+use ep_runtime::check::ht::{self, Expected};
 use ep_runtime::check::ll::{check_combine_of, check_dispatch_of, expert_outputs_of};
-use ep_runtime::reference::ht::dispatch_flat;
 use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::reference::values;
 use ep_runtime::routing::{Pattern, SplitMix64, generate};
@@ -170,7 +169,7 @@ fn run_ht_rounds(spec: &Spec, groups: &mut [HtGroup], what: &str) {
     let d = spec.dims();
     for round in 0..HT_ROUNDS {
         let all = inputs(spec, round);
-        let want = dispatch_flat(spec, &all).unwrap();
+        let want = Expected::of(spec, &all).unwrap();
         let ranks: Vec<Vec<usize>> = groups.iter().map(HtGroup::ranks).collect();
         for (g, mine) in groups.iter_mut().zip(&ranks) {
             let local: Vec<RankInput> = mine.iter().map(|&r| all[r].clone()).collect();
@@ -180,23 +179,21 @@ fn run_ht_rounds(spec: &Spec, groups: &mut [HtGroup], what: &str) {
             let got = g
                 .finish_dispatch()
                 .unwrap_or_else(|e| panic!("{what} round {round}: {e}"));
-            check_flat_dispatch_of(spec, &want, mine, &got)
+            ht::check_dispatch_of(spec, &all, &want, mine, &got)
                 .unwrap_or_else(|e| panic!("{what} round {round}: {e}"));
         }
         let y: Vec<Vec<u16>> = (0..d.ranks)
-            .map(|r| ht_rows(spec, round, r, want[r].rows.len()))
+            .map(|r| ht_rows(spec, round, r, want.rows(r)))
             .collect();
         for (g, mine) in groups.iter_mut().zip(&ranks) {
             let local: Vec<Vec<u16>> = mine.iter().map(|&r| y[r].clone()).collect();
             g.start_combine(&local).unwrap();
         }
-        let sources: Vec<Vec<i32>> = want.iter().map(|w| w.sources(d.tokens)).collect();
-        let sources: Vec<&[i32]> = sources.iter().map(Vec::as_slice).collect();
         for (g, mine) in groups.iter_mut().zip(&ranks) {
             let out = g
                 .finish_combine()
                 .unwrap_or_else(|e| panic!("{what} round {round}: {e}"));
-            check_flat_combine_of(spec, &all, &sources, &y, mine, &out)
+            ht::check_combine_of(spec, &all, &want, &y, mine, &out)
                 .unwrap_or_else(|e| panic!("{what} round {round}: {e}"));
         }
     }

@@ -154,10 +154,8 @@ fn spec_minimums_match_what_nvrtc_compiles() {
         .unwrap()
         .parse()
         .unwrap();
-    let major = ep_codegen::find_builtin("qwen3-235b-a22b-ht")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let major_builtin = ep_codegen::find_builtin("qwen3-235b-a22b-ht").unwrap();
+    let major: ep_codegen::Spec = major_builtin.parse().unwrap();
     let cases = [
         (variant("bf16-ll", "", "bf16"), Some(80)),
         (variant("fp16-ll", "", "fp16"), None),
@@ -169,10 +167,24 @@ fn spec_minimums_match_what_nvrtc_compiles() {
             variant("fp16-fp8-ll", "\ndispatch_dtype: fp8_e4m3", "fp16"),
             Some(89),
         ),
-        // Flat HT with bf16: its combine converts to bf16.
+        // HT with bf16, flat and expert-major: their combines convert to bf16.
         (ht, Some(80)),
-        // Expert-major HT: layout and notify only so far.
-        (major, None),
+        (major, Some(80)),
+        // Expert-major HT with FP8 payloads and power-of-two scales.
+        (
+            ep_codegen::Spec::from_yaml(
+                &major_builtin
+                    .yaml
+                    .replace("name: qwen3-235b-a22b-ht", "name: ht-fp8-major")
+                    .replace(
+                        "dtype: bf16",
+                        "dtype: bf16\ndispatch_dtype: fp8_e4m3\nfp8:\n  block: 128\n  scale: ue8m0",
+                    ),
+                None,
+            )
+            .unwrap(),
+            Some(89),
+        ),
     ];
     let renderer = renderer();
     for (spec, minimum) in &cases {

@@ -227,10 +227,14 @@ pub struct HtWindow {
     pub notify: NotifyWindow,
     /// Bytes of one row's payload (H x dispatch dtype size).
     pub payload_bytes: u64,
+    /// FP8 block scales per row (H / block), 0 without FP8.
+    pub scale_count: u64,
     /// Rows C.
     pub rows: u64,
     /// `recv_x [C][payload]`.
     pub recv_x_offset: u64,
+    /// `recv_scales [C][H / block]` (`f32`, FP8 only; empty otherwise).
+    pub recv_scales_offset: u64,
     /// `recv_topk_idx [C][K]` (the index dtype): local expert ids, `-1` elsewhere.
     pub recv_topk_idx_offset: u64,
     /// `recv_topk_w [C][K]` (`f32`).
@@ -261,8 +265,10 @@ impl HtWindow {
             .map_or(0, |ht| u64::from(ht.max_recv_tokens_per_rank));
         let notify = NotifyWindow::of(spec);
         let payload_bytes = h * u64::from(spec.dispatch_dtype.size());
+        let scale_count = spec.fp8.map_or(0, |f| h / u64::from(f.block));
         let recv_x_offset = align(notify.bytes, 256);
-        let recv_topk_idx_offset = align(recv_x_offset + rows * payload_bytes, 256);
+        let recv_scales_offset = align(recv_x_offset + rows * payload_bytes, 256);
+        let recv_topk_idx_offset = align(recv_scales_offset + rows * scale_count * 4, 256);
         let recv_topk_w_offset = align(
             recv_topk_idx_offset + rows * k * u64::from(spec.index_dtype.size()),
             256,
@@ -280,8 +286,10 @@ impl HtWindow {
         HtWindow {
             notify,
             payload_bytes,
+            scale_count,
             rows,
             recv_x_offset,
+            recv_scales_offset,
             recv_topk_idx_offset,
             recv_topk_w_offset,
             recv_src_offset,
@@ -293,30 +301,30 @@ impl HtWindow {
     }
 }
 
-/// Whether this version builds dispatch and combine for a spec: the flat layout with a 16-bit
-/// payload (expert-major and FP8 payloads are not built yet).
+/// Whether this version builds dispatch and combine for a spec: every high-throughput spec (with
+/// G < R the ranks exchange directly, not once per domain; see [`missing`]).
 pub fn data_path_built(spec: &Spec) -> bool {
-    spec.high_throughput
-        .is_some_and(|h| h.layout == Layout::Flat)
-        && spec.fp8.is_none()
+    spec.high_throughput.is_some()
 }
 
 /// The pieces of high-throughput mode this version does not build for a spec yet.
 pub fn missing(spec: &Spec) -> Vec<&'static str> {
     let mut missing = Vec::new();
-    if spec
-        .high_throughput
-        .is_some_and(|h| h.layout == Layout::ExpertMajor)
-    {
-        missing.push("expert-major dispatch and combine");
-    }
-    if spec.fp8.is_some() {
-        missing.push("fp8 dispatch");
-    }
     if spec.nvlink_domain < spec.ranks {
         missing.push("the hierarchical path (one crossing per domain)");
     }
     missing
+}
+
+/// Where a token's rows go, per token: one per destination rank in the flat layout (`R`), one
+/// per slot in the expert-major layout (`K`). The `positions [M][destinations]` map the dispatch
+/// send fills (each row's place on its destination, `-1` for none) has this width, and combine
+/// reads it back.
+pub fn destinations(spec: &Spec) -> u32 {
+    match spec.high_throughput.map(|h| h.layout) {
+        Some(Layout::ExpertMajor) => spec.top_k,
+        _ => spec.ranks,
+    }
 }
 
 /// A template's constants, strings and flags.
@@ -329,6 +337,10 @@ type Context = (
 /// Constants, strings and flags shared by the dispatch and combine templates.
 fn data_context(spec: &Spec) -> Context {
     let w = HtWindow::of(spec);
+    let o = NotifyOutputs::of(spec);
+    let expert_major = spec
+        .high_throughput
+        .is_some_and(|h| h.layout == Layout::ExpertMajor);
     let index_ctype = match spec.index_dtype {
         crate::spec::IndexDtype::I32 => "epc::i32",
         crate::spec::IndexDtype::I64 => "epc::i64",
@@ -346,21 +358,43 @@ fn data_context(spec: &Spec) -> Context {
         ("send_blocks", i64::from(DISPATCH_BLOCKS)),
         ("launch_ranks", i64::from(launch_ranks(spec))),
         ("ht_args_bytes", HT_ARGS_BYTES as i64),
+        ("destinations", i64::from(destinations(spec))),
+        (
+            "alignment",
+            i64::from(
+                spec.high_throughput
+                    .map_or(1, |h| h.expert_alignment.max(1)),
+            ),
+        ),
         ("payload_bytes", w.payload_bytes as i64),
+        ("scale_count", w.scale_count as i64),
         ("recv_x_offset", w.recv_x_offset as i64),
+        ("recv_scales_offset", w.recv_scales_offset as i64),
         ("recv_topk_idx_offset", w.recv_topk_idx_offset as i64),
         ("recv_topk_w_offset", w.recv_topk_w_offset as i64),
         ("recv_src_offset", w.recv_src_offset as i64),
         ("y_offset", w.y_offset as i64),
         ("dispatch_flags_offset", w.dispatch_flags_offset as i64),
         ("combine_flags_offset", w.combine_flags_offset as i64),
+        (
+            "out_recv_tokens_per_expert",
+            i64::from(o.recv_tokens_per_expert),
+        ),
+        ("out_group_offset", i64::from(o.group_offset)),
+        ("out_send_expert_offset", i64::from(o.send_expert_offset)),
         ("status_timeout", i64::from(NOTIFY_TIMEOUT)),
         ("status_overflow", i64::from(NOTIFY_OVERFLOW)),
     ]);
     let strings = BTreeMap::from([("index_ctype", index_ctype.to_owned())]);
     let flags = BTreeMap::from([
         ("act_is_bf16", spec.dtype == crate::spec::Dtype::Bf16),
-        ("fp8", false),
+        ("fp8", spec.fp8.is_some()),
+        (
+            "ue8m0",
+            spec.fp8
+                .is_some_and(|f| f.scale == crate::spec::ScaleFormat::Ue8m0),
+        ),
+        ("expert_major", expert_major),
     ]);
     (constants, strings, flags)
 }
@@ -375,7 +409,8 @@ fn data_plan(spec: &Spec, name: &'static str, template: &'static str, title: Str
         ctype: format!("const __grid_constant__ {name}::LaunchArgs"),
         shape: "timeout, then per rank of the launch (grid.y): x [T, H], topk_idx [T, K], \
                 topk_weights [T, K], is_token_in_rank [T, R], notify's outputs, positions \
-                [M, R], out [T, H], epoch, status [2], peer table, rank, T"
+                [M, R] (flat) or [M, K] (expert-major), out [T, H], epoch, status [2], peer \
+                table, rank, T"
             .into(),
     };
     KernelPlan {
@@ -389,17 +424,18 @@ fn data_plan(spec: &Spec, name: &'static str, template: &'static str, title: Str
         launch: LaunchShape {
             block_threads: DATA_THREADS,
             tokens_per_block: 0,
-            shared_mem_bytes: 8 * spec.ranks,
+            shared_mem_bytes: 4 * spec.ranks.max(spec.experts),
             cooperative: false,
         },
         params: vec![param(&send), param(&recv)],
     }
 }
 
-/// The dispatch kernels (send, then receive) of the flat layout.
+/// The dispatch kernels (send, then receive).
 pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
     let title = format!(
-        "High-throughput dispatch (flat): H={} {}, E={} over R={} ranks, top-{}, M={}, C={}.",
+        "High-throughput dispatch ({}): H={} {}, E={} over R={} ranks, top-{}, M={}, C={}.",
+        layout_name(spec),
         spec.hidden,
         spec.dispatch_dtype.as_str(),
         spec.experts,
@@ -411,15 +447,27 @@ pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
     data_plan(spec, "ht_dispatch", "ht_dispatch.cu", title)
 }
 
-/// The combine kernels (send: `y` ready; receive: the pull) of the flat layout.
+/// The combine kernels (send: `y` ready; receive: the pull).
 pub fn combine_plan(spec: &Spec) -> KernelPlan {
     let title = format!(
-        "High-throughput combine (flat): H={} {}, R={} ranks in domains of {}, M={}.",
+        "High-throughput combine ({}): H={} {}, R={} ranks in domains of {}, M={}.",
+        layout_name(spec),
         spec.hidden,
         spec.combine_dtype.as_str(),
         spec.ranks,
         spec.nvlink_domain,
         spec.max_tokens_per_rank
     );
-    data_plan(spec, "ht_combine", "ht_combine.cu", title)
+    let mut plan = data_plan(spec, "ht_combine", "ht_combine.cu", title);
+    // Combine moves 16-bit rows only: no FP8 conversions in its source.
+    plan.flags.insert("fp8", false);
+    plan.flags.insert("ue8m0", false);
+    plan
+}
+
+fn layout_name(spec: &Spec) -> &'static str {
+    match spec.high_throughput.map(|h| h.layout) {
+        Some(Layout::ExpertMajor) => "expert-major",
+        _ => "flat",
+    }
 }

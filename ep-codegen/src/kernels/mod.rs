@@ -83,8 +83,7 @@ pub fn plans(spec: &Spec) -> Vec<KernelPlan> {
 }
 
 /// What a spec's mode needs that this version does not build yet (empty when [`plans`] covers
-/// the whole mode): in high-throughput mode, expert-major and FP8 dispatch and the hierarchical
-/// path (G < R).
+/// the whole mode): in high-throughput mode, the hierarchical path (G < R).
 pub fn not_built(spec: &Spec) -> Vec<&'static str> {
     match spec.mode {
         crate::Mode::LowLatency => Vec::new(),

@@ -160,7 +160,7 @@ pub fn verify_notify(
     Ok((calls, refused))
 }
 
-/// Runs high-throughput dispatch and combine (flat layout) on the spec's R virtual ranks for
+/// Runs high-throughput dispatch and combine on the spec's R virtual ranks for
 /// `routings` calls of `tokens` tokens per rank and compares every received row, slot, weight
 /// and source, and every combined output, with the reference bit for bit; then times the last
 /// call's phases (`plan.iters` replays).
@@ -199,7 +199,7 @@ pub fn verify_ht(
                 plan.tokens
             )
         };
-        let want = match reference::ht::dispatch_flat(spec, &inputs) {
+        let want = match check::ht::Expected::of(spec, &inputs) {
             Ok(want) => want,
             // A routing this spec's buffer cannot hold: notify must refuse it (checked above).
             Err(_) => continue,
@@ -207,7 +207,7 @@ pub fn verify_ht(
         let got = group.dispatch(&inputs).with_context(what)?;
         received_rows = got.iter().map(|g| g.recv_src.len()).sum();
         dispatched = true;
-        check::ht::check_flat_dispatch(spec, &got, &want)
+        check::ht::check_dispatch(spec, &inputs, &want, &got)
             .map_err(|e| anyhow!("{}: dispatch: {e}", what()))?;
         // Each rank returns a pseudo-random row for each row it received.
         let y: Vec<Vec<u16>> = got
@@ -216,7 +216,7 @@ pub fn verify_ht(
             .map(|(rank, g)| random_activations(spec, g.recv_src.len(), seed ^ 0xc0 ^ rank as u64))
             .collect();
         let out = group.combine(&y).with_context(what)?;
-        check::ht::check_flat_combine(spec, &inputs, &got, &y, &out)
+        check::ht::check_combine(spec, &inputs, &want, &y, &out)
             .map_err(|e| anyhow!("{}: {e}", what()))?;
     }
     // Every routing may have overflowed the buffer (nothing dispatched, nothing to time).
@@ -228,7 +228,7 @@ pub fn verify_ht(
     Ok(HtVerified {
         calls,
         times,
-        received_bytes: received_rows * d.hidden * 2,
+        received_bytes: received_rows * d.hidden * spec.dispatch_dtype().size() as usize,
     })
 }
 

@@ -1,4 +1,4 @@
-//! [`HtGroup`]: high-throughput dispatch and combine (flat layout, 16-bit payloads) of one spec
+//! [`HtGroup`]: high-throughput dispatch and combine (either layout, 16-bit or FP8 payloads) of one spec
 //! on the ranks a process drives on one GPU (R virtual ranks, or one NCCL rank), driven from
 //! host vectors: the helper behind the GPU tests, `epc run`, `epc bench` and the main job. Each
 //! call runs the layout kernel per rank, notify, then the dispatch kernels; combine takes what
@@ -7,10 +7,10 @@
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr};
 use ep_codegen::kernels::ht::{
-    DATA_THREADS, DISPATCH_BLOCKS, HT_ARGS_BYTES, HtWindow, data_path_built,
+    DATA_THREADS, DISPATCH_BLOCKS, HT_ARGS_BYTES, HtWindow, data_path_built, destinations,
 };
 use ep_codegen::kernels::ll::MAX_LAUNCH_RANKS;
-use ep_codegen::{IndexDtype, KernelSource, Spec};
+use ep_codegen::{IndexDtype, KernelSource, Layout, Spec};
 
 use super::notify::{HtNotify, NotifyResult};
 use crate::device_index::DeviceIndex;
@@ -57,16 +57,20 @@ struct RankBuffers {
     tokens: usize,
 }
 
-/// What one rank received from a flat dispatch, read back.
+/// What one rank received from a dispatch, read back: every row of the receive buffer in use
+/// (flat: `recv_rows`; expert-major: `group_offset[L]`, padding rows included).
 #[derive(Debug, Clone, PartialEq)]
-pub struct FlatReceived {
-    /// Rows, each `H` 16-bit values.
-    pub recv_x: Vec<u16>,
+pub struct HtReceived {
+    /// `[rows, payload]`: each row's payload bytes (H 16-bit values, little-endian, or H FP8
+    /// codes).
+    pub recv_x: Vec<u8>,
+    /// `[rows, H / 128]`: FP8 block scales (empty without FP8).
+    pub recv_scales: Vec<f32>,
     /// `[rows, K]`: local expert ids, `-1` elsewhere.
     pub recv_topk_idx: Vec<i64>,
     /// `[rows, K]`.
     pub recv_topk_w: Vec<f32>,
-    /// `[rows]`: `s * M + t`.
+    /// `[rows]`: `s * M + t` (`-1` for padding rows).
     pub recv_src: Vec<i32>,
     /// What notify gave this rank.
     pub notify: NotifyResult,
@@ -171,7 +175,7 @@ impl HtGroup {
                         .alloc_zeros::<bool>((d.tokens * d.ranks).max(1))
                         .cuda("allocating is_token_in_rank")?,
                     positions: stream
-                        .alloc_zeros::<i32>((d.tokens * d.ranks).max(1))
+                        .alloc_zeros::<i32>((d.tokens * destinations(spec) as usize).max(1))
                         .cuda("allocating positions")?,
                     out: stream
                         .alloc_zeros::<u16>((d.tokens * d.hidden).max(1))
@@ -209,7 +213,7 @@ impl HtGroup {
 
     /// Dispatches the local ranks' tokens (`inputs[i]` of the i-th of [`HtGroup::ranks`], at
     /// most `max_tokens_per_rank` each) and reads back what each received.
-    pub fn dispatch(&mut self, inputs: &[RankInput]) -> Result<Vec<FlatReceived>, Error> {
+    pub fn dispatch(&mut self, inputs: &[RankInput]) -> Result<Vec<HtReceived>, Error> {
         self.start_dispatch(inputs)?;
         self.finish_dispatch()
     }
@@ -266,18 +270,18 @@ impl HtGroup {
             layouts.push(layout);
         }
         self.notify.start(&layouts)?;
-        self.launch(&self.dispatch, DISPATCH_BLOCKS, 1)
+        self.launch(&self.dispatch, DISPATCH_BLOCKS, self.dispatch_recv_blocks())
     }
 
     /// Waits for the dispatch [`HtGroup::start_dispatch`] launched and reads back what each local
     /// rank received.
-    pub fn finish_dispatch(&mut self) -> Result<Vec<FlatReceived>, Error> {
+    pub fn finish_dispatch(&mut self) -> Result<Vec<HtReceived>, Error> {
         let d = self.spec.dims();
         self.received = self.notify.finish("dispatch")?;
         let gpu = self.notify.gpu().clone();
         let mut out = Vec::with_capacity(self.received.len());
         for (i, notify) in self.received.iter().enumerate() {
-            let rows = notify.recv_rows.max(0) as usize;
+            let rows = self.rows_received(notify);
             let w = &self.window;
             let base = self.notify.window_base(i);
             let read = |offset: u64, bytes: usize| -> Result<Vec<u8>, Error> {
@@ -290,14 +294,16 @@ impl HtGroup {
             };
             let k = d.top_k;
             let x = read(w.recv_x_offset, rows * w.payload_bytes as usize)?;
+            let scales = read(w.recv_scales_offset, rows * w.scale_count as usize * 4)?;
             let idx_size = self.spec.index_dtype().size() as usize;
             let idx = read(w.recv_topk_idx_offset, rows * k * idx_size)?;
             let weights = read(w.recv_topk_w_offset, rows * k * 4)?;
             let src = read(w.recv_src_offset, rows * 4)?;
-            out.push(FlatReceived {
-                recv_x: x
-                    .chunks_exact(2)
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            out.push(HtReceived {
+                recv_x: x,
+                recv_scales: scales
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
                     .collect(),
                 recv_topk_idx: match self.spec.index_dtype() {
                     IndexDtype::I64 => idx
@@ -340,13 +346,13 @@ impl HtGroup {
             ));
         }
         for (i, rows) in y.iter().enumerate() {
-            let expected = self.received[i].recv_rows.max(0) as usize * d.hidden;
+            let received = self.rows_received(&self.received[i]);
+            let expected = received * d.hidden;
             if rows.len() != expected {
                 return Err(Error::Input(format!(
-                    "rank {}: y holds {} values, its {} rows need {expected}",
+                    "rank {}: y holds {} values, its {received} rows need {expected}",
                     self.notify.ranks()[i],
                     rows.len(),
-                    self.received[i].recv_rows
                 )));
             }
             let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -400,7 +406,11 @@ impl HtGroup {
         let gpu = self.notify.gpu().clone();
         let phases = |group: &Self| -> Result<(), Error> {
             group.notify.launch_phases()?;
-            group.launch(&group.dispatch, DISPATCH_BLOCKS, 1)?;
+            group.launch(
+                &group.dispatch,
+                DISPATCH_BLOCKS,
+                group.dispatch_recv_blocks(),
+            )?;
             group.launch(&group.combine, 1, group.combine_blocks())
         };
         for _ in 0..warmup {
@@ -415,7 +425,7 @@ impl HtGroup {
             crate::timing::record(&gpu, &events[0])?;
             self.notify.launch_phases()?;
             crate::timing::record(&gpu, &events[1])?;
-            self.launch(&self.dispatch, DISPATCH_BLOCKS, 1)?;
+            self.launch(&self.dispatch, DISPATCH_BLOCKS, self.dispatch_recv_blocks())?;
             crate::timing::record(&gpu, &events[2])?;
             self.launch(&self.combine, 1, self.combine_blocks())?;
             crate::timing::record(&gpu, &events[3])?;
@@ -430,6 +440,25 @@ impl HtGroup {
             dispatch: sums[1] / n,
             combine: sums[2] / n,
         })
+    }
+
+    /// Rows of a rank's receive buffer in use after a dispatch: flat, the rows received;
+    /// expert-major, the padded groups (`group_offset[L]`); at most the buffer's rows.
+    fn rows_received(&self, notify: &NotifyResult) -> usize {
+        let rows = match self.spec.high_throughput().map(|h| h.layout) {
+            Some(Layout::ExpertMajor) => notify.group_offset.last().copied().unwrap_or(0),
+            _ => notify.recv_rows,
+        };
+        (rows.max(0) as usize).min(self.window.rows as usize)
+    }
+
+    /// Blocks per rank of the dispatch receive: one waits for the senders; in expert-major
+    /// layout as many as combine's zero the groups' padding rows meanwhile.
+    fn dispatch_recv_blocks(&self) -> u32 {
+        match self.spec.high_throughput().map(|h| h.layout) {
+            Some(Layout::ExpertMajor) => self.combine_blocks(),
+            _ => 1,
+        }
     }
 
     /// Blocks per rank of the combine receive (see [`COMBINE_BLOCKS`]).
@@ -511,8 +540,7 @@ impl HtGroup {
 fn check_built(spec: &Spec) -> Result<(), Error> {
     if !data_path_built(spec) {
         return Err(Error::Input(format!(
-            "spec `{}`: high-throughput dispatch is built for the flat layout with 16-bit \
-             payloads only so far",
+            "spec `{}` is not a high-throughput spec",
             spec.name()
         )));
     }

@@ -6,6 +6,6 @@ mod group;
 mod layout;
 mod notify;
 
-pub use group::{FlatReceived, HtGroup, HtTimes};
+pub use group::{HtGroup, HtReceived, HtTimes};
 pub use layout::LayoutKernel;
 pub use notify::{HtNotify, NotifyResult, expected_notify};

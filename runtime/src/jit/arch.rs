@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ep_codegen::{Dtype, Mode, Spec};
+use ep_codegen::{Dtype, Spec};
 
 use crate::Error;
 
@@ -112,11 +112,9 @@ pub struct ArchNeed {
 /// beyond NVRTC's own oldest (the conversions of `partials/convert.hbs`; measured with NVRTC
 /// 13.0, whose ptxas reports `Feature ... requires .target sm_XX or higher` below it):
 /// - FP8 e4m3 dispatch (`cvt.rn.satfinite.e4m3x2.f32` in the dispatch): sm_89;
-/// - BF16 activations in low-latency mode, and in high-throughput mode where its combine is built
-///   (`cvt.rn.bf16.f32` in the combine): sm_80.
+/// - BF16 activations (`cvt.rn.bf16.f32` in the combine): sm_80.
 ///
-/// FP16 activations and the layout kernel (high-throughput mode) need nothing beyond NVRTC's
-/// oldest architecture. `None` when the spec needs nothing more.
+/// FP16 activations need nothing beyond NVRTC's oldest architecture. `None` when the spec needs nothing more.
 pub fn spec_needs(spec: &Spec) -> Option<ArchNeed> {
     if spec.fp8().is_some() || spec.dispatch_dtype() == Dtype::Fp8E4m3 {
         return Some(ArchNeed {
@@ -126,10 +124,8 @@ pub fn spec_needs(spec: &Spec) -> Option<ArchNeed> {
             alternative: "dispatch_dtype: bf16",
         });
     }
-    // LL combine, and HT combine where it is built, convert f32 sums to bf16.
-    let converts =
-        spec.mode() == Mode::LowLatency || ep_codegen::kernels::ht::data_path_built(spec);
-    if converts && spec.dtype() == Dtype::Bf16 {
+    // Both modes' combines convert f32 sums to bf16.
+    if spec.dtype() == Dtype::Bf16 {
         return Some(ArchNeed {
             minimum: Arch::sm(80),
             setting: format!("dtype {}", spec.dtype().as_str()),

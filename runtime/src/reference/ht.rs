@@ -19,7 +19,7 @@
 
 use ep_codegen::{Layout, Spec};
 
-use super::ll::{RankInput, combine as weighted_combine, encode_row};
+use super::ll::{RankInput, encode_row};
 use super::values::{from_f32, to_f32};
 use crate::routing::Routing;
 
@@ -263,19 +263,37 @@ pub fn combine_flat<'a>(
 }
 
 /// Combine of one source rank in the spec's layout: flat as [`combine_flat`] (`y(d, t, k)` is
-/// then asked with `k = 0`), expert-major weighted over k as low-latency combine (`y(d, t, k)`
-/// is the row of slot k, on the rank `d` that holds its expert).
+/// then asked with `k = 0`), expert-major weighted over k as low-latency combine
+/// ([`super::ll::combine`]: f32 fused multiply-adds in k order, rounded once), where `y(d, t, k)`
+/// is the row of slot k on the rank `d` that holds its expert, asked only of valid slots.
 pub fn combine<'a>(
     spec: &Spec,
     routing: &Routing,
     y: impl Fn(usize, usize, usize) -> &'a [u16],
 ) -> Vec<u16> {
-    let local = spec.local_experts() as usize;
+    let d = spec.dims();
     match spec.high_throughput().map(|h| h.layout) {
-        Some(Layout::ExpertMajor) => weighted_combine(spec, routing, |t, k| {
-            let e = routing.expert(t, k) as usize;
-            y(e / local, t, k)
-        }),
+        Some(Layout::ExpertMajor) => {
+            let dtype = spec.combine_dtype();
+            let mut out = vec![0u16; routing.num_tokens * d.hidden];
+            let mut acc = vec![0f32; d.hidden];
+            for t in 0..routing.num_tokens {
+                acc.fill(0.0);
+                for k in 0..routing.top_k {
+                    let Some(e) = valid_expert(routing, t, k, d.experts) else {
+                        continue;
+                    };
+                    let w = routing.topk_weights[t * routing.top_k + k];
+                    for (a, &v) in acc.iter_mut().zip(y(e / d.local, t, k)) {
+                        *a = w.mul_add(to_f32(v, dtype), *a);
+                    }
+                }
+                for (o, &a) in out[t * d.hidden..(t + 1) * d.hidden].iter_mut().zip(&acc) {
+                    *o = from_f32(a, dtype);
+                }
+            }
+            out
+        }
         _ => combine_flat(spec, routing, |d, t| y(d, t, 0)),
     }
 }
