@@ -517,7 +517,7 @@ mod tests {
         // Notify's outputs, status and epoch, then each token's row on each rank [M, R].
         assert_eq!(
             flat.workspace,
-            4 * ((8 + 1 + 8 + 9 + 64) + 2 + 1) + 4 * 4096 * 8
+            4 * ((8 + 1 + 8 + 9 + 64) + 6 + 1) + 4 * 4096 * 8
         );
         assert_eq!(
             flat.per_rank(),
@@ -531,7 +531,7 @@ mod tests {
         assert_eq!(major.window, HtWindow::of(&major_spec).bytes);
         assert_eq!(
             major.workspace,
-            4 * ((8 + 1 + 8 + 9 + 64) + 2 + 1) + 4 * 4096 * 6
+            4 * ((8 + 1 + 8 + 9 + 64) + 6 + 1) + 4 * 4096 * 6
         );
     }
 

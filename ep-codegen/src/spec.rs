@@ -109,6 +109,27 @@ pub enum Layout {
     ExpertMajor,
 }
 
+/// The most rows that can ever arrive on one rank in high-throughput mode (the largest
+/// `max_recv_tokens_per_rank` that is not wasted): flat, one per sender token; expert-major, one
+/// per slot whose expert is here, plus each local expert's padding.
+pub(crate) fn recv_rows_ceiling(
+    layout: Layout,
+    experts: i64,
+    top_k: i64,
+    ranks: i64,
+    tokens: i64,
+    expert_alignment: i64,
+) -> i64 {
+    let senders = ranks.saturating_mul(tokens);
+    let local = experts / ranks.max(1);
+    match layout {
+        Layout::Flat => senders,
+        Layout::ExpertMajor => senders
+            .saturating_mul(top_k.min(local).max(1))
+            .saturating_add(local.saturating_mul(expert_alignment - 1)),
+    }
+}
+
 /// Settings that exist only in high-throughput mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct HighThroughput {
@@ -201,9 +222,16 @@ impl Spec {
         s.name = format!("{}-r{ranks}", self.name);
         // Fewer ranks can send fewer rows: a receive buffer larger than all of them is capped.
         if let Some(ht) = &mut s.high_throughput {
-            let most = u64::from(ranks) * u64::from(s.max_tokens_per_rank);
-            if u64::from(ht.max_recv_tokens_per_rank) > most {
-                ht.max_recv_tokens_per_rank = most as u32;
+            let most = recv_rows_ceiling(
+                ht.layout,
+                i64::from(s.experts),
+                i64::from(s.top_k),
+                i64::from(ranks),
+                i64::from(s.max_tokens_per_rank),
+                i64::from(ht.expert_alignment.max(1)),
+            );
+            if i64::from(ht.max_recv_tokens_per_rank) > most {
+                ht.max_recv_tokens_per_rank = u32::try_from(most).unwrap_or(u32::MAX);
             }
         }
         s.revalidated()

@@ -6,7 +6,7 @@
 //!   reading, [`Arch`], and [`Jit`], which loads a rendered [`ep_codegen::KernelSource`] on a [`Gpu`];
 //! - [`transport`]: how ranks reach each other's windows ([`VirtualRanks`] on one GPU);
 //! - [`ll`]: low-latency mode (the per-rank device API and the host-vector helpers on top);
-//!   [`ht`]: high-throughput mode (so far the routing layout kernel, [`LayoutKernel`]);
+//!   [`ht`]: high-throughput mode ([`HtGroup`]: layout, notify, dispatch and combine);
 //! - [`reference`](mod@reference): the CPU definitions of every kernel, [`check`]: comparisons with them, and
 //!   [`routing`]: reproducible inputs.
 
@@ -28,7 +28,10 @@ pub mod transport;
 
 pub use error::Error;
 pub use gpu::{DeviceInfo, DriverInfo, Gpu};
-pub use ht::{HtGroup, HtNotify, HtReceived, HtTimes, LayoutKernel, NotifyResult, expected_notify};
+pub use ht::{
+    HtCombineInput, HtDispatchInput, HtGroup, HtNotify, HtReceived, HtReceivedViews, HtTimes,
+    LayoutKernel, NotifyResult, expected_notify,
+};
 pub use jit::arch::{ARCH_SPELLINGS, Arch, ArchNeed, check_spec_arch, spec_needs};
 pub use jit::cache::{
     CacheOutcome, CachedCubin, KernelCache, Metadata, compile_uncached, save_failed_source,

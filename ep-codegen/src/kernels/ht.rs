@@ -26,8 +26,8 @@ use super::ll::launch_ranks;
 use super::{KernelPlan, LaunchShape, Param};
 use crate::spec::{Layout, Spec};
 
-/// Bytes of one rank's entry of notify's `LaunchArgs` (5 pointers, the rank, padding).
-pub const NOTIFY_ARGS_BYTES: usize = 48;
+/// Bytes of one rank's entry of notify's `LaunchArgs` (6 pointers, the rank, padding).
+pub const NOTIFY_ARGS_BYTES: usize = 56;
 
 /// Threads per block of the notify kernels (one block per rank).
 pub const NOTIFY_THREADS: u32 = 256;
@@ -91,14 +91,19 @@ impl NotifyOutputs {
     }
 }
 
-/// Status words of a rank's notify (`status [2]`, zeroed by the caller before the first call):
+/// Status words of a rank (`status [6]`, zeroed by the caller before the first call and after
+/// reading an error), shared by notify, dispatch and combine; the first error stays:
 /// `status[0]` is 0, or [`NOTIFY_TIMEOUT`] (`status[1]` = the rank whose flag never came), or
-/// [`NOTIFY_OVERFLOW`] (`status[1]` = the rows that would arrive).
-pub const NOTIFY_STATUS_WORDS: u32 = 2;
+/// [`NOTIFY_OVERFLOW`] (`status[1]` = the rows that would arrive), or [`NOTIFY_BAD_EXPERT`]
+/// (`status[1]` = `t * K + k` of the first slot whose id is outside `[-1, E)`, `status[2]` =
+/// how many, `status[3..5]` = the id's low and high 32 bits).
+pub const NOTIFY_STATUS_WORDS: u32 = 6;
 /// A peer's counts did not arrive within the timeout.
 pub const NOTIFY_TIMEOUT: i32 = 1;
 /// More rows would arrive than `max_recv_tokens_per_rank` holds.
 pub const NOTIFY_OVERFLOW: i32 = 2;
+/// An expert id outside `[-1, E)` (the layout kernel counted it; nothing was sent for it).
+pub const NOTIFY_BAD_EXPERT: i32 = 3;
 
 /// The notify kernels (send, then receive).
 pub fn notify_plan(spec: &Spec) -> KernelPlan {
@@ -131,13 +136,18 @@ pub fn notify_plan(spec: &Spec) -> KernelPlan {
         ),
         ("status_timeout", i64::from(NOTIFY_TIMEOUT)),
         ("status_overflow", i64::from(NOTIFY_OVERFLOW)),
+        ("status_bad_expert", i64::from(NOTIFY_BAD_EXPERT)),
     ]);
+    let index_ctype = match spec.index_dtype {
+        crate::spec::IndexDtype::I32 => "epc::i32",
+        crate::spec::IndexDtype::I64 => "epc::i64",
+    };
     let param = |entry: &str| Param {
         entry: entry.into(),
         name: "args",
         ctype: "const __grid_constant__ ht_notify::LaunchArgs".into(),
         shape: "timeout, then per rank of the launch (grid.y): layout counters [R + E + 2], \
-                outputs, status [2], epoch word, window, peer table, rank"
+                outputs, status [6], epoch word, peer table, topk_idx [T, K], rank"
             .into(),
     };
     KernelPlan {
@@ -159,7 +169,7 @@ pub fn notify_plan(spec: &Spec) -> KernelPlan {
             ("recv_entry", "epc_ht_notify_recv".to_owned()),
         ],
         constants,
-        strings: BTreeMap::new(),
+        strings: BTreeMap::from([("index_ctype", index_ctype.to_owned())]),
         flags: BTreeMap::from([("expert_major", expert_major)]),
         launch: LaunchShape {
             block_threads: NOTIFY_THREADS,

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use crate::error::{SpecError, SpecErrors};
 use crate::spec::{
     Dtype, Fp8, HighThroughput, IndexDtype, Layout, Mode, ScaleFormat, Spec, Tuning,
+    recv_rows_ceiling,
 };
 use crate::yaml::{self, LIMITS, Mark};
 use read::{At, FP8_FIELDS, Knob, RawSpec, Reader, SPEC_FIELDS, TUNING_FIELDS};
@@ -498,15 +499,8 @@ fn check_high_throughput(
             if c.range("max_recv_tokens_per_rank", v, 1, i64::from(u32::MAX))
                 && let Some((experts, top_k, ranks, tokens)) = sizes
             {
-                // The most rows that can ever arrive on one rank.
-                let senders = ranks.saturating_mul(tokens);
-                let local = experts / ranks;
-                let ceiling = match layout {
-                    Layout::Flat => senders,
-                    Layout::ExpertMajor => senders
-                        .saturating_mul(top_k.min(local).max(1))
-                        .saturating_add(local.saturating_mul(expert_alignment - 1)),
-                };
+                let ceiling =
+                    recv_rows_ceiling(layout, experts, top_k, ranks, tokens, expert_alignment);
                 if v > ceiling {
                     c.fail(
                         "max_recv_tokens_per_rank",

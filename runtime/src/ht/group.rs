@@ -1,30 +1,40 @@
-//! [`HtGroup`]: high-throughput dispatch and combine (either layout, 16-bit or FP8 payloads) of one spec
-//! on the ranks a process drives on one GPU (R virtual ranks, or one NCCL rank), driven from
-//! host vectors: the helper behind the GPU tests, `epc run`, `epc bench` and the main job. Each
-//! call runs the layout kernel per rank, notify, then the dispatch kernels; combine takes what
-//! each rank returns for its rows.
+//! [`HtGroup`]: high-throughput dispatch and combine of one spec on the ranks a process drives on
+//! one GPU (R virtual ranks, or one NCCL rank), on device tensors the caller owns and the
+//! caller's stream. A call is four launches sequences, none of which waits for the host:
+//! - [`HtGroup::dispatch_send`]: per rank, the layout kernel (counts per rank and expert), notify
+//!   (every rank learns where its rows go and what it receives), then the dispatch send (each row
+//!   written straight into its final place in the receiver's window);
+//! - [`HtGroup::dispatch_recv`]: waits for every sender; then [`HtGroup::received`]'s views hold
+//!   the rows, their slots, weights and sources, and the per-expert counts and offsets;
+//! - the caller's experts write `y` in place (the view's rows), then [`HtGroup::combine_send`];
+//! - [`HtGroup::combine_recv`]: pulls each token's rows and reduces them into the caller's `out`.
+//!
+//! Errors the kernels find (a bad expert id, a buffer overflow, a peer that never signals) are
+//! recorded on the device and reported by [`HtGroup::check`], the one call that waits for the
+//! host. Every launch is CUDA-graph capturable; a replay takes new routings of the same token
+//! counts. The host-vector helper built on this API is in `host.rs`.
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr};
 use ep_codegen::kernels::ht::{
-    DATA_THREADS, DISPATCH_BLOCKS, HT_ARGS_BYTES, HtWindow, data_path_built, destinations,
+    DATA_THREADS, DISPATCH_BLOCKS, HT_ARGS_BYTES, HtWindow, NotifyOutputs, data_path_built,
+    destinations,
 };
 use ep_codegen::kernels::ll::MAX_LAUNCH_RANKS;
-use ep_codegen::{IndexDtype, KernelSource, Layout, Spec};
+use ep_codegen::{KernelSource, Layout, Spec};
 
+use super::host::HostBuffers;
 use super::notify::{HtNotify, NotifyResult};
-use crate::device_index::DeviceIndex;
 use crate::error::CudaContextExt;
 use crate::launch::{Grid, launch};
-use crate::ll::Stream;
-use crate::reference::ll::RankInput;
+use crate::ll::{Elem, Stream, Tensor};
 use crate::transport::NcclComm;
-use crate::{Error, Gpu, Jit, LayoutKernel, raw_copy};
+use crate::{Error, Gpu, Jit, LayoutKernel};
 
 /// One rank's entry of dispatch's and combine's `LaunchArgs` (`partials/ht_constants.hbs`).
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
-struct HtArgs {
+pub(super) struct HtArgs {
     x: CUdeviceptr,
     topk_idx: CUdeviceptr,
     topk_weights: CUdeviceptr,
@@ -46,58 +56,87 @@ const _: () = assert!(std::mem::size_of::<HtArgs>() == HT_ARGS_BYTES);
 const COMBINE_BLOCKS: u32 = 64;
 const COMBINE_BLOCKS_MAX: u32 = 1024;
 
-/// One rank's device buffers, sized for `max_tokens_per_rank` tokens.
-struct RankBuffers {
-    x: CudaSlice<u16>,
-    topk_idx: DeviceIndex,
-    topk_weights: CudaSlice<f32>,
+/// One rank's inputs of a dispatch: `x [T, H]` (the activation dtype), `topk_idx [T, K]` (the
+/// spec's index dtype, `-1` = no expert) and `topk_weights [T, K]` (f32), with
+/// `T <= max_tokens_per_rank` chosen per rank.
+#[derive(Debug, Clone, Copy)]
+pub struct HtDispatchInput {
+    /// `[T, H]` activations.
+    pub x: Tensor,
+    /// `[T, K]` expert ids.
+    pub topk_idx: Tensor,
+    /// `[T, K]` f32 weights.
+    pub topk_weights: Tensor,
+}
+
+/// One rank's tensors of a combine: the call's `topk_idx` and `topk_weights` (the expert-major
+/// combine weighs each slot's row with them) and the output `out [T, H]` (the activation dtype),
+/// T as in the call's dispatch.
+#[derive(Debug, Clone, Copy)]
+pub struct HtCombineInput {
+    /// `[T, K]` expert ids, as dispatched.
+    pub topk_idx: Tensor,
+    /// `[T, K]` f32 weights.
+    pub topk_weights: Tensor,
+    /// `[T, H]`, written by the combine.
+    pub out: Tensor,
+}
+
+/// What one rank received: views into its window (and notify's outputs), valid on the stream
+/// once [`HtGroup::dispatch_recv`] has run, until the next dispatch. Every view is sized for the
+/// whole buffer (`C = max_recv_tokens_per_rank` rows); the rows in use are the first
+/// `recv_rows` (flat) or `group_offset[L]` (expert-major, padding rows zero with source `-1`),
+/// which stay on the device unless the caller reads them.
+#[derive(Debug, Clone, Copy)]
+pub struct HtReceivedViews {
+    /// `[C, H]` payload in the dispatch dtype (FP8: e4m3 codes).
+    pub recv_x: Tensor,
+    /// `[C, H / 128]` f32 FP8 block scales (None without FP8).
+    pub recv_scales: Option<Tensor>,
+    /// `[C, K]` the row's token's slots as local expert ids, `-1` for slots elsewhere.
+    pub recv_topk_idx: Tensor,
+    /// `[C, K]` f32: their weights, `0` where `-1`.
+    pub recv_topk_w: Tensor,
+    /// `[C]` i32: `s * M + t` of each row.
+    pub recv_src: Tensor,
+    /// `[C, H]` in the activation dtype: what this rank returns for each row, written in place
+    /// by the caller's experts before [`HtGroup::combine_send`] (flat: the row's experts already
+    /// weighted and summed; expert-major: the expert's output for that slot).
+    pub y: Tensor,
+    /// `[1]` i32: rows received (flat layout).
+    pub recv_rows: Tensor,
+    /// `[L]` i32: slots naming each local expert (`num_recv_tokens_per_expert`).
+    pub num_recv_tokens_per_expert: Tensor,
+    /// `[L + 1]` i32: the first row of each local expert's group (expert-major), the last entry
+    /// the rows in use.
+    pub group_offset: Tensor,
+}
+
+/// Device state of one local rank beside notify's: the layout's `is_token_in_rank [M, R]` and
+/// each token's row on each destination, `positions [M, D]` (D = R flat, K expert-major).
+struct RankMaps {
     is_token_in_rank: CudaSlice<bool>,
     positions: CudaSlice<i32>,
-    out: CudaSlice<u16>,
-    tokens: usize,
-}
-
-/// What one rank received from a dispatch, read back: every row of the receive buffer in use
-/// (flat: `recv_rows`; expert-major: `group_offset[L]`, padding rows included).
-#[derive(Debug, Clone, PartialEq)]
-pub struct HtReceived {
-    /// `[rows, payload]`: each row's payload bytes (H 16-bit values, little-endian, or H FP8
-    /// codes).
-    pub recv_x: Vec<u8>,
-    /// `[rows, H / 128]`: FP8 block scales (empty without FP8).
-    pub recv_scales: Vec<f32>,
-    /// `[rows, K]`: local expert ids, `-1` elsewhere.
-    pub recv_topk_idx: Vec<i64>,
-    /// `[rows, K]`.
-    pub recv_topk_w: Vec<f32>,
-    /// `[rows]`: `s * M + t` (`-1` for padding rows).
-    pub recv_src: Vec<i32>,
-    /// What notify gave this rank.
-    pub notify: NotifyResult,
-}
-
-/// Mean times of one call's phases over all the group's ranks, in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct HtTimes {
-    /// Notify (send and receive).
-    pub notify: f64,
-    /// Dispatch (send and receive).
-    pub dispatch: f64,
-    /// Combine (send and receive).
-    pub combine: f64,
 }
 
 /// High-throughput dispatch and combine of one spec on the ranks this process drives on one
 /// GPU: all R as virtual ranks, or one NCCL rank.
 pub struct HtGroup {
-    notify: HtNotify,
-    spec: Spec,
+    pub(super) notify: HtNotify,
+    pub(super) spec: Spec,
     layout: LayoutKernel,
     dispatch: [CudaFunction; 2],
     combine: [CudaFunction; 2],
-    window: HtWindow,
-    ranks: Vec<RankBuffers>,
-    received: Vec<NotifyResult>,
+    pub(super) window: HtWindow,
+    maps: Vec<RankMaps>,
+    /// Tokens of each local rank's last dispatch (combine's tensors must match).
+    tokens: Vec<usize>,
+    /// Whether a dispatch was sent (combine and the views need one).
+    sent: bool,
+    /// The host-vector helper's buffers, allocated on its first use.
+    pub(super) host: Option<HostBuffers>,
+    /// What notify gave each local rank in the helper's last dispatch.
+    pub(super) received: Vec<NotifyResult>,
 }
 
 impl HtGroup {
@@ -155,35 +194,21 @@ impl HtGroup {
         let combine = pair("ht_combine")?;
         let d = spec.dims();
         let stream = gpu.stream();
-        let ranks = notify
+        let maps = notify
             .ranks()
             .iter()
-            .map(|_| -> Result<RankBuffers, Error> {
-                Ok(RankBuffers {
-                    x: stream
-                        .alloc_zeros::<u16>((d.tokens * d.hidden).max(1))
-                        .cuda("allocating x")?,
-                    topk_idx: DeviceIndex::upload(
-                        stream,
-                        spec.index_dtype(),
-                        &vec![-1; (d.tokens * d.top_k).max(1)],
-                    )?,
-                    topk_weights: stream
-                        .alloc_zeros::<f32>((d.tokens * d.top_k).max(1))
-                        .cuda("allocating topk_weights")?,
+            .map(|_| -> Result<RankMaps, Error> {
+                Ok(RankMaps {
                     is_token_in_rank: stream
                         .alloc_zeros::<bool>((d.tokens * d.ranks).max(1))
                         .cuda("allocating is_token_in_rank")?,
                     positions: stream
                         .alloc_zeros::<i32>((d.tokens * destinations(spec) as usize).max(1))
                         .cuda("allocating positions")?,
-                    out: stream
-                        .alloc_zeros::<u16>((d.tokens * d.hidden).max(1))
-                        .cuda("allocating out")?,
-                    tokens: 0,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let local = maps.len();
         Ok(HtGroup {
             notify,
             spec: spec.clone(),
@@ -191,7 +216,10 @@ impl HtGroup {
             dispatch,
             combine,
             window: HtWindow::of(spec),
-            ranks,
+            maps,
+            tokens: vec![0; local],
+            sent: false,
+            host: None,
             received: Vec::new(),
         })
     }
@@ -211,240 +239,225 @@ impl HtGroup {
         self.notify.gpu()
     }
 
-    /// Dispatches the local ranks' tokens (`inputs[i]` of the i-th of [`HtGroup::ranks`], at
-    /// most `max_tokens_per_rank` each) and reads back what each received.
-    pub fn dispatch(&mut self, inputs: &[RankInput]) -> Result<Vec<HtReceived>, Error> {
-        self.start_dispatch(inputs)?;
-        self.finish_dispatch()
-    }
-
-    /// Uploads the inputs and launches notify and dispatch without waiting for them: a process
-    /// driving several GPUs starts every GPU's dispatch before it finishes any.
-    pub fn start_dispatch(&mut self, inputs: &[RankInput]) -> Result<(), Error> {
+    /// Starts a call: per local rank, the layout of its routing, notify, and the rows written
+    /// into the receivers' windows. `inputs[i]` belongs to `ranks()[i]`. Ids outside `[-1, E)`
+    /// are skipped (nothing is sent for them) and reported by [`HtGroup::check`], as is a
+    /// receive buffer too small (the rows past it are not written).
+    pub fn dispatch_send(
+        &mut self,
+        inputs: &[HtDispatchInput],
+        stream: Stream<'_>,
+    ) -> Result<(), Error> {
+        self.expect_ranks(inputs.len(), "dispatch inputs")?;
         let d = self.spec.dims();
+        let (act, index) = (
+            Elem::of(self.spec.dtype()),
+            Elem::of_index(self.spec.index_dtype()),
+        );
         let ranks = self.ranks();
-        if inputs.len() != ranks.len() {
-            return Err(Error::Input(format!(
-                "{} inputs for the {} ranks {ranks:?} this group drives",
-                inputs.len(),
-                ranks.len()
-            )));
-        }
-        self.received.clear();
-        let gpu = self.notify.gpu().clone();
-        let stream = gpu.stream().clone();
-        let mut layouts = Vec::with_capacity(ranks.len());
-        for ((input, buffers), rank) in inputs.iter().zip(&mut self.ranks).zip(ranks) {
-            let t = input.routing.num_tokens;
-            if t > d.tokens || input.x.len() != t * d.hidden || input.routing.top_k != d.top_k {
+        for (input, &rank) in inputs.iter().zip(&ranks) {
+            let t = input.x.shape().first().copied().unwrap_or(0);
+            if t > d.tokens {
                 return Err(Error::Input(format!(
-                    "rank {rank}: {t} tokens of x [{}] and top-{} (at most {} tokens of {} values, top-{})",
-                    input.x.len(),
-                    input.routing.top_k,
-                    d.tokens,
-                    d.hidden,
-                    d.top_k
+                    "rank {rank}: {t} tokens exceed max_tokens_per_rank = {}",
+                    d.tokens
                 )));
             }
-            let layout = self.layout.run(&gpu, &input.routing)?;
-            if t > 0 {
-                stream
-                    .memcpy_htod(&input.x, &mut buffers.x.slice_mut(..t * d.hidden))
-                    .cuda("uploading x")?;
-                buffers.topk_idx.write(&stream, &input.routing.topk_idx)?;
-                stream
-                    .memcpy_htod(
-                        &input.routing.topk_weights,
-                        &mut buffers.topk_weights.slice_mut(..t * d.top_k),
-                    )
-                    .cuda("uploading topk_weights")?;
-                let in_rank: Vec<bool> = layout.is_token_in_rank.iter().map(|&b| b != 0).collect();
-                stream
-                    .memcpy_htod(
-                        &in_rank,
-                        &mut buffers.is_token_in_rank.slice_mut(..t * d.ranks),
-                    )
-                    .cuda("uploading is_token_in_rank")?;
-            }
-            buffers.tokens = t;
-            layouts.push(layout);
+            input.x.expect(rank, "x", &[t, d.hidden], act)?;
+            input
+                .topk_idx
+                .expect(rank, "topk_idx", &[t, d.top_k], index)?;
+            input
+                .topk_weights
+                .expect(rank, "topk_weights", &[t, d.top_k], Elem::F32)?;
         }
-        self.notify.start(&layouts)?;
-        self.launch(&self.dispatch, DISPATCH_BLOCKS, self.dispatch_recv_blocks())
+        self.bind()?;
+        self.launch_layouts(inputs, stream)?;
+        let ids: Vec<CUdeviceptr> = inputs.iter().map(|i| i.topk_idx.ptr()).collect();
+        self.notify.launch_phases(stream, &ids)?;
+        self.dispatch_send_data(inputs, stream)
     }
 
-    /// Waits for the dispatch [`HtGroup::start_dispatch`] launched and reads back what each local
-    /// rank received.
-    pub fn finish_dispatch(&mut self) -> Result<Vec<HtReceived>, Error> {
-        let d = self.spec.dims();
-        self.received = self.notify.finish("dispatch")?;
-        let gpu = self.notify.gpu().clone();
-        let mut out = Vec::with_capacity(self.received.len());
-        for (i, notify) in self.received.iter().enumerate() {
-            let rows = self.rows_received(notify);
-            let w = &self.window;
-            let base = self.notify.window_base(i);
-            let read = |offset: u64, bytes: usize| -> Result<Vec<u8>, Error> {
-                let mut v = vec![0u8; bytes];
-                // SAFETY: the region lies inside local rank i's window (HtWindow's offsets
-                // and sizes for at most max_recv_tokens_per_rank rows, which notify checked),
-                // which this group holds.
-                unsafe { raw_copy::read(&gpu, base + offset, &mut v) }?;
-                Ok(v)
+    /// The layout kernel of every local rank, into notify's counters.
+    pub(super) fn launch_layouts(
+        &self,
+        inputs: &[HtDispatchInput],
+        stream: Stream<'_>,
+    ) -> Result<(), Error> {
+        for (i, input) in inputs.iter().enumerate() {
+            let in_rank = {
+                let (p, _sync) = self.maps[i]
+                    .is_token_in_rank
+                    .device_ptr(self.gpu().stream());
+                p
             };
-            let k = d.top_k;
-            let x = read(w.recv_x_offset, rows * w.payload_bytes as usize)?;
-            let scales = read(w.recv_scales_offset, rows * w.scale_count as usize * 4)?;
-            let idx_size = self.spec.index_dtype().size() as usize;
-            let idx = read(w.recv_topk_idx_offset, rows * k * idx_size)?;
-            let weights = read(w.recv_topk_w_offset, rows * k * 4)?;
-            let src = read(w.recv_src_offset, rows * 4)?;
-            out.push(HtReceived {
-                recv_x: x,
-                recv_scales: scales
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
-                    .collect(),
-                recv_topk_idx: match self.spec.index_dtype() {
-                    IndexDtype::I64 => idx
-                        .chunks_exact(8)
-                        .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-                        .collect(),
-                    IndexDtype::I32 => idx
-                        .chunks_exact(4)
-                        .map(|b| i64::from(i32::from_le_bytes(b.try_into().unwrap_or([0; 4]))))
-                        .collect(),
-                },
-                recv_topk_w: weights
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
-                    .collect(),
-                recv_src: src
-                    .chunks_exact(4)
-                    .map(|b| i32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
-                    .collect(),
-                notify: notify.clone(),
-            });
-        }
-        Ok(out)
-    }
-
-    /// Combines after [`HtGroup::dispatch`]: `y[i]` is what the i-th local rank returns for
-    /// each of its rows (`rows x H` values); gives each local rank's `out [T, H]`.
-    pub fn combine(&mut self, y: &[Vec<u16>]) -> Result<Vec<Vec<u16>>, Error> {
-        self.start_combine(y)?;
-        self.finish_combine()
-    }
-
-    /// Writes `y` and launches combine without waiting for it (see
-    /// [`HtGroup::start_dispatch`]).
-    pub fn start_combine(&mut self, y: &[Vec<u16>]) -> Result<(), Error> {
-        let d = self.spec.dims();
-        if y.len() != self.ranks.len() || self.received.len() != self.ranks.len() {
-            return Err(Error::Input(
-                "combine needs a finished dispatch first, and y for every local rank".into(),
-            ));
-        }
-        for (i, rows) in y.iter().enumerate() {
-            let received = self.rows_received(&self.received[i]);
-            let expected = received * d.hidden;
-            if rows.len() != expected {
-                return Err(Error::Input(format!(
-                    "rank {}: y holds {} values, its {received} rows need {expected}",
-                    self.notify.ranks()[i],
-                    rows.len(),
-                )));
-            }
-            let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
-            // SAFETY: the y region of local rank i's window holds max_recv_tokens_per_rank rows
-            // of H values, at least the received rows checked above; no kernel runs on it now
-            // (the dispatch was finished).
+            // SAFETY: topk_idx holds T x K ids of the index type (checked above), the counters
+            // are notify's R + E + 2 ints of local rank i, is_token_in_rank holds M x R >= T x R
+            // bytes; all stay alive while the group does (the caller keeps its tensors alive
+            // until the launches complete, `Tensor`'s contract).
             unsafe {
-                raw_copy::write(
-                    self.notify.gpu(),
-                    self.notify.window_base(i) + self.window.y_offset,
-                    &bytes,
+                self.layout.launch_raw(
+                    stream,
+                    input.topk_idx.ptr(),
+                    input.topk_idx.shape()[0],
+                    self.notify.counters_ptr(i),
+                    in_rank,
                 )?;
             }
         }
-        self.launch(&self.combine, 1, self.combine_blocks())
+        Ok(())
     }
 
-    /// Waits for the combine [`HtGroup::start_combine`] launched and reads each local rank's
-    /// `out [T, H]`.
-    pub fn finish_combine(&mut self) -> Result<Vec<Vec<u16>>, Error> {
-        let d = self.spec.dims();
-        let stream = self.notify.gpu().stream().clone();
-        stream.synchronize().cuda("waiting for combine")?;
-        self.notify.take_status("combine receive")?;
-        self.ranks
+    /// The dispatch send of every local rank (after notify).
+    pub(super) fn dispatch_send_data(
+        &mut self,
+        inputs: &[HtDispatchInput],
+        stream: Stream<'_>,
+    ) -> Result<(), Error> {
+        for (t, input) in self.tokens.iter_mut().zip(inputs) {
+            *t = input.x.shape()[0];
+        }
+        let args: Vec<HtArgs> = inputs
             .iter()
-            .map(|b| {
-                if b.tokens == 0 {
-                    return Ok(Vec::new());
-                }
-                stream
-                    .clone_dtoh(&b.out.slice(..b.tokens * d.hidden))
-                    .cuda("reading out")
+            .enumerate()
+            .map(|(i, input)| HtArgs {
+                x: input.x.ptr(),
+                topk_idx: input.topk_idx.ptr(),
+                topk_weights: input.topk_weights.ptr(),
+                tokens: input.x.shape()[0] as i32,
+                ..self.rank_args(i)
             })
-            .collect()
+            .collect();
+        self.launch_one(&self.dispatch[0], DISPATCH_BLOCKS, &args, stream)?;
+        self.sent = true;
+        Ok(())
     }
 
-    /// Closes groups together, as [`HtNotify::close`] does (needed over NCCL only).
-    pub fn close(mut groups: Vec<HtGroup>) -> Result<(), Error> {
-        let mut notifies: Vec<&mut HtNotify> = groups.iter_mut().map(|g| &mut g.notify).collect();
-        HtNotify::close_all(&mut notifies)
+    /// Completes a dispatch: waits for every sender's rows (and, expert-major, zeroes the
+    /// groups' padding rows). [`HtGroup::received`]'s views are then valid on `stream`.
+    pub fn dispatch_recv(&self, stream: Stream<'_>) -> Result<(), Error> {
+        self.require_sent("dispatch_recv")?;
+        self.bind()?;
+        let args: Vec<HtArgs> = (0..self.maps.len()).map(|i| self.rank_args(i)).collect();
+        self.launch_one(
+            &self.dispatch[1],
+            self.dispatch_recv_blocks(),
+            &args,
+            stream,
+        )
     }
 
-    /// Mean times of the last call's phases replayed `iters` times after `warmup` replays (the
-    /// same routings and rows; the launches only, nothing read back), in microseconds. Needs a
-    /// [`HtGroup::dispatch`] first.
-    pub fn time_phases(&mut self, warmup: usize, iters: usize) -> Result<HtTimes, Error> {
-        if self.received.is_empty() {
-            return Err(Error::Input("time_phases needs a dispatch first".into()));
+    /// The views of what local rank `i` (of [`HtGroup::ranks`]) received.
+    pub fn received(&self, i: usize) -> Result<HtReceivedViews, Error> {
+        if i >= self.maps.len() {
+            return Err(Error::Input(format!(
+                "local rank {i} of a group of {}",
+                self.maps.len()
+            )));
         }
-        let gpu = self.notify.gpu().clone();
-        let phases = |group: &Self| -> Result<(), Error> {
-            group.notify.launch_phases()?;
-            group.launch(
-                &group.dispatch,
-                DISPATCH_BLOCKS,
-                group.dispatch_recv_blocks(),
-            )?;
-            group.launch(&group.combine, 1, group.combine_blocks())
-        };
-        for _ in 0..warmup {
-            phases(self)?;
-        }
-        let iters = iters.max(1);
-        let events = (0..4)
-            .map(|_| crate::timing::timing_event(&gpu))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut sums = [0f64; 3];
-        for _ in 0..iters {
-            crate::timing::record(&gpu, &events[0])?;
-            self.notify.launch_phases()?;
-            crate::timing::record(&gpu, &events[1])?;
-            self.launch(&self.dispatch, DISPATCH_BLOCKS, self.dispatch_recv_blocks())?;
-            crate::timing::record(&gpu, &events[2])?;
-            self.launch(&self.combine, 1, self.combine_blocks())?;
-            crate::timing::record(&gpu, &events[3])?;
-            for (i, sum) in sums.iter_mut().enumerate() {
-                *sum += crate::timing::elapsed_us(&events[i], &events[i + 1])?;
-            }
-        }
-        self.notify.take_status("a timed call")?;
-        let n = iters as f64;
-        Ok(HtTimes {
-            notify: sums[0] / n,
-            dispatch: sums[1] / n,
-            combine: sums[2] / n,
+        let d = self.spec.dims();
+        let w = &self.window;
+        let c = w.rows as usize;
+        let base = self.notify.window_base(i);
+        let out = self.notify.rank_state(i).out;
+        let o = NotifyOutputs::of(&self.spec);
+        let int = |index: u32| out + u64::from(index) * 4;
+        Ok(HtReceivedViews {
+            recv_x: Tensor::view(
+                base + w.recv_x_offset,
+                &[c, d.hidden],
+                Elem::of(self.spec.dispatch_dtype()),
+            ),
+            recv_scales: (w.scale_count > 0).then(|| {
+                Tensor::view(
+                    base + w.recv_scales_offset,
+                    &[c, w.scale_count as usize],
+                    Elem::F32,
+                )
+            }),
+            recv_topk_idx: Tensor::view(
+                base + w.recv_topk_idx_offset,
+                &[c, d.top_k],
+                Elem::of_index(self.spec.index_dtype()),
+            ),
+            recv_topk_w: Tensor::view(base + w.recv_topk_w_offset, &[c, d.top_k], Elem::F32),
+            recv_src: Tensor::view(base + w.recv_src_offset, &[c], Elem::I32),
+            y: Tensor::view(
+                base + w.y_offset,
+                &[c, d.hidden],
+                Elem::of(self.spec.combine_dtype()),
+            ),
+            recv_rows: Tensor::view(int(o.recv_rows), &[1], Elem::I32),
+            num_recv_tokens_per_expert: Tensor::view(
+                int(o.recv_tokens_per_expert),
+                &[d.local],
+                Elem::I32,
+            ),
+            group_offset: Tensor::view(int(o.group_offset), &[d.local + 1], Elem::I32),
         })
+    }
+
+    /// Announces that this group's experts have written `y` (on `stream`).
+    pub fn combine_send(&self, stream: Stream<'_>) -> Result<(), Error> {
+        self.require_sent("combine_send")?;
+        self.bind()?;
+        let args: Vec<HtArgs> = (0..self.maps.len()).map(|i| self.rank_args(i)).collect();
+        self.launch_one(&self.combine[0], 1, &args, stream)
+    }
+
+    /// Pulls the rows returned for each local rank's tokens and reduces them into `out`
+    /// (DESIGN.md "Semantics": flat, summed by domain in rank order; expert-major, weighted over
+    /// the slots in k order; f32 sums rounded once). `inputs[i]` belongs to `ranks()[i]`.
+    pub fn combine_recv(&self, inputs: &[HtCombineInput], stream: Stream<'_>) -> Result<(), Error> {
+        self.require_sent("combine_recv")?;
+        self.expect_ranks(inputs.len(), "combine inputs")?;
+        let d = self.spec.dims();
+        let (act, index) = (
+            Elem::of(self.spec.dtype()),
+            Elem::of_index(self.spec.index_dtype()),
+        );
+        for ((input, &rank), &t) in inputs.iter().zip(&self.ranks()).zip(&self.tokens) {
+            input
+                .topk_idx
+                .expect(rank, "topk_idx", &[t, d.top_k], index)?;
+            input
+                .topk_weights
+                .expect(rank, "topk_weights", &[t, d.top_k], Elem::F32)?;
+            input.out.expect(rank, "out", &[t, d.hidden], act)?;
+        }
+        self.bind()?;
+        let args: Vec<HtArgs> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| HtArgs {
+                topk_idx: input.topk_idx.ptr(),
+                topk_weights: input.topk_weights.ptr(),
+                out: input.out.ptr(),
+                ..self.rank_args(i)
+            })
+            .collect();
+        self.launch_one(&self.combine[1], self.combine_blocks(), &args, stream)
+    }
+
+    /// Waits for `stream`, then reports the first error the kernels recorded (the lowest local
+    /// rank's: a bad expert id, a receive buffer too small, a peer that never signalled) and
+    /// clears it, so the next call starts clean. The one place that waits for the host; call it
+    /// when a result is wanted, not per step.
+    pub fn check(&mut self, stream: Stream<'_>, phase: &'static str) -> Result<(), Error> {
+        self.sync(stream)?;
+        self.notify.take_status(phase)
+    }
+
+    /// Waits for `stream` and reads what notify gave each local rank in the last dispatch (the
+    /// counts and offsets, on the host); the hot path never needs this.
+    pub fn counts(&self, stream: Stream<'_>) -> Result<Vec<NotifyResult>, Error> {
+        self.sync(stream)?;
+        self.notify.read_outputs()
     }
 
     /// Rows of a rank's receive buffer in use after a dispatch: flat, the rows received;
     /// expert-major, the padded groups (`group_offset[L]`); at most the buffer's rows.
-    fn rows_received(&self, notify: &NotifyResult) -> usize {
+    pub fn rows_in_use(&self, notify: &NotifyResult) -> usize {
         let rows = match self.spec.high_throughput().map(|h| h.layout) {
             Some(Layout::ExpertMajor) => notify.group_offset.last().copied().unwrap_or(0),
             _ => notify.recv_rows,
@@ -452,9 +465,61 @@ impl HtGroup {
         (rows.max(0) as usize).min(self.window.rows as usize)
     }
 
+    fn sync(&self, stream: Stream<'_>) -> Result<(), Error> {
+        self.bind()?;
+        // SAFETY: the stream belongs to this GPU's context (`Stream::from_raw`'s contract).
+        unsafe { cudarc::driver::result::stream::synchronize(stream.raw()) }
+            .cuda("waiting for the stream")
+    }
+
+    fn bind(&self) -> Result<(), Error> {
+        self.gpu()
+            .context()
+            .bind_to_thread()
+            .cuda("making the GPU's context current")
+    }
+
+    fn expect_ranks(&self, n: usize, what: &str) -> Result<(), Error> {
+        if n != self.maps.len() {
+            return Err(Error::Input(format!(
+                "{what}: {n} given for the {} ranks {:?} this group drives",
+                self.maps.len(),
+                self.ranks()
+            )));
+        }
+        Ok(())
+    }
+
+    fn require_sent(&self, what: &str) -> Result<(), Error> {
+        if !self.sent {
+            return Err(Error::Input(format!("{what} needs a dispatch_send first")));
+        }
+        Ok(())
+    }
+
+    /// The group's part of local rank `i`'s arguments (no caller tensors; T of its last
+    /// dispatch).
+    pub(super) fn rank_args(&self, i: usize) -> HtArgs {
+        let stream = self.gpu().stream();
+        let state = self.notify.rank_state(i);
+        let (in_rank, _s1) = self.maps[i].is_token_in_rank.device_ptr(stream);
+        let (positions, _s2) = self.maps[i].positions.device_ptr(stream);
+        HtArgs {
+            is_token_in_rank: in_rank,
+            notify_out: state.out,
+            positions,
+            epoch: state.epoch,
+            status: state.status,
+            peers: state.peers,
+            rank: state.rank as i32,
+            tokens: self.tokens[i] as i32,
+            ..HtArgs::default()
+        }
+    }
+
     /// Blocks per rank of the dispatch receive: one waits for the senders; in expert-major
     /// layout as many as combine's zero the groups' padding rows meanwhile.
-    fn dispatch_recv_blocks(&self) -> u32 {
+    pub(super) fn dispatch_recv_blocks(&self) -> u32 {
         match self.spec.high_throughput().map(|h| h.layout) {
             Some(Layout::ExpertMajor) => self.combine_blocks(),
             _ => 1,
@@ -462,76 +527,32 @@ impl HtGroup {
     }
 
     /// Blocks per rank of the combine receive (see [`COMBINE_BLOCKS`]).
-    fn combine_blocks(&self) -> u32 {
-        let local = self.ranks.len().max(1) as u32;
-        (2 * self.notify.gpu().sms() / local).clamp(COMBINE_BLOCKS, COMBINE_BLOCKS_MAX)
+    pub(super) fn combine_blocks(&self) -> u32 {
+        let local = self.maps.len().max(1) as u32;
+        (2 * self.gpu().sms() / local).clamp(COMBINE_BLOCKS, COMBINE_BLOCKS_MAX)
     }
 
-    /// The send of `pair` for every rank (`send_blocks` per rank), then its receive
-    /// (`recv_blocks` per rank), in chunks of at most [`MAX_LAUNCH_RANKS`] ranks.
-    fn launch(
+    /// Launches `f` for every local rank (`blocks` per rank), in chunks of at most
+    /// [`MAX_LAUNCH_RANKS`] ranks. The GPU's context must be current.
+    pub(super) fn launch_one(
         &self,
-        pair: &[CudaFunction; 2],
-        send_blocks: u32,
-        recv_blocks: u32,
+        f: &CudaFunction,
+        blocks: u32,
+        args: &[HtArgs],
+        stream: Stream<'_>,
     ) -> Result<(), Error> {
-        let gpu = self.notify.gpu();
-        let stream = gpu.stream();
-        let ptr = |s: &CudaSlice<u16>| {
-            let (p, _sync) = s.device_ptr(stream);
-            p
+        let grid = Grid {
+            blocks,
+            threads: DATA_THREADS,
+            cooperative: false,
         };
-        let args: Vec<HtArgs> = self
-            .ranks
-            .iter()
-            .enumerate()
-            .map(|(i, b)| -> Result<HtArgs, Error> {
-                let state = self.notify.rank_state(i);
-                let weights = {
-                    let (p, _sync) = b.topk_weights.device_ptr(stream);
-                    p
-                };
-                let in_rank = {
-                    let (p, _sync) = b.is_token_in_rank.device_ptr(stream);
-                    p
-                };
-                let positions = {
-                    let (p, _sync) = b.positions.device_ptr(stream);
-                    p
-                };
-                Ok(HtArgs {
-                    x: ptr(&b.x),
-                    topk_idx: b.topk_idx.view(stream, &[b.topk_idx.len()])?.ptr(),
-                    topk_weights: weights,
-                    is_token_in_rank: in_rank,
-                    notify_out: state.out,
-                    positions,
-                    out: ptr(&b.out),
-                    epoch: state.epoch,
-                    status: state.status,
-                    peers: state.peers,
-                    rank: state.rank as i32,
-                    tokens: b.tokens as i32,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        gpu.context()
-            .bind_to_thread()
-            .cuda("making the GPU's context current")?;
-        let timeout_ns = self.notify.timeout_ns();
-        for (f, blocks) in pair.iter().zip([send_blocks, recv_blocks]) {
-            let grid = Grid {
-                blocks,
-                threads: DATA_THREADS,
-                cooperative: false,
-            };
-            for chunk in args.chunks(MAX_LAUNCH_RANKS as usize) {
-                // SAFETY: `f` is an ht_dispatch or ht_combine entry of this spec (LaunchArgs of
-                // HtArgs, launch_ranks entries); every address points into buffers this group
-                // owns, sized for max_tokens_per_rank tokens and the spec's window, alive until
-                // the stream is synchronized by the reads that follow.
-                unsafe { launch(f, grid, chunk, timeout_ns, Stream::from(&**stream))? };
-            }
+        for chunk in args.chunks(MAX_LAUNCH_RANKS as usize) {
+            // SAFETY: `f` is an ht_dispatch or ht_combine entry of this spec (LaunchArgs of
+            // HtArgs, launch_ranks entries); the group's addresses point into buffers it owns,
+            // sized for max_tokens_per_rank tokens and the spec's window, and the caller's
+            // tensors were checked against the shapes the kernels index (`Tensor`'s contract
+            // keeps them alive until the launches complete).
+            unsafe { launch(f, grid, chunk, self.notify.timeout_ns(), stream)? };
         }
         Ok(())
     }

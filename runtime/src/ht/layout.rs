@@ -1,10 +1,14 @@
 //! Launching the routing-layout kernel and reading its results.
 
+use std::ffi::c_void;
+
+use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg, sys::CUevent_flags};
 use ep_codegen::{IndexDtype, KernelSource, Spec};
 
 use crate::device_index::DeviceIndex;
 use crate::error::CudaContextExt;
+use crate::ll::Stream;
 use crate::reference::Layout;
 use crate::routing::Routing;
 use crate::{Error, Gpu, Jit, LoadedKernel};
@@ -122,6 +126,50 @@ impl LayoutKernel {
         stop.synchronize().cuda("waiting for the timed launches")?;
         let ms = start.elapsed_ms(&stop).cuda("reading the event timer")?;
         Ok(f64::from(ms) * 1e3 / iters.max(1) as f64)
+    }
+
+    /// Zeroes `counters` and launches on `stream` over `tokens` tokens: the device path of a
+    /// high-throughput call, with no host work.
+    ///
+    /// # Safety
+    /// `topk_idx` must hold `tokens * K` ids of the spec's index type, `counters` `R + E + 2`
+    /// ints and `is_token_in_rank` `tokens * R` bytes, device memory of the stream's GPU alive
+    /// until the launch completes; the GPU's context must be current.
+    pub(crate) unsafe fn launch_raw(
+        &self,
+        stream: Stream<'_>,
+        topk_idx: CUdeviceptr,
+        tokens: usize,
+        counters: CUdeviceptr,
+        is_token_in_rank: CUdeviceptr,
+    ) -> Result<(), Error> {
+        let bytes = (self.ranks + self.experts + 2) * 4;
+        // SAFETY: `counters` holds R + E + 2 ints (the caller's contract).
+        unsafe { cudarc::driver::result::memset_d8_async(counters, 0, bytes, stream.raw()) }
+            .cuda("zeroing the layout counters")?;
+        let blocks = tokens.div_ceil(self.block_threads as usize).max(1) as u32;
+        let (mut idx, mut n, mut c, mut in_rank) =
+            (topk_idx, tokens as i32, counters, is_token_in_rank);
+        let mut params = [
+            (&raw mut idx).cast::<c_void>(),
+            (&raw mut n).cast::<c_void>(),
+            (&raw mut c).cast::<c_void>(),
+            (&raw mut in_rank).cast::<c_void>(),
+        ];
+        // SAFETY: the parameters match the kernel's signature (index pointer, int, int*, bool*),
+        // each passed by address and copied by the driver before it returns; the buffers are the
+        // caller's contract.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                self.function.cu_function(),
+                (blocks, 1, 1),
+                (self.block_threads, 1, 1),
+                0,
+                stream.raw(),
+                &mut params,
+            )
+        }
+        .cuda("launching the layout kernel")
     }
 
     fn upload(&self, gpu: &Gpu, routing: &Routing) -> Result<Buffers, Error> {

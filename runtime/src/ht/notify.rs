@@ -7,8 +7,8 @@ use std::time::Duration;
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr};
 use ep_codegen::kernels::ht::{
-    HtWindow, NOTIFY_ARGS_BYTES, NOTIFY_OVERFLOW, NOTIFY_STATUS_WORDS, NOTIFY_TIMEOUT,
-    NotifyOutputs, NotifyWindow, data_path_built, notify_output_ints,
+    HtWindow, NOTIFY_ARGS_BYTES, NOTIFY_BAD_EXPERT, NOTIFY_OVERFLOW, NOTIFY_STATUS_WORDS,
+    NOTIFY_TIMEOUT, NotifyOutputs, notify_output_ints,
 };
 use ep_codegen::kernels::ll::MAX_LAUNCH_RANKS;
 use ep_codegen::{KernelSource, Mode, Spec};
@@ -29,6 +29,7 @@ struct NotifyArgs {
     status: CUdeviceptr,
     epoch: CUdeviceptr,
     peers: CUdeviceptr,
+    topk_idx: CUdeviceptr,
     rank: i32,
     unused: i32,
 }
@@ -92,15 +93,9 @@ pub struct HtNotify {
     closed: bool,
 }
 
-/// Bytes of one rank's window: the whole high-throughput window when dispatch and combine are
-/// built (notify's region comes first), else notify's region alone.
+/// Bytes of one rank's window: the whole high-throughput window (notify's region comes first).
 pub(crate) fn window_bytes(spec: &Spec) -> usize {
-    let bytes = if data_path_built(spec) {
-        HtWindow::of(spec).bytes
-    } else {
-        NotifyWindow::of(spec).bytes
-    };
-    usize::try_from(bytes).unwrap_or(usize::MAX)
+    usize::try_from(HtWindow::of(spec).bytes).unwrap_or(usize::MAX)
 }
 
 impl HtNotify {
@@ -220,6 +215,26 @@ impl HtNotify {
         }
     }
 
+    /// Device address of local rank `i`'s layout counters `[R + E + 2]`.
+    pub(crate) fn counters_ptr(&self, i: usize) -> CUdeviceptr {
+        let (ptr, _sync) = self.counters.device_ptr(self.gpu.stream());
+        let stride = self.spec.ranks() as usize + self.spec.experts() as usize + 2;
+        ptr + (i * stride * 4) as u64
+    }
+
+    /// Reads local rank `i`'s notify outputs (waits for the GPU's work queued so far).
+    pub(crate) fn read_outputs(&self) -> Result<Vec<NotifyResult>, Error> {
+        let out = self
+            .gpu
+            .stream()
+            .clone_dtoh(&self.out)
+            .cuda("reading notify's outputs")?;
+        let words = notify_output_ints(&self.spec) as usize;
+        Ok((0..self.ranks.len())
+            .map(|i| NotifyResult::of(&self.spec, &out[i * words..(i + 1) * words]))
+            .collect())
+    }
+
     /// Reads and clears the status words: the first local rank's error, if any.
     pub(crate) fn take_status(&mut self, phase: &'static str) -> Result<(), Error> {
         let stream = self.gpu.stream().clone();
@@ -254,6 +269,17 @@ impl HtNotify {
                         rows: s[1].max(0) as usize,
                         capacity,
                     });
+                }
+                NOTIFY_BAD_EXPERT => {
+                    let (flat, k) = (s[1].max(0) as usize, self.spec.top_k() as usize);
+                    return Err(Error::BadExpertId {
+                        token: flat / k,
+                        slot: flat % k,
+                        value: (i64::from(s[4]) << 32) | i64::from(s[3] as u32),
+                        experts: self.spec.experts(),
+                        count: s[2].max(0) as usize,
+                    }
+                    .on_rank(rank));
                 }
                 code => {
                     return Err(Error::Input(format!(
@@ -305,42 +331,36 @@ impl HtNotify {
         stream
             .memset_zeros(&mut self.status)
             .cuda("clearing notify's status")?;
-        self.launch_phases()
+        self.launch_phases(Stream::from(&*stream), &[])
     }
 
     /// Waits for the notify [`HtNotify::start`] launched (and for what was queued after it) and
     /// reads what it gave each local rank; an error is reported as `phase`'s.
     pub(crate) fn finish(&mut self, phase: &'static str) -> Result<Vec<NotifyResult>, Error> {
-        let out = self
-            .gpu
-            .stream()
-            .clone_dtoh(&self.out)
-            .cuda("reading notify's outputs")?;
+        let out = self.read_outputs()?;
         self.take_status(phase)?;
-        let words = notify_output_ints(&self.spec) as usize;
-        Ok((0..self.ranks.len())
-            .map(|i| NotifyResult::of(&self.spec, &out[i * words..(i + 1) * words]))
-            .collect())
+        Ok(out)
     }
 
     /// The send for every local rank, then the receive for every local rank (chunks of at most
-    /// [`MAX_LAUNCH_RANKS`] ranks per launch), on the GPU's stream.
-    pub(crate) fn launch_phases(&self) -> Result<(), Error> {
-        let stream = self.gpu.stream();
-        let counters = {
-            let (ptr, _sync) = self.counters.device_ptr(stream);
-            ptr
-        };
-        let stride = self.spec.ranks() as usize + self.spec.experts() as usize + 2;
+    /// [`MAX_LAUNCH_RANKS`] ranks per launch), on `stream`. `topk_idx[i]` is local rank i's
+    /// expert ids, read only to report a bad id the layout kernel counted (none given: counts
+    /// uploaded from the host, which have no bad ids).
+    pub(crate) fn launch_phases(
+        &self,
+        stream: Stream<'_>,
+        topk_idx: &[CUdeviceptr],
+    ) -> Result<(), Error> {
         let args: Vec<NotifyArgs> = (0..self.ranks.len())
             .map(|i| {
                 let state = self.rank_state(i);
                 NotifyArgs {
-                    counters: counters + (i * stride * 4) as u64,
+                    counters: self.counters_ptr(i),
                     out: state.out,
                     status: state.status,
                     epoch: state.epoch,
                     peers: state.peers,
+                    topk_idx: topk_idx.get(i).copied().unwrap_or(0),
                     rank: state.rank as i32,
                     unused: 0,
                 }
@@ -361,7 +381,7 @@ impl HtNotify {
                 // many ranks as launch_ranks); every address points into buffers this struct
                 // owns, sized above for its local ranks, or into the windows it holds, alive
                 // until the stream is synchronized by the reads that follow.
-                unsafe { launch(f, grid, chunk, self.timeout_ns(), Stream::from(&**stream))? };
+                unsafe { launch(f, grid, chunk, self.timeout_ns(), stream)? };
             }
         }
         Ok(())

@@ -72,23 +72,27 @@ pub fn ll_combine(spec: &Spec, routing: &Routing) -> Counts {
     }
 }
 
-/// HT flat dispatch on one rank that sends `routing`'s tokens and receives `recv_rows` rows:
-/// each source token read once, each received row written with its slots, weights and source.
+/// HT dispatch on one rank that sends `routing`'s tokens and fills `recv_rows` rows (expert-major:
+/// padding rows included, which the dispatch zeroes): each source token read once, each row
+/// written in the dispatch dtype with its scales, slots, weights and source.
 pub fn ht_dispatch(spec: &Spec, routing: &Routing, recv_rows: u64) -> Counts {
     let h = u64::from(spec.hidden());
     let k = u64::from(spec.top_k());
     let act = u64::from(spec.dtype().size());
+    let scales = spec.fp8().map_or(0, |f| h / u64::from(f.block) * 4);
+    let row = h * u64::from(spec.dispatch_dtype().size()) + scales;
     let meta = k * (u64::from(spec.index_dtype().size()) + 4) + 4;
     Counts {
-        unique: recv_rows * h * act,
-        traffic: tokens_sent(routing) * h * act + recv_rows * (h * act + meta),
+        unique: recv_rows * row,
+        traffic: tokens_sent(routing) * h * act + recv_rows * (row + meta),
         nccl_ep: None,
-        deepep: recv_rows * h * 2,
+        // DeepEP's test_intranode charges BF16 rows, FP8 ones at (1 + 4 / 128) / 2 of that.
+        deepep: recv_rows * (h * 2).min(row),
     }
 }
 
-/// HT flat combine on one rank that returns `recv_rows` rows and gets `routing`'s tokens back:
-/// every returned row read once, each output written once.
+/// HT combine on one rank that returns `recv_rows` rows (without padding) and gets `routing`'s
+/// tokens back: every returned row read once, each output written once.
 pub fn ht_combine(spec: &Spec, routing: &Routing, recv_rows: u64) -> Counts {
     let h = u64::from(spec.hidden());
     let act = u64::from(spec.dtype().size());
@@ -159,6 +163,14 @@ mod tests {
         assert_eq!(d.traffic, 2 * 2048 + 5 * (2048 + 2 * (8 + 4) + 4));
         assert_eq!(d.nccl_ep, None);
         assert_eq!(d.deepep, 5 * 2048);
+        let fp8 = spec(
+            "max_recv_tokens_per_rank: 16\ndispatch_dtype: fp8_e4m3\n",
+            "high_throughput",
+        );
+        let d = ht_dispatch(&fp8, &routing(), 5);
+        assert_eq!(d.unique, 5 * (1024 + 32));
+        assert_eq!(d.traffic, 2 * 2048 + 5 * (1024 + 32 + 2 * (8 + 4) + 4));
+        assert_eq!(d.deepep, 5 * 1024 * 2 * (128 + 4) / 128 / 2);
         let c = ht_combine(&ht, &routing(), 5);
         assert_eq!(c.traffic, 5 * 2048 + 3 * 2048);
         assert_eq!(c.add(c).unique, 2 * 5 * 2048);

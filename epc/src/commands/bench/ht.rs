@@ -24,9 +24,11 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
         let times = group.time_phases(ctx.args.warmup, ctx.args.iters)?;
         let (mut dispatch, mut combine) = (Counts::default(), Counts::default());
         for (input, g) in mine.iter().zip(&got) {
+            // Rows in use (expert-major: padding included), and rows holding a token.
             let rows = g.recv_src.len() as u64;
+            let filled = g.recv_src.iter().filter(|&&s| s >= 0).count() as u64;
             dispatch = dispatch.add(ht_dispatch(spec, &input.routing, rows));
-            combine = combine.add(ht_combine(spec, &input.routing, rows));
+            combine = combine.add(ht_combine(spec, &input.routing, filled));
         }
         for (phase, time_us, parts, counts) in [
             (

@@ -146,8 +146,8 @@ fn edited(spec: &Spec, name: &str, edit: impl FnOnce(&mut serde_json::Value)) ->
 }
 
 /// The standard workloads of DESIGN.md, derived from the built-in specs: LL DeepSeek-V3 with FP8
-/// and BF16 dispatch, Qwen3-235B and gpt-oss-120b; HT DeepSeek-V3 and the same two other shapes
-/// (flat layout).
+/// and BF16 dispatch, Qwen3-235B and gpt-oss-120b; HT DeepSeek-V3 with BF16 and FP8 dispatch,
+/// Qwen3-235B (expert-major, the grouped GEMM's layout) and the gpt-oss-120b shape.
 fn standard() -> Result<Vec<Spec>> {
     let fp8 = builtin(LL_STANDARD[0])?;
     let bf16 = edited(&fp8, "deepseek-v3-ll-bf16", |f| {
@@ -164,13 +164,18 @@ fn standard() -> Result<Vec<Spec>> {
             f["top_k"] = top_k.into();
         })
     };
+    let ht_fp8 = edited(&ht, "deepseek-v3-ht-fp8", |f| {
+        f["dispatch_dtype"] = Dtype::Fp8E4m3.as_str().into();
+        f["fp8"] = serde_json::json!({"block": 128, "scale": "f32"});
+    })?;
     Ok(vec![
         fp8,
         bf16,
         builtin(LL_STANDARD[1])?,
         builtin(LL_STANDARD[2])?,
         ht.clone(),
-        ht_shape("qwen3-235b-a22b-ht-flat", 4096, 128, 8)?,
+        ht_fp8,
+        builtin("qwen3-235b-a22b-ht")?,
         ht_shape("gpt-oss-120b-ht", 2880, 128, 4)?,
     ])
 }
@@ -318,7 +323,8 @@ mod tests {
                 "qwen3-235b-a22b-ll",
                 "gpt-oss-120b-ll",
                 "deepseek-v3-ht",
-                "qwen3-235b-a22b-ht-flat",
+                "deepseek-v3-ht-fp8",
+                "qwen3-235b-a22b-ht",
                 "gpt-oss-120b-ht"
             ]
         );
@@ -333,10 +339,15 @@ mod tests {
         for ht in &specs[4..] {
             let r8 = ht.with_ranks(8).unwrap();
             assert!(data_path_built(&r8), "{} is timed on 8 ranks", ht.name());
-            assert_eq!(ht.max_tokens_per_rank(), 4096);
+            assert!(ht.max_tokens_per_rank() >= 4096);
         }
+        assert!(specs[5].fp8().is_some() && specs[4].fp8().is_none());
         assert_eq!(
-            (specs[6].hidden(), specs[6].experts(), specs[6].top_k()),
+            specs[6].high_throughput().map(|h| h.layout),
+            Some(ep_codegen::Layout::ExpertMajor)
+        );
+        assert_eq!(
+            (specs[7].hidden(), specs[7].experts(), specs[7].top_k()),
             (2880, 128, 4)
         );
     }
