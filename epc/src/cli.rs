@@ -43,7 +43,8 @@ pub enum Command {
     Compile(CompileArgs),
     /// Run each spec's kernels on the GPU on a random routing and check them against the reference.
     Run(RunArgs),
-    /// Time low-latency dispatch and combine against a device-to-device copy of the same bytes.
+    /// Time dispatch and combine (both modes) against a copy of the same bytes and the
+    /// same-traffic copy.
     Bench(BenchArgs),
     /// Report the GPUs, the driver, NVRTC, NCCL and the cache folder epc would use, with the fix
     /// for each missing piece. Exits 0 when everything needed here is present.
@@ -192,7 +193,8 @@ pub struct BenchArgs {
     pub specs: Vec<String>,
     /// The standard workloads on 8 ranks: LL at T=128 tokens per rank, DeepSeek-V3 (H=7168,
     /// E=256, K=8) with FP8 and with BF16 dispatch, Qwen3-235B (H=4096, E=128, K=8) and
-    /// gpt-oss-120b (H=2880, E=128, K=4); HT at T=4096 for the same three shapes (flat layout).
+    /// gpt-oss-120b (H=2880, E=128, K=4); HT at T=4096 for the same three shapes (DeepSeek-V3
+    /// with BF16 and FP8 dispatch, Qwen3-235B expert-major, gpt-oss flat).
     /// The default when no SPEC is given.
     #[arg(long)]
     pub standard: bool,

@@ -46,3 +46,43 @@ pub fn copy_us(gpu: &Gpu, bytes: usize, iters: usize) -> Result<f64, Error> {
     record(gpu, &stop)?;
     Ok(elapsed_us(&start, &stop)? / iters.max(1) as f64)
 }
+
+/// Mean time of the same-traffic copy of a phase that reads `read` and writes `written` HBM
+/// bytes, in microseconds, over `iters` repetitions after 3 warm-ups: a device-to-device copy of
+/// `min(read, written)` bytes (reads and writes in equal parts), then the rest of the traffic: a
+/// fill of `written - read` bytes when the phase writes more than it reads (HBM writes alone
+/// run slower than a copy, so a write-heavy phase is held to what the memory can do for its
+/// mix), else a copy of half of `read - written` (the same bytes in a balanced mix).
+pub fn traffic_us(gpu: &Gpu, read: usize, written: usize, iters: usize) -> Result<f64, Error> {
+    let stream = gpu.stream();
+    let balanced = read.min(written) + read.saturating_sub(written) / 2;
+    let fill = written.saturating_sub(read);
+    let src = stream
+        .alloc_zeros::<u8>(balanced.max(1))
+        .cuda("allocating the copy source")?;
+    let mut dst = stream
+        .alloc_zeros::<u8>(balanced.max(1))
+        .cuda("allocating the copy destination")?;
+    let mut filled = stream
+        .alloc_zeros::<u8>(fill.max(1))
+        .cuda("allocating the fill destination")?;
+    let mut once = || -> Result<(), Error> {
+        if balanced > 0 {
+            stream.memcpy_dtod(&src, &mut dst).cuda("copying")?;
+        }
+        if fill > 0 {
+            stream.memset_zeros(&mut filled).cuda("filling")?;
+        }
+        Ok(())
+    };
+    for _ in 0..3 {
+        once()?;
+    }
+    let (start, stop) = (timing_event(gpu)?, timing_event(gpu)?);
+    record(gpu, &start)?;
+    for _ in 0..iters.max(1) {
+        once()?;
+    }
+    record(gpu, &stop)?;
+    Ok(elapsed_us(&start, &stop)? / iters.max(1) as f64)
+}

@@ -137,3 +137,19 @@ fn ht_fp8_and_expert_major_match_the_reference() {
     }
     eprintln!("{checked} FP8 and expert-major HT calls checked");
 }
+
+#[test]
+fn ht_8192_tokens_per_rank_match_the_reference() {
+    let Some((gpu, jit, _dir)) = gpu_jit_or_skip("ht_8192_tokens_per_rank_match_the_reference")
+    else {
+        return;
+    };
+    let major_fp8 = "layout: expert_major\nexpert_alignment: 64\ndispatch_dtype: fp8_e4m3\n\
+                     fp8:\n  block: 128\n  scale: f32\n";
+    let mut checked = 0;
+    for (ranks, extra) in [(4, "dtype: bf16\n"), (2, major_fp8)] {
+        let s = spec(ranks, ranks, 8192, 1024, extra);
+        checked += check_spec(&gpu, &jit, &s, 500 * u64::from(ranks));
+    }
+    eprintln!("{checked} HT calls of up to 8192 tokens per rank checked");
+}

@@ -218,9 +218,10 @@ mod tests {
     }
 }
 
-/// Blocks per rank of the dispatch send (each covers a contiguous chunk of the rank's tokens and
-/// raises its own flag in every receiver's window).
-pub const DISPATCH_BLOCKS: u32 = 64;
+/// Most blocks per rank of the dispatch send (each covers a contiguous chunk of the rank's tokens
+/// and raises its own flag in every receiver's window; the runtime launches as many as fill the
+/// GPU, and each flag says how many there are).
+pub const MAX_DISPATCH_BLOCKS: u32 = 1024;
 
 /// Threads per block of the dispatch and combine kernels.
 pub const DATA_THREADS: u32 = 256;
@@ -253,7 +254,8 @@ pub struct HtWindow {
     pub recv_src_offset: u64,
     /// `y [C][H]`: what the rank returns for each row, which combine pulls.
     pub y_offset: u64,
-    /// Dispatch flags `[R][DISPATCH_BLOCKS]` (`u64`: epoch << 32 | 1), one per sender block.
+    /// Dispatch flags `[R][MAX_DISPATCH_BLOCKS]` (`u64`: epoch << 32 | the sender's blocks), one
+    /// per sender block.
     pub dispatch_flags_offset: u64,
     /// Combine flags `[R]` (`u64`): rank d's `y` is ready.
     pub combine_flags_offset: u64,
@@ -290,7 +292,7 @@ impl HtWindow {
             256,
         );
         let combine_flags_offset = align(
-            dispatch_flags_offset + r * u64::from(DISPATCH_BLOCKS) * 8,
+            dispatch_flags_offset + r * u64::from(MAX_DISPATCH_BLOCKS) * 8,
             256,
         );
         HtWindow {
@@ -365,7 +367,7 @@ fn data_context(spec: &Spec) -> Context {
         ("max_tokens", i64::from(spec.max_tokens_per_rank)),
         ("capacity", w.rows as i64),
         ("threads", i64::from(DATA_THREADS)),
-        ("send_blocks", i64::from(DISPATCH_BLOCKS)),
+        ("max_send_blocks", i64::from(MAX_DISPATCH_BLOCKS)),
         ("launch_ranks", i64::from(launch_ranks(spec))),
         ("ht_args_bytes", HT_ARGS_BYTES as i64),
         ("destinations", i64::from(destinations(spec))),

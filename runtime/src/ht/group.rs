@@ -17,7 +17,7 @@
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr};
 use ep_codegen::kernels::ht::{
-    DATA_THREADS, DISPATCH_BLOCKS, HT_ARGS_BYTES, HtWindow, NotifyOutputs, data_path_built,
+    DATA_THREADS, HT_ARGS_BYTES, HtWindow, MAX_DISPATCH_BLOCKS, NotifyOutputs, data_path_built,
     destinations,
 };
 use ep_codegen::kernels::ll::MAX_LAUNCH_RANKS;
@@ -133,6 +133,8 @@ pub struct HtGroup {
     tokens: Vec<usize>,
     /// Whether a dispatch was sent (combine and the views need one).
     sent: bool,
+    /// Blocks per rank of the dispatch send.
+    send_blocks: u32,
     /// The host-vector helper's buffers, allocated on its first use.
     pub(super) host: Option<HostBuffers>,
     /// What notify gave each local rank in the helper's last dispatch.
@@ -209,6 +211,13 @@ impl HtGroup {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let local = maps.len();
+        // As many send blocks as fit on the GPU at once, shared by the ranks it runs.
+        let resident = dispatch[0]
+            .occupancy_max_active_blocks_per_multiprocessor(DATA_THREADS, 0, None)
+            .cuda("asking the dispatch send's occupancy")?
+            .max(1);
+        let send_blocks =
+            (resident * gpu.sms() / local.max(1) as u32).clamp(1, MAX_DISPATCH_BLOCKS);
         Ok(HtGroup {
             notify,
             spec: spec.clone(),
@@ -219,6 +228,7 @@ impl HtGroup {
             maps,
             tokens: vec![0; local],
             sent: false,
+            send_blocks,
             host: None,
             received: Vec::new(),
         })
@@ -328,7 +338,7 @@ impl HtGroup {
                 ..self.rank_args(i)
             })
             .collect();
-        self.launch_one(&self.dispatch[0], DISPATCH_BLOCKS, &args, stream)?;
+        self.launch_one(&self.dispatch[0], self.send_blocks, &args, stream)?;
         self.sent = true;
         Ok(())
     }

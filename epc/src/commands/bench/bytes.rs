@@ -11,8 +11,10 @@ pub struct Counts {
     /// Unique payload bytes moved: each row once (the first yardstick copies as many).
     pub unique: u64,
     /// HBM bytes the phase minimally reads and writes on one GPU (the same-traffic copy moves
-    /// as many: it reads and writes half each).
+    /// as many, in the same mix).
     pub traffic: u64,
+    /// Of those, the bytes written.
+    pub written: u64,
     /// NCCL EP's `ep_bench` count (LL only): valid selections x hidden x 2.
     pub nccl_ep: Option<u64>,
     /// DeepEP's count: `test_low_latency` for LL, `test_intranode` for HT.
@@ -25,6 +27,7 @@ impl Counts {
         Counts {
             unique: self.unique + o.unique,
             traffic: self.traffic + o.traffic,
+            written: self.written + o.written,
             nccl_ep: self.nccl_ep.zip(o.nccl_ep).map(|(a, b)| a + b),
             deepep: self.deepep + o.deepep,
         }
@@ -52,6 +55,7 @@ pub fn ll_dispatch(spec: &Spec, routing: &Routing) -> Counts {
     Counts {
         unique: s * row,
         traffic: tokens_sent(routing) * h * u64::from(spec.dtype().size()) + s * row,
+        written: s * row,
         nccl_ep: Some(s * h * 2),
         // DeepEP charges every dispatched row at FP8 size with its scales and 16 bytes of
         // metadata.
@@ -67,6 +71,7 @@ pub fn ll_combine(spec: &Spec, routing: &Routing) -> Counts {
     Counts {
         unique: s * row,
         traffic: s * row + routing.num_tokens as u64 * h * u64::from(spec.dtype().size()),
+        written: routing.num_tokens as u64 * h * u64::from(spec.dtype().size()),
         nccl_ep: Some(s * h * 2),
         deepep: s * h * 2,
     }
@@ -85,6 +90,7 @@ pub fn ht_dispatch(spec: &Spec, routing: &Routing, recv_rows: u64) -> Counts {
     Counts {
         unique: recv_rows * row,
         traffic: tokens_sent(routing) * h * act + recv_rows * (row + meta),
+        written: recv_rows * (row + meta),
         nccl_ep: None,
         // DeepEP's test_intranode charges BF16 rows, FP8 ones at (1 + 4 / 128) / 2 of that.
         deepep: recv_rows * (h * 2).min(row),
@@ -99,6 +105,7 @@ pub fn ht_combine(spec: &Spec, routing: &Routing, recv_rows: u64) -> Counts {
     Counts {
         unique: recv_rows * h * act,
         traffic: recv_rows * h * act + routing.num_tokens as u64 * h * act,
+        written: routing.num_tokens as u64 * h * act,
         nccl_ep: None,
         deepep: recv_rows * h * 2,
     }
@@ -161,6 +168,11 @@ mod tests {
         let d = ht_dispatch(&ht, &routing(), 5);
         assert_eq!(d.unique, 5 * 2048);
         assert_eq!(d.traffic, 2 * 2048 + 5 * (2048 + 2 * (8 + 4) + 4));
+        assert_eq!(
+            d.written,
+            5 * (2048 + 2 * (8 + 4) + 4),
+            "the rows, not the sources"
+        );
         assert_eq!(d.nccl_ep, None);
         assert_eq!(d.deepep, 5 * 2048);
         let fp8 = spec(
@@ -173,6 +185,7 @@ mod tests {
         assert_eq!(d.deepep, 5 * 1024 * 2 * (128 + 4) / 128 / 2);
         let c = ht_combine(&ht, &routing(), 5);
         assert_eq!(c.traffic, 5 * 2048 + 3 * 2048);
+        assert_eq!(c.written, 3 * 2048, "each output once");
         assert_eq!(c.add(c).unique, 2 * 5 * 2048);
     }
 }

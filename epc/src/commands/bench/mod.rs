@@ -1,8 +1,9 @@
 //! `epc bench`: dispatch and combine of low-latency and high-throughput specs, each timed against
 //! yardsticks measured in the same process (DESIGN.md "Benchmarks"):
 //! - a device-to-device copy of the phase's unique payload bytes;
-//! - the same-traffic copy: a copy moving as many HBM bytes as the phase minimally reads and
-//!   writes, the honest limit on one GPU;
+//! - the same-traffic copy: copies (and, for a phase that writes more than it reads, a fill)
+//!   moving as many HBM bytes as the phase minimally reads and writes, in the same mix of reads
+//!   and writes: the honest limit on one GPU;
 //!
 //! and, per GPU, GB/s counted the ways NCCL EP's `ep_bench` and DeepEP's tests count them (DESIGN.md
 //! "How the anchors count bytes"). Over NCCL every rank measures its own GPU; rank 0 gathers the
@@ -100,7 +101,12 @@ impl Bench<'_> {
         let deepep_gbps = ranks.iter().map(|v| v[1] / v[0] / 1e3).sum::<f64>() / ranks.len() as f64;
         let iters = self.args.iters.max(10);
         let copy_us = timing::copy_us(self.gpu, m.counts.unique as usize, iters)?;
-        let same_traffic_us = timing::copy_us(self.gpu, (m.counts.traffic / 2) as usize, iters)?;
+        let same_traffic_us = timing::traffic_us(
+            self.gpu,
+            (m.counts.traffic - m.counts.written) as usize,
+            m.counts.written as usize,
+            iters,
+        )?;
         Ok(Row {
             workload: m.workload,
             mode: m.mode,

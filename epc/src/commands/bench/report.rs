@@ -108,13 +108,13 @@ pub fn print_table(rows: &[Row]) {
 pub fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
         "workload,mode,ranks,hidden,top_k,experts,tokens_per_rank,phase,time_us,min_us,max_us,\
-         parts,part1_us,part2_us,row_bytes,unique_bytes,traffic_bytes,gbps,copy_us,ratio_to_copy,\
+         parts,part1_us,part2_us,row_bytes,unique_bytes,traffic_bytes,written_bytes,gbps,copy_us,ratio_to_copy,\
          same_traffic_us,ratio_to_same_traffic,nccl_ep_bytes,nccl_ep_gbps,deepep_bytes,deepep_gbps\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{},{:.3},{:.3},{},{},{},{:.2},{:.3},{:.4},{:.3},{:.4},{},{},{},{:.2}",
+            "{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{},{:.3},{:.3},{},{},{},{},{:.2},{:.3},{:.4},{:.3},{:.4},{},{},{},{:.2}",
             r.workload,
             r.mode.as_str(),
             r.ranks,
@@ -132,6 +132,7 @@ pub fn csv(rows: &[Row]) -> String {
             r.row_bytes,
             r.counts.unique,
             r.counts.traffic,
+            r.counts.written,
             r.gbps(),
             r.copy_us,
             r.time_us / r.copy_us,
