@@ -44,15 +44,15 @@ def routing(folder, row, rank):
 
 
 def rows_sent(folder, row):
-    """`[R, R]` rows rank s sends rank d in a dispatch: LL one per valid slot, HT one per
-    (token, destination rank)."""
+    """`[R, R]` rows rank s sends rank d in a dispatch: LL and expert-major HT one per valid
+    slot, flat HT one per (token, destination rank)."""
     r, e = row["ranks"], row["experts"]
     local = e // r
     sends = np.zeros((r, r), dtype=np.int64)
     for s in range(r):
         idx, _ = routing(folder, row, s)
         dest = np.where(idx >= 0, idx // local, -1)
-        if row["mode"] == "low_latency":
+        if row["mode"] == "low_latency" or row.get("layout") == "expert_major":
             for d in range(r):
                 sends[s, d] = int((dest == d).sum())
         else:

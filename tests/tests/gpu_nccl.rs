@@ -142,15 +142,28 @@ fn run_rounds(spec: &Spec, lls: &mut [LowLatency], what: &str) {
 }
 
 /// A high-throughput spec of `ranks` ranks, all in one NVLink domain.
-fn ht_spec(ranks: u32) -> Spec {
-    let yaml = format!(
-        "name: nccl-ht-r{ranks}\nmode: high_throughput\nhidden: 2048\nexperts: {}\ntop_k: 8\n\
-         ranks: {ranks}\nnvlink_domain: {ranks}\nmax_tokens_per_rank: 1024\n\
-         max_recv_tokens_per_rank: {}\n",
-        16 * ranks,
+/// The high-throughput specs every NCCL test runs: flat with BF16 payloads, and expert-major
+/// with FP8 payloads.
+fn ht_specs(ranks: u32) -> Vec<Spec> {
+    let base = format!(
+        "mode: high_throughput\nhidden: 2048\nexperts: {}\ntop_k: 8\nranks: {ranks}\n\
+         nvlink_domain: {ranks}\nmax_tokens_per_rank: 1024\n",
+        16 * ranks
+    );
+    let flat = format!(
+        "name: nccl-ht-r{ranks}\n{base}max_recv_tokens_per_rank: {}\n",
         1024 * ranks
     );
-    Spec::from_yaml(&yaml, None).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+    let major = format!(
+        "name: nccl-ht-major-r{ranks}\n{base}max_recv_tokens_per_rank: {}\n\
+         layout: expert_major\nexpert_alignment: 32\ndispatch_dtype: fp8_e4m3\n\
+         fp8:\n  block: 128\n  scale: ue8m0\n",
+        1024 * ranks * 8 + 16 * 31
+    );
+    [flat, major]
+        .iter()
+        .map(|yaml| Spec::from_yaml(yaml, None).unwrap_or_else(|e| panic!("{e}\n{yaml}")))
+        .collect()
 }
 
 /// What rank `rank` returns for each of its `rows` rows in round `round` (every process can
@@ -277,12 +290,17 @@ fn one_rank_communicator_runs_high_throughput() {
     if one_rank_nccl_or_skip(test).is_none() {
         return;
     }
-    let spec = ht_spec(1);
-    let kernels = renderer().render(&spec).unwrap();
     let comm = NcclComm::init_rank(&gpu, &NcclComm::unique_id().unwrap(), 0, 1).unwrap();
-    let mut groups = HtGroup::nccl(&[(&gpu, &comm)], &jit, &spec, &kernels).unwrap();
-    run_ht_rounds(&spec, &mut groups, "HT over a 1-rank communicator");
-    HtGroup::close(groups).unwrap();
+    for spec in ht_specs(1) {
+        let kernels = renderer().render(&spec).unwrap();
+        let mut groups = HtGroup::nccl(&[(&gpu, &comm)], &jit, &spec, &kernels).unwrap();
+        run_ht_rounds(
+            &spec,
+            &mut groups,
+            &format!("{} over a 1-rank communicator", spec.name()),
+        );
+        HtGroup::close(groups).unwrap();
+    }
 }
 
 /// One process drives `n` GPUs with `ncclCommInitAll`.
@@ -314,11 +332,12 @@ fn one_process_for_all(n: usize) {
         .unwrap_or_else(|e| panic!("{test}: closing: {e}"));
     say(&format!("{test}: groups closed in {:?}", start.elapsed()));
     // High-throughput mode on the same communicators.
-    let spec = ht_spec(n as u32);
-    let kernels = renderer().render(&spec).unwrap();
-    let mut groups = HtGroup::nccl(&members, &jit, &spec, &kernels).unwrap();
-    run_ht_rounds(&spec, &mut groups, &format!("{test} (HT)"));
-    HtGroup::close(groups).unwrap_or_else(|e| panic!("{test}: closing HT: {e}"));
+    for spec in ht_specs(n as u32) {
+        let kernels = renderer().render(&spec).unwrap();
+        let mut groups = HtGroup::nccl(&members, &jit, &spec, &kernels).unwrap();
+        run_ht_rounds(&spec, &mut groups, &format!("{test} ({})", spec.name()));
+        HtGroup::close(groups).unwrap_or_else(|e| panic!("{test}: closing HT: {e}"));
+    }
 }
 
 #[test]
@@ -437,9 +456,14 @@ fn rank_process() {
     let [ll] = ll;
     LlGroup::close(vec![ll.into_group()]).unwrap();
     // High-throughput mode on the same communicator.
-    let spec = ht_spec(ranks as u32);
-    let kernels = renderer().render(&spec).unwrap();
-    let mut groups = HtGroup::nccl(&[(&gpu, &comm)], &jit, &spec, &kernels).unwrap();
-    run_ht_rounds(&spec, &mut groups, &format!("rank {rank} of {ranks} (HT)"));
-    HtGroup::close(groups).unwrap();
+    for spec in ht_specs(ranks as u32) {
+        let kernels = renderer().render(&spec).unwrap();
+        let mut groups = HtGroup::nccl(&[(&gpu, &comm)], &jit, &spec, &kernels).unwrap();
+        run_ht_rounds(
+            &spec,
+            &mut groups,
+            &format!("rank {rank} of {ranks} ({})", spec.name()),
+        );
+        HtGroup::close(groups).unwrap();
+    }
 }

@@ -30,14 +30,26 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
             dispatch = dispatch.add(ht_dispatch(spec, &input.routing, rows));
             combine = combine.add(ht_combine(spec, &input.routing, filled));
         }
-        for (phase, time_us, parts, counts) in [
+        // A dispatched row in the dispatch dtype with its FP8 scales; a returned row in the
+        // activation dtype.
+        let scales = spec.fp8().map_or(0, |f| h / f.block as usize * 4);
+        let sent_row = h * spec.dispatch_dtype().size() as usize + scales;
+        let returned_row = h * spec.dtype().size() as usize;
+        for (phase, time_us, parts, counts, row_bytes) in [
             (
                 "dispatch",
                 times.notify + times.dispatch,
                 (times.notify, times.dispatch),
                 dispatch,
+                sent_row,
             ),
-            ("combine", times.combine, (times.combine, 0.0), combine),
+            (
+                "combine",
+                times.combine,
+                (times.combine, 0.0),
+                combine,
+                returned_row,
+            ),
         ] {
             out.push(Measured {
                 workload: spec.name().to_owned(),
@@ -47,7 +59,7 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
                 time_us,
                 parts,
                 counts,
-                row_bytes: (h * spec.dtype().size() as usize) as u64,
+                row_bytes: row_bytes as u64,
             });
         }
     }

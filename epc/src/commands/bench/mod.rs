@@ -110,6 +110,7 @@ impl Bench<'_> {
         Ok(Row {
             workload: m.workload,
             mode: m.mode,
+            layout: spec.high_throughput().map(|h| h.layout),
             ranks: spec.ranks(),
             hidden: spec.hidden(),
             top_k: spec.top_k(),

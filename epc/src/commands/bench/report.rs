@@ -11,6 +11,8 @@ use crate::svg;
 pub struct Row {
     pub workload: String,
     pub mode: Mode,
+    /// The HT receive layout (`None` in LL mode).
+    pub layout: Option<ep_codegen::Layout>,
     pub ranks: u32,
     pub hidden: u32,
     pub top_k: u32,
@@ -107,16 +109,21 @@ pub fn print_table(rows: &[Row]) {
 /// Every measurement as CSV (the columns the baseline scripts in `scripts/bench/` read).
 pub fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
-        "workload,mode,ranks,hidden,top_k,experts,tokens_per_rank,phase,time_us,min_us,max_us,\
+        "workload,mode,layout,ranks,hidden,top_k,experts,tokens_per_rank,phase,time_us,min_us,max_us,\
          parts,part1_us,part2_us,row_bytes,unique_bytes,traffic_bytes,written_bytes,gbps,copy_us,ratio_to_copy,\
          same_traffic_us,ratio_to_same_traffic,nccl_ep_bytes,nccl_ep_gbps,deepep_bytes,deepep_gbps\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{},{:.3},{:.3},{},{},{},{},{:.2},{:.3},{:.4},{:.3},{:.4},{},{},{},{:.2}",
+            "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{},{:.3},{:.3},{},{},{},{},{:.2},{:.3},{:.4},{:.3},{:.4},{},{},{},{:.2}",
             r.workload,
             r.mode.as_str(),
+            match r.layout {
+                Some(ep_codegen::Layout::ExpertMajor) => "expert_major",
+                Some(ep_codegen::Layout::Flat) => "flat",
+                None => "",
+            },
             r.ranks,
             r.hidden,
             r.top_k,
