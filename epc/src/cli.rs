@@ -128,8 +128,9 @@ pub struct RunArgs {
     /// Run low-latency specs on this many virtual ranks instead of their own.
     #[arg(long)]
     pub ranks: Option<u32>,
-    /// Write the first low-latency call's tensors here as .npy (`rank<r>.<tensor>.npy`; 16-bit
-    /// activations as their bit patterns, uint16).
+    /// Write the first call's tensors here as .npy (`rank<r>.<tensor>.npy`; 16-bit activations
+    /// as their bit patterns, uint16). High-throughput: the rows in use of each receive buffer,
+    /// with `num_recv_tokens_per_expert` and `group_offset`.
     #[arg(long, value_name = "DIR")]
     pub dump: Option<PathBuf>,
     /// Where the ranks run.

@@ -132,7 +132,7 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
                     tokens: plan.tokens.min(HT_CHECK_TOKENS),
                     ..plan
                 };
-                let v = verify_ht(&gpu, &jit, &runnable, &kernels, &small)?;
+                let v = verify_ht(&gpu, &jit, &runnable, &kernels, &small, None)?;
                 format!("ok x{}", v.calls)
             } else {
                 "-".to_owned()

@@ -122,7 +122,7 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
                 count(calls, "call")
             );
             if ep_codegen::kernels::ht::data_path_built(&runnable) {
-                let v = verify_ht(&gpu, &jit, &runnable, &kernels, &plan)?;
+                let v = verify_ht(&gpu, &jit, &runnable, &kernels, &plan, args.dump.as_deref())?;
                 let timed = match v.times {
                     Some(t) => {
                         let copy = ep_runtime::timing::copy_us(&gpu, v.received_bytes, plan.iters)?;
@@ -139,11 +139,23 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
                     }
                     None => String::new(),
                 };
+                let layout = match runnable.high_throughput().map(|h| h.layout) {
+                    Some(ep_codegen::Layout::ExpertMajor) => "expert-major",
+                    _ => "flat",
+                };
                 println!(
-                    "{:<24} dispatch and combine (flat) match the reference in {}{timed}",
+                    "{:<24} dispatch and combine ({layout}{}) match the reference in {}{timed}",
                     spec.name(),
+                    if runnable.fp8().is_some() {
+                        ", FP8"
+                    } else {
+                        ""
+                    },
                     count(v.calls, "call")
                 );
+                if let Some(dir) = &args.dump {
+                    println!("wrote rank<r>.<tensor>.npy files to {}", dir.display());
+                }
             }
         }
     }

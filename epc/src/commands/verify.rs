@@ -160,7 +160,7 @@ pub fn verify_notify(
     Ok((calls, refused))
 }
 
-/// Runs high-throughput dispatch and combine on the spec's R virtual ranks for
+/// Runs high-throughput dispatch and combine (either layout) on the spec's R virtual ranks for
 /// `routings` calls of `tokens` tokens per rank and compares every received row, slot, weight
 /// and source, and every combined output, with the reference bit for bit; then times the last
 /// call's phases (`plan.iters` replays).
@@ -170,12 +170,14 @@ pub fn verify_ht(
     spec: &Spec,
     kernels: &[KernelSource],
     plan: &Plan,
+    dump: Option<&Path>,
 ) -> Result<HtVerified> {
     let mut group = HtGroup::virtual_ranks(gpu, jit, spec, kernels)?;
     let d = spec.dims();
     let calls = plan.routings.max(1);
     let mut received_rows = 0;
     let mut dispatched = false;
+    let mut dumped = false;
     for call in 0..calls {
         let pattern = Pattern::ALL[(plan.pattern as usize + call) % Pattern::ALL.len()];
         let seed = plan.seed.wrapping_add((call * d.ranks) as u64);
@@ -218,6 +220,10 @@ pub fn verify_ht(
         let out = group.combine(&y).with_context(what)?;
         check::ht::check_combine(spec, &inputs, &want, &y, &out)
             .map_err(|e| anyhow!("{}: {e}", what()))?;
+        if let (Some(dir), false) = (dump, dumped) {
+            dump_ht_call(dir, spec, &inputs, &got, &y, &out)?;
+            dumped = true;
+        }
     }
     // Every routing may have overflowed the buffer (nothing dispatched, nothing to time).
     let times = if dispatched {
@@ -369,6 +375,78 @@ pub fn verify_ll_on(ll: &mut LowLatency, spec: &Spec, plan: &LlPlan<'_>) -> Resu
         routings: routings.max(1),
         times,
     })
+}
+
+/// Writes one high-throughput call's tensors as `rank<r>.<tensor>.npy`, named as in DESIGN.md:
+/// the inputs, the rows in use of each receive buffer (`recv_x`, FP8 `recv_scales`,
+/// `recv_topk_idx`, `recv_topk_w`, `recv_src`), notify's `num_recv_tokens_per_expert` and
+/// `group_offset`, the rows returned (`y`) and the combined `out`.
+fn dump_ht_call(
+    dir: &Path,
+    spec: &Spec,
+    inputs: &[RankInput],
+    got: &[ep_runtime::HtReceived],
+    y: &[Vec<u16>],
+    out: &[Vec<u16>],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let d = spec.dims();
+    for (rank, ((input, g), (y, out))) in inputs.iter().zip(got).zip(y.iter().zip(out)).enumerate()
+    {
+        let t = input.routing.num_tokens;
+        let rows = g.recv_src.len();
+        let file = |name: &str| dir.join(format!("rank{rank}.{name}.npy"));
+        npy::write(&file("x"), &[t, d.hidden], npy::Data::U16(&input.x))?;
+        npy::write(
+            &file("topk_idx"),
+            &[t, d.top_k],
+            npy::Data::I64(&input.routing.topk_idx),
+        )?;
+        npy::write(
+            &file("topk_weights"),
+            &[t, d.top_k],
+            npy::Data::F32(&input.routing.topk_weights),
+        )?;
+        if spec.fp8().is_some() {
+            npy::write(&file("recv_x"), &[rows, d.hidden], npy::Data::U8(&g.recv_x))?;
+            npy::write(
+                &file("recv_scales"),
+                &[rows, g.recv_scales.len() / rows.max(1)],
+                npy::Data::F32(&g.recv_scales),
+            )?;
+        } else {
+            let halves: Vec<u16> = g
+                .recv_x
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            npy::write(&file("recv_x"), &[rows, d.hidden], npy::Data::U16(&halves))?;
+        }
+        npy::write(
+            &file("recv_topk_idx"),
+            &[rows, d.top_k],
+            npy::Data::I64(&g.recv_topk_idx),
+        )?;
+        npy::write(
+            &file("recv_topk_w"),
+            &[rows, d.top_k],
+            npy::Data::F32(&g.recv_topk_w),
+        )?;
+        npy::write(&file("recv_src"), &[rows], npy::Data::I32(&g.recv_src))?;
+        npy::write(
+            &file("num_recv_tokens_per_expert"),
+            &[d.local],
+            npy::Data::I32(&g.notify.recv_tokens_per_expert),
+        )?;
+        npy::write(
+            &file("group_offset"),
+            &[d.local + 1],
+            npy::Data::I32(&g.notify.group_offset),
+        )?;
+        npy::write(&file("y"), &[rows, d.hidden], npy::Data::U16(y))?;
+        npy::write(&file("out"), &[t, d.hidden], npy::Data::U16(out))?;
+    }
+    Ok(())
 }
 
 /// Writes one call's tensors as `rank<r>.<tensor>.npy`, named as in DESIGN.md.
