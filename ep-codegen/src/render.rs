@@ -54,6 +54,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/partials/fp8.hbs"),
     ),
     (
+        "partials/ht_routes",
+        include_str!("../templates/partials/ht_routes.hbs"),
+    ),
+    (
         "partials/ll_constants",
         include_str!("../templates/partials/ll_constants.hbs"),
     ),

@@ -2,7 +2,8 @@
 //! in both layouts and with 16-bit and FP8 payloads: flat rows in (source, token) order with
 //! rewritten slots, weights and sources, and the combine summed by NVLink domain; expert-major
 //! groups in (source, token, slot) order, padded with zero rows, and the combine weighted over
-//! the slots.
+//! the slots; with G < R through the hierarchical path (staged once per domain, forwarded by
+//! the proxy there, reduced by domain).
 
 use ep_codegen::Spec;
 use ep_runtime::HtGroup;
@@ -103,6 +104,7 @@ fn ht_flat_dispatch_and_combine_match_the_reference() {
         (8, 8, "dtype: bf16\n"),
         (8, 2, "dtype: bf16\n"),
         (16, 16, "dtype: bf16\n"),
+        (16, 8, "dtype: bf16\n"),
     ] {
         let s = spec(ranks, domain, 4096, 1024, extra);
         checked += check_spec(&gpu, &jit, &s, 100 * u64::from(ranks));
@@ -131,6 +133,11 @@ fn ht_fp8_and_expert_major_match_the_reference() {
         (16, 16, major.to_owned()),
         (4, 4, format!("{major}{fp8}")),
         (8, 8, format!("{major}{ue8m0}")),
+        // The hierarchical path: R = 16 in domains of 8, R = 8 in domains of 2.
+        (16, 8, fp8.to_owned()),
+        (8, 2, major.to_owned()),
+        (16, 8, format!("{major}{fp8}")),
+        (8, 2, format!("{major}{ue8m0}")),
     ] {
         let s = spec(ranks, domain, 2048, 1024, &extra);
         checked += check_spec(&gpu, &jit, &s, 300 * u64::from(ranks));

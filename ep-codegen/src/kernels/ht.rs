@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 
+use super::ht_domains::DomainStaging;
 use super::ll::launch_ranks;
 use super::{KernelPlan, LaunchShape, Param};
 use crate::spec::{Layout, Spec};
@@ -259,6 +260,8 @@ pub struct HtWindow {
     pub dispatch_flags_offset: u64,
     /// Combine flags `[R]` (`u64`): rank d's `y` is ready.
     pub combine_flags_offset: u64,
+    /// The hierarchical path's staging regions (G < R), after the flags.
+    pub staging: Option<DomainStaging>,
     /// Bytes of the window.
     pub bytes: u64,
 }
@@ -295,6 +298,7 @@ impl HtWindow {
             dispatch_flags_offset + r * u64::from(MAX_DISPATCH_BLOCKS) * 8,
             256,
         );
+        let staging = DomainStaging::of(spec, combine_flags_offset + r * 8);
         HtWindow {
             notify,
             payload_bytes,
@@ -308,24 +312,29 @@ impl HtWindow {
             y_offset,
             dispatch_flags_offset,
             combine_flags_offset,
-            bytes: align(combine_flags_offset + r * 8, 4096),
+            staging,
+            bytes: align(
+                staging.map_or(combine_flags_offset + r * 8, |s| s.end),
+                4096,
+            ),
         }
     }
 }
 
-/// Whether this version builds dispatch and combine for a spec: every high-throughput spec (with
-/// G < R the ranks exchange directly, not once per domain; see [`missing`]).
+/// Whether this version builds dispatch and combine for a spec: every high-throughput spec.
 pub fn data_path_built(spec: &Spec) -> bool {
     spec.high_throughput.is_some()
 }
 
-/// The pieces of high-throughput mode this version does not build for a spec yet.
-pub fn missing(spec: &Spec) -> Vec<&'static str> {
-    let mut missing = Vec::new();
-    if spec.nvlink_domain < spec.ranks {
-        missing.push("the hierarchical path (one crossing per domain)");
-    }
-    missing
+/// The pieces of high-throughput mode this version does not build for a spec yet: none.
+pub fn missing(_spec: &Spec) -> Vec<&'static str> {
+    Vec::new()
+}
+
+/// Whether a spec takes the hierarchical path (G < R): dispatch has a forward kernel and combine
+/// a reduce kernel between send and receive.
+pub fn hierarchical(spec: &Spec) -> bool {
+    DomainStaging::of(spec, 0).is_some()
 }
 
 /// Where a token's rows go, per token: one per destination rank in the flat layout (`R`), one
@@ -397,6 +406,10 @@ fn data_context(spec: &Spec) -> Context {
         ("status_timeout", i64::from(NOTIFY_TIMEOUT)),
         ("status_overflow", i64::from(NOTIFY_OVERFLOW)),
     ]);
+    let mut constants = constants;
+    if let Some(staging) = w.staging {
+        constants.extend(staging.constants());
+    }
     let strings = BTreeMap::from([("index_ctype", index_ctype.to_owned())]);
     let flags = BTreeMap::from([
         ("act_is_bf16", spec.dtype == crate::spec::Dtype::Bf16),
@@ -407,29 +420,49 @@ fn data_context(spec: &Spec) -> Context {
                 .is_some_and(|f| f.scale == crate::spec::ScaleFormat::Ue8m0),
         ),
         ("expert_major", expert_major),
+        ("hierarchical", w.staging.is_some()),
     ]);
     (constants, strings, flags)
 }
 
-fn data_plan(spec: &Spec, name: &'static str, template: &'static str, title: String) -> KernelPlan {
+/// A data plan: send and receive entries, and with G < R the `middle` one between them
+/// (dispatch: `forward`, combine: `reduce`).
+fn data_plan(
+    spec: &Spec,
+    name: &'static str,
+    template: &'static str,
+    middle: &'static str,
+    title: String,
+) -> KernelPlan {
     let (constants, strings, flags) = data_context(spec);
     let send = format!("epc_{name}_send");
     let recv = format!("epc_{name}_recv");
+    let mut entries = vec![("send_entry", send.clone())];
+    if hierarchical(spec) {
+        let key = if middle == "forward" {
+            "forward_entry"
+        } else {
+            "reduce_entry"
+        };
+        entries.push((key, format!("epc_{name}_{middle}")));
+    }
+    entries.push(("recv_entry", recv));
     let param = |entry: &str| Param {
         entry: entry.into(),
         name: "args",
         ctype: format!("const __grid_constant__ {name}::LaunchArgs"),
         shape: "timeout, then per rank of the launch (grid.y): x [T, H], topk_idx [T, K], \
                 topk_weights [T, K], is_token_in_rank [T, R], notify's outputs, positions \
-                [M, R] (flat) or [M, K] (expert-major), out [T, H], epoch, status [2], peer \
+                [M, R] (flat) or [M, K] (expert-major), out [T, H], epoch, status [6], peer \
                 table, rank, T"
             .into(),
     };
+    let params = entries.iter().map(|(_, entry)| param(entry)).collect();
     KernelPlan {
         name,
         title,
         template,
-        entries: vec![("send_entry", send.clone()), ("recv_entry", recv.clone())],
+        entries,
         constants,
         strings,
         flags,
@@ -439,7 +472,7 @@ fn data_plan(spec: &Spec, name: &'static str, template: &'static str, title: Str
             shared_mem_bytes: 4 * spec.ranks.max(spec.experts),
             cooperative: false,
         },
-        params: vec![param(&send), param(&recv)],
+        params,
     }
 }
 
@@ -456,7 +489,7 @@ pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
         spec.max_tokens_per_rank,
         HtWindow::of(spec).rows
     );
-    data_plan(spec, "ht_dispatch", "ht_dispatch.cu", title)
+    data_plan(spec, "ht_dispatch", "ht_dispatch.cu", "forward", title)
 }
 
 /// The combine kernels (send: `y` ready; receive: the pull).
@@ -470,7 +503,7 @@ pub fn combine_plan(spec: &Spec) -> KernelPlan {
         spec.nvlink_domain,
         spec.max_tokens_per_rank
     );
-    let mut plan = data_plan(spec, "ht_combine", "ht_combine.cu", title);
+    let mut plan = data_plan(spec, "ht_combine", "ht_combine.cu", "reduce", title);
     // Combine moves 16-bit rows only: no FP8 conversions in its source.
     plan.flags.insert("fp8", false);
     plan.flags.insert("ue8m0", false);

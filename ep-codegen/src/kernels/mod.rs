@@ -3,6 +3,7 @@
 //! Templates stay thin; every decision (threads, shapes, which kernels a spec needs) lives here.
 
 pub mod ht;
+pub mod ht_domains;
 pub mod layout;
 pub mod ll;
 
@@ -121,13 +122,31 @@ mod tests {
             None,
         )
         .unwrap();
+        // Everything HT needs is built; with G < R dispatch forwards and combine reduces
+        // between send and receive.
+        assert_eq!(progress_note(&ht), None);
+        let entries = |name: &str| -> Vec<String> {
+            plans(&ht)
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.entries.iter().map(|(_, e)| e.clone()).collect())
+                .unwrap_or_default()
+        };
         assert_eq!(
-            progress_note(&ht).as_deref(),
-            Some(
-                "high_throughput: layout, ht_notify, ht_dispatch, ht_combine kernels built; the \
-                 hierarchical path (one crossing per domain) is not built yet (HT mode is in \
-                 progress)"
-            )
+            entries("ht_dispatch"),
+            [
+                "epc_ht_dispatch_send",
+                "epc_ht_dispatch_forward",
+                "epc_ht_dispatch_recv"
+            ]
+        );
+        assert_eq!(
+            entries("ht_combine"),
+            [
+                "epc_ht_combine_send",
+                "epc_ht_combine_reduce",
+                "epc_ht_combine_recv"
+            ]
         );
         let ll = Spec::from_yaml(
             "name: ll\nmode: low_latency\nhidden: 4096\nexperts: 64\ntop_k: 6\nranks: 8\n\

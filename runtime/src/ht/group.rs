@@ -18,7 +18,7 @@ use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr};
 use ep_codegen::kernels::ht::{
     DATA_THREADS, HT_ARGS_BYTES, HtWindow, MAX_DISPATCH_BLOCKS, NotifyOutputs, data_path_built,
-    destinations,
+    destinations, hierarchical,
 };
 use ep_codegen::kernels::ll::MAX_LAUNCH_RANKS;
 use ep_codegen::{KernelSource, Layout, Spec};
@@ -125,8 +125,10 @@ pub struct HtGroup {
     pub(super) notify: HtNotify,
     pub(super) spec: Spec,
     layout: LayoutKernel,
-    dispatch: [CudaFunction; 2],
-    combine: [CudaFunction; 2],
+    /// Send, (hierarchical: forward,) receive.
+    dispatch: Vec<CudaFunction>,
+    /// Send, (hierarchical: reduce,) receive.
+    combine: Vec<CudaFunction>,
     pub(super) window: HtWindow,
     maps: Vec<RankMaps>,
     /// Tokens of each local rank's last dispatch (combine's tensors must match).
@@ -188,12 +190,21 @@ impl HtGroup {
                 })
         };
         let (layout, _) = LayoutKernel::load(gpu, jit, spec, find("layout")?)?;
-        let pair = |name: &str| -> Result<[CudaFunction; 2], Error> {
-            <[CudaFunction; 2]>::try_from(jit.load(gpu, find(name)?)?.functions)
-                .map_err(|_| Error::Input(format!("{name} must have a send and a receive entry")))
+        // Send and receive, with the hierarchical path's middle entry between them.
+        let entries = if hierarchical(spec) { 3 } else { 2 };
+        let load = |name: &str| -> Result<Vec<CudaFunction>, Error> {
+            let functions = jit.load(gpu, find(name)?)?.functions;
+            if functions.len() != entries {
+                return Err(Error::Input(format!(
+                    "{name} of `{}` has {} entries; {entries} expected",
+                    spec.name(),
+                    functions.len()
+                )));
+            }
+            Ok(functions)
         };
-        let dispatch = pair("ht_dispatch")?;
-        let combine = pair("ht_combine")?;
+        let dispatch = load("ht_dispatch")?;
+        let combine = load("ht_combine")?;
         let d = spec.dims();
         let stream = gpu.stream();
         let maps = notify
@@ -343,18 +354,21 @@ impl HtGroup {
         Ok(())
     }
 
-    /// Completes a dispatch: waits for every sender's rows (and, expert-major, zeroes the
-    /// groups' padding rows). [`HtGroup::received`]'s views are then valid on `stream`.
+    /// Completes a dispatch: (hierarchical: each proxy forwards the rows staged for its domain,
+    /// then) waits for every sender's rows (and, expert-major, zeroes the groups' padding rows).
+    /// [`HtGroup::received`]'s views are then valid on `stream`.
     pub fn dispatch_recv(&self, stream: Stream<'_>) -> Result<(), Error> {
         self.require_sent("dispatch_recv")?;
         self.bind()?;
         let args: Vec<HtArgs> = (0..self.maps.len()).map(|i| self.rank_args(i)).collect();
-        self.launch_one(
-            &self.dispatch[1],
-            self.dispatch_recv_blocks(),
-            &args,
-            stream,
-        )
+        if let [_, forward, _] = &self.dispatch[..] {
+            self.launch_one(forward, self.send_blocks, &args, stream)?;
+        }
+        let recv = self
+            .dispatch
+            .last()
+            .ok_or_else(|| Error::Input("no dispatch receive".into()))?;
+        self.launch_one(recv, self.dispatch_recv_blocks(), &args, stream)
     }
 
     /// The views of what local rank `i` (of [`HtGroup::ranks`]) received.
@@ -417,7 +431,9 @@ impl HtGroup {
 
     /// Pulls the rows returned for each local rank's tokens and reduces them into `out`
     /// (DESIGN.md "Semantics": flat, summed by domain in rank order; expert-major, weighted over
-    /// the slots in k order; f32 sums rounded once). `inputs[i]` belongs to `ranks()[i]`.
+    /// the slots in k order; f32 sums, each domain's partial rounded; hierarchical: each proxy
+    /// first reduces its domain's rows of the tokens it forwarded). `inputs[i]` belongs to
+    /// `ranks()[i]`.
     pub fn combine_recv(&self, inputs: &[HtCombineInput], stream: Stream<'_>) -> Result<(), Error> {
         self.require_sent("combine_recv")?;
         self.expect_ranks(inputs.len(), "combine inputs")?;
@@ -446,7 +462,14 @@ impl HtGroup {
                 ..self.rank_args(i)
             })
             .collect();
-        self.launch_one(&self.combine[1], self.combine_blocks(), &args, stream)
+        if let [_, reduce, _] = &self.combine[..] {
+            self.launch_one(reduce, self.combine_blocks(), &args, stream)?;
+        }
+        let recv = self
+            .combine
+            .last()
+            .ok_or_else(|| Error::Input("no combine receive".into()))?;
+        self.launch_one(recv, self.combine_blocks(), &args, stream)
     }
 
     /// Waits for `stream`, then reports the first error the kernels recorded (the lowest local

@@ -13,7 +13,8 @@
 //! order with f32 accumulation, the domain's partial sum rounded to the activation dtype (what
 //! crosses between domains), then the partials in domain order, in f32, rounded once more. With
 //! one domain (G == R) this is the plain sum in rank order rounded once. Combine,
-//! `expert_major`: weighted over k exactly as low-latency combine ([`super::ll::combine`]).
+//! `expert_major`: weighted over k as low-latency combine ([`super::ll::combine`]), summed by
+//! domain the same way when G < R.
 //!
 //! Slots whose id lies outside `[-1, E)` are skipped, as the layout kernel skips them.
 
@@ -264,8 +265,11 @@ pub fn combine_flat<'a>(
 
 /// Combine of one source rank in the spec's layout: flat as [`combine_flat`] (`y(d, t, k)` is
 /// then asked with `k = 0`), expert-major weighted over k as low-latency combine
-/// ([`super::ll::combine`]: f32 fused multiply-adds in k order, rounded once), where `y(d, t, k)`
-/// is the row of slot k on the rank `d` that holds its expert, asked only of valid slots.
+/// ([`super::ll::combine`]: f32 fused multiply-adds in k order), where `y(d, t, k)` is the row
+/// of slot k on the rank `d` that holds its expert, asked only of valid slots. Expert-major
+/// with several NVLink domains sums by domain as flat does: each domain's slots (in k order)
+/// into a partial rounded to the activation dtype, the partials in domain order; with one
+/// domain that is the plain chain rounded once.
 pub fn combine<'a>(
     spec: &Spec,
     routing: &Routing,
@@ -275,20 +279,34 @@ pub fn combine<'a>(
     match spec.high_throughput().map(|h| h.layout) {
         Some(Layout::ExpertMajor) => {
             let dtype = spec.combine_dtype();
+            let domain = spec.nvlink_domain().max(1) as usize;
             let mut out = vec![0u16; routing.num_tokens * d.hidden];
-            let mut acc = vec![0f32; d.hidden];
+            let (mut total, mut partial) = (vec![0f32; d.hidden], vec![0f32; d.hidden]);
             for t in 0..routing.num_tokens {
-                acc.fill(0.0);
-                for k in 0..routing.top_k {
-                    let Some(e) = valid_expert(routing, t, k, d.experts) else {
-                        continue;
-                    };
-                    let w = routing.topk_weights[t * routing.top_k + k];
-                    for (a, &v) in acc.iter_mut().zip(y(e / d.local, t, k)) {
-                        *a = w.mul_add(to_f32(v, dtype), *a);
+                total.fill(0.0);
+                for dd in 0..d.ranks.div_ceil(domain) {
+                    partial.fill(0.0);
+                    let mut any = false;
+                    for k in 0..routing.top_k {
+                        let Some(e) = valid_expert(routing, t, k, d.experts) else {
+                            continue;
+                        };
+                        if e / d.local / domain != dd {
+                            continue;
+                        }
+                        any = true;
+                        let w = routing.topk_weights[t * routing.top_k + k];
+                        for (a, &v) in partial.iter_mut().zip(y(e / d.local, t, k)) {
+                            *a = w.mul_add(to_f32(v, dtype), *a);
+                        }
+                    }
+                    if any {
+                        for (acc, &p) in total.iter_mut().zip(&partial) {
+                            *acc += to_f32(from_f32(p, dtype), dtype);
+                        }
                     }
                 }
-                for (o, &a) in out[t * d.hidden..(t + 1) * d.hidden].iter_mut().zip(&acc) {
+                for (o, &a) in out[t * d.hidden..(t + 1) * d.hidden].iter_mut().zip(&total) {
                     *o = from_f32(a, dtype);
                 }
             }
