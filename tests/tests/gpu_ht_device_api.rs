@@ -175,6 +175,7 @@ fn ht_calls_captured_as_graphs_replay_with_new_routings() {
     let fp8 = "dispatch_dtype: fp8_e4m3\nfp8:\n  block: 128\n  scale: f32\n";
     for spec in [
         spec("api-flat", 512, 8 * 512, ""),
+        spec("api-domains", 512, 8 * 512, "nvlink_domain: 4\n"),
         spec(
             "api-major-fp8",
             512,

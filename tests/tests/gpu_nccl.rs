@@ -142,8 +142,8 @@ fn run_rounds(spec: &Spec, lls: &mut [LowLatency], what: &str) {
 }
 
 /// A high-throughput spec of `ranks` ranks, all in one NVLink domain.
-/// The high-throughput specs every NCCL test runs: flat with BF16 payloads, and expert-major
-/// with FP8 payloads.
+/// The high-throughput specs every NCCL test runs: flat with BF16 payloads, expert-major with
+/// FP8 payloads, and (two ranks or more) flat FP8 through the hierarchical path.
 fn ht_specs(ranks: u32) -> Vec<Spec> {
     let base = format!(
         "mode: high_throughput\nhidden: 2048\nexperts: {}\ntop_k: 8\nranks: {ranks}\n\
@@ -160,7 +160,20 @@ fn ht_specs(ranks: u32) -> Vec<Spec> {
          fp8:\n  block: 128\n  scale: ue8m0\n",
         1024 * ranks * 8 + 16 * 31
     );
-    [flat, major]
+    let mut specs = vec![flat, major];
+    if ranks >= 2 {
+        // The hierarchical path: domains of half the ranks, staged through the windows.
+        specs.push(format!(
+            "name: nccl-ht-domains-r{ranks}\n{}max_recv_tokens_per_rank: {}\n\
+             dispatch_dtype: fp8_e4m3\nfp8:\n  block: 128\n  scale: f32\n",
+            base.replace(
+                &format!("nvlink_domain: {ranks}\n"),
+                &format!("nvlink_domain: {}\n", ranks / 2)
+            ),
+            1024 * ranks
+        ));
+    }
+    specs
         .iter()
         .map(|yaml| Spec::from_yaml(yaml, None).unwrap_or_else(|e| panic!("{e}\n{yaml}")))
         .collect()
