@@ -354,3 +354,42 @@ fn ht_device_api_reports_bad_ids_overflow_and_shapes() {
     let want = Expected::of(&spec, &ok).unwrap();
     check_dispatch(&spec, &ok, &want, &received(&stream, &group)).unwrap();
 }
+
+#[test]
+fn ht_a_receive_without_its_send_times_out_with_an_error() {
+    let Some((gpu, jit, _dir)) =
+        gpu_jit_or_skip("ht_a_receive_without_its_send_times_out_with_an_error")
+    else {
+        return;
+    };
+    let stream = gpu.context().new_stream().unwrap();
+    let s = Stream::from(&*stream);
+    let spec = spec("api-timeout", 64, 8 * 64, "");
+    let kernels = renderer().render(&spec).unwrap();
+    let mut group = HtGroup::virtual_ranks(&gpu, &jit, &spec, &kernels).unwrap();
+    group.set_timeout(std::time::Duration::from_millis(20));
+    let tokens = [16; 8];
+    let ins = inputs(&spec, 4, &tokens);
+    let mut bufs: Vec<Buffers> = tokens
+        .iter()
+        .map(|&t| Buffers::new(&stream, &spec, t))
+        .collect();
+    for (b, input) in bufs.iter_mut().zip(&ins) {
+        b.fill(&stream, input);
+    }
+    let dispatch: Vec<HtDispatchInput> = bufs.iter().map(|b| b.dispatch(&stream, &spec)).collect();
+    group.dispatch_send(&dispatch, s).unwrap();
+    group.dispatch_recv(s).unwrap();
+    group.check(s, "dispatch").unwrap();
+    // The combine receive waits for every rank's "y is ready", which no send raised.
+    let combine: Vec<HtCombineInput> = bufs.iter().map(|b| b.combine(&stream, &spec)).collect();
+    group.combine_recv(&combine, s).unwrap();
+    match group.check(s, "combine") {
+        Err(Error::Timeout { phase, .. }) => assert_eq!(phase, "combine"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    // With the send, the same call completes.
+    group.combine_send(s).unwrap();
+    group.combine_recv(&combine, s).unwrap();
+    group.check(s, "combine").unwrap();
+}

@@ -245,6 +245,12 @@ impl HtGroup {
         })
     }
 
+    /// Changes how long every wait of the group's kernels lasts before it gives up and records
+    /// a timeout (which [`HtGroup::check`] reports).
+    pub fn set_timeout(&mut self, timeout: std::time::Duration) {
+        self.notify.set_timeout(timeout);
+    }
+
     /// The ranks this group drives, in the order of every per-rank argument and result.
     pub fn ranks(&self) -> Vec<usize> {
         self.notify.ranks()
