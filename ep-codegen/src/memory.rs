@@ -17,9 +17,7 @@
 
 use std::fmt::Write as _;
 
-use crate::kernels::ht::{
-    HtWindow, NOTIFY_STATUS_WORDS, NotifyWindow, data_path_built, destinations, notify_output_ints,
-};
+use crate::kernels::ht::{HtWindow, NOTIFY_STATUS_WORDS, destinations, notify_output_ints};
 use crate::kernels::ll::{CallLayout, Window, workspace_ints};
 use crate::{Dtype, Mode, Spec};
 
@@ -40,7 +38,8 @@ pub struct MemoryPlan {
     /// R.
     pub ranks: u64,
     /// The symmetric window: both halves of [`Window::bytes`] in low-latency mode; in
-    /// high-throughput mode, notify's region so far ([`NotifyWindow`]).
+    /// high-throughput mode, [`HtWindow::bytes`] (notify's region, the receive buffer, the flags
+    /// and, with G < R, the staging regions).
     pub window: u64,
     /// FP8 staging rows: `max_tokens_per_rank` rows of [`Window::staged_bytes`] (0 without FP8).
     pub staging: u64,
@@ -148,14 +147,9 @@ impl MemoryPlan {
                     mul(r, PEER_ENTRY_BYTES),
                 )
             }
-            // The window (notify's region alone where dispatch and combine are not built yet)
-            // and notify's words.
+            // The window and notify's words.
             Mode::HighThroughput => (
-                if data_path_built(spec) {
-                    HtWindow::of(spec).bytes
-                } else {
-                    NotifyWindow::of(spec).bytes
-                },
+                HtWindow::of(spec).bytes,
                 0,
                 // Notify's outputs, status and epoch; each token's row on each destination
                 // [M, R] (flat) or each slot's [M, K] (expert-major).
@@ -180,9 +174,8 @@ impl MemoryPlan {
             layout,
             caller_tensors: match mode(spec) {
                 Mode::LowLatency => mul(CALLS_IN_FLIGHT, caller_tensors),
-                // One call's tensors (the host helper's), where dispatch is built.
-                Mode::HighThroughput if data_path_built(spec) => caller_tensors,
-                Mode::HighThroughput => 0,
+                // One call's tensors (the host helper's).
+                Mode::HighThroughput => caller_tensors,
             },
             dims: Dims {
                 hidden: h,

@@ -117,24 +117,6 @@ fn unknown(arg: &str) -> String {
     }
 }
 
-/// Says once per spec, on standard error, which kernels of its mode are not built yet (HT).
-pub fn note_progress(spec: &Spec) {
-    if let Some(note) = ep_codegen::kernels::progress_note(spec) {
-        eprintln!("note: {}: {note}", spec_name(spec));
-    }
-}
-
-/// [`note_progress`] for every spec.
-pub fn note_progress_all(specs: &[Loaded]) {
-    for l in specs {
-        note_progress(&l.spec);
-    }
-}
-
-fn spec_name(spec: &Spec) -> &str {
-    spec.name()
-}
-
 /// The renderer, with the override folder when one is given.
 pub fn renderer(templates: Option<&Path>) -> Result<Renderer> {
     match templates {

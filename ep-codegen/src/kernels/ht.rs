@@ -321,16 +321,6 @@ impl HtWindow {
     }
 }
 
-/// Whether this version builds dispatch and combine for a spec: every high-throughput spec.
-pub fn data_path_built(spec: &Spec) -> bool {
-    spec.high_throughput.is_some()
-}
-
-/// The pieces of high-throughput mode this version does not build for a spec yet: none.
-pub fn missing(_spec: &Spec) -> Vec<&'static str> {
-    Vec::new()
-}
-
 /// Whether a spec takes the hierarchical path (G < R): dispatch has a forward kernel and combine
 /// a reduce kernel between send and receive.
 pub fn hierarchical(spec: &Spec) -> bool {

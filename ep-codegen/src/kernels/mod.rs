@@ -74,40 +74,11 @@ pub fn plans(spec: &Spec) -> Vec<KernelPlan> {
         }
         crate::Mode::HighThroughput => {
             plans.push(ht::notify_plan(spec));
-            if ht::data_path_built(spec) {
-                plans.push(ht::dispatch_plan(spec));
-                plans.push(ht::combine_plan(spec));
-            }
+            plans.push(ht::dispatch_plan(spec));
+            plans.push(ht::combine_plan(spec));
         }
     }
     plans
-}
-
-/// What a spec's mode needs that this version does not build yet (empty when [`plans`] covers
-/// the whole mode): in high-throughput mode, the hierarchical path (G < R).
-pub fn not_built(spec: &Spec) -> Vec<&'static str> {
-    match spec.mode {
-        crate::Mode::LowLatency => Vec::new(),
-        crate::Mode::HighThroughput => ht::missing(spec),
-    }
-}
-
-/// One line saying which of a spec's kernels are built and what is not yet, or `None` when all
-/// its mode needs is built: `high_throughput: layout, ht_notify kernels built; expert-major
-/// dispatch and combine is not built yet (HT mode is in progress)`.
-pub fn progress_note(spec: &Spec) -> Option<String> {
-    let missing = not_built(spec);
-    if missing.is_empty() {
-        return None;
-    }
-    let built: Vec<&str> = plans(spec).iter().map(|p| p.name).collect();
-    let list = missing.join("; ");
-    Some(format!(
-        "high_throughput: {} kernel{} built; {list} {} not built yet (HT mode is in progress)",
-        built.join(", "),
-        if built.len() == 1 { "" } else { "s" },
-        if missing.len() == 1 { "is" } else { "are" }
-    ))
 }
 
 #[cfg(test)]
@@ -115,16 +86,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn high_throughput_specs_say_which_kernels_are_missing() {
+    fn each_mode_has_its_kernels_and_entries() {
         let ht = Spec::from_yaml(
             "name: ht\nmode: high_throughput\nhidden: 4096\nexperts: 64\ntop_k: 6\nranks: 8\n\
              nvlink_domain: 2\nmax_tokens_per_rank: 4096\nmax_recv_tokens_per_rank: 32768\n",
             None,
         )
         .unwrap();
-        // Everything HT needs is built; with G < R dispatch forwards and combine reduces
-        // between send and receive.
-        assert_eq!(progress_note(&ht), None);
+        // With G < R dispatch forwards and combine reduces between send and receive.
         let entries = |name: &str| -> Vec<String> {
             plans(&ht)
                 .iter()
@@ -154,6 +123,9 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(progress_note(&ll), None);
+        assert_eq!(
+            plans(&ll).iter().map(|p| p.name).collect::<Vec<_>>(),
+            ["layout", "ll_dispatch", "ll_combine"]
+        );
     }
 }

@@ -12,7 +12,7 @@ use super::check::summary;
 use super::compile::check_target;
 use super::verify::{LlPlan, Plan, fitting, verify_ht, verify_layout, verify_ll, verify_notify};
 use crate::cli::AllArgs;
-use crate::inputs::{load_specs, note_progress_all, optional_gpu, optional_jit, renderer};
+use crate::inputs::{load_specs, optional_gpu, optional_jit, renderer};
 use crate::progress::bar;
 use crate::words::count;
 
@@ -27,7 +27,6 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
     for l in &specs {
         println!("  {:<24} {}", l.spec.name(), summary(&l.spec));
     }
-    note_progress_all(&specs);
     let mut rendered = Vec::new();
     for l in &specs {
         rendered.push(renderer.render(&l.spec)?);
@@ -123,10 +122,10 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
             } else {
                 format!("notify x{calls} ({refused} full)")
             };
-            // Dispatch and combine, where built, on the ranks that fit, at a few tokens per
-            // rank (the reference holds every row on the host).
+            // Dispatch and combine on the ranks that fit, at a few tokens per rank (the
+            // reference holds every row on the host).
             let runnable = fitting(&gpu, spec)?;
-            let data = if ep_codegen::kernels::ht::data_path_built(&runnable) {
+            let data = {
                 let kernels = renderer.render(&runnable)?;
                 let small = Plan {
                     tokens: plan.tokens.min(HT_CHECK_TOKENS),
@@ -134,8 +133,6 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
                 };
                 let v = verify_ht(&gpu, &jit, &runnable, &kernels, &small, None)?;
                 format!("ok x{}", v.calls)
-            } else {
-                "-".to_owned()
             };
             format!(
                 "{:>9} {:>14} {:>13}",
@@ -155,7 +152,7 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
     }
     println!(
         "all specs verified against the CPU reference (ranks: virtual ranks run / the spec's, \
-         fewer when the spec's windows do not fit on this GPU; HT: notify at T, and where built \
+         fewer when the spec's windows do not fit on this GPU; HT: notify at T, and \
          dispatch and combine (ok: calls equal to the reference at T <= 128, on the ranks run); \
          `full`: routings that overflow max_recv_tokens_per_rank, rightly refused)"
     );

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use ep_codegen::{MemoryPlan, Mode, Spec, human_bytes};
 
 use crate::cli::CheckArgs;
-use crate::inputs::{load_specs, note_progress};
+use crate::inputs::load_specs;
 
 /// The memory cap per rank without a GPU to size it by.
 const DEFAULT_CAP: u64 = 64 << 30;
@@ -29,7 +29,6 @@ pub fn check(args: &CheckArgs) -> Result<ExitCode> {
             memory.push_str(" (above the cap: `epc run` runs fewer virtual ranks)");
         }
         println!("     memory {memory}");
-        note_progress(&l.spec);
         if let Err(e) = verdict {
             too_large.push(format!("{}: {e}", l.origin));
         }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use ep_runtime::{Arch, CacheOutcome, Compiler, Jit, KernelCache, Nvcc, Nvrtc, check_spec_arch};
 
 use crate::cli::{CompileArgs, CompilerArg};
-use crate::inputs::{Loaded, load_specs, note_progress_all, optional_gpu, renderer};
+use crate::inputs::{Loaded, load_specs, optional_gpu, renderer};
 use crate::progress::bar;
 
 /// The target: `--arch` when given (refused with the accepted spellings when malformed), else
@@ -45,7 +45,6 @@ pub fn check_target(nvrtc: Option<&Nvrtc>, specs: &[Loaded], arch: Arch, from: &
 /// Compiles every kernel of the specs and prints time, cache outcome, registers and spills.
 pub fn compile(args: &CompileArgs, templates: Option<&Path>) -> Result<ExitCode> {
     let specs = load_specs(&args.specs.specs)?;
-    note_progress_all(&specs);
     let renderer = renderer(templates)?;
     let (arch, from) = target_arch(args.arch.as_deref())?;
     let compiler: Box<dyn Compiler> = match args.compiler {

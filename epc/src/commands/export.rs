@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use crate::cli::SpecArgs;
-use crate::inputs::{load_specs, note_progress, renderer};
+use crate::inputs::{load_specs, renderer};
 
 /// Writes `<out>/<spec>/<kernel>.cu` and `<out>/<spec>/manifest.json` for each spec. A folder
 /// holding another spec's export (or files that are not an export) is refused unless `force`.
@@ -18,7 +18,6 @@ pub fn export(
 ) -> Result<ExitCode> {
     let renderer = renderer(templates)?;
     for l in load_specs(&args.specs)? {
-        note_progress(&l.spec);
         let name = l.spec.name();
         let kernels = renderer.render(&l.spec)?;
         let dir = ep_codegen::join_component(out, name, "spec name")

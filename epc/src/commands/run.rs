@@ -9,7 +9,7 @@ use ep_runtime::Jit;
 
 use super::verify::{LlPlan, Plan, fitting, verify_ht, verify_layout, verify_ll_on, verify_notify};
 use crate::cli::RunArgs;
-use crate::inputs::{load_specs, note_progress, renderer};
+use crate::inputs::{load_specs, renderer};
 use crate::transport::{Placement, Ranks, Role};
 use crate::words::count;
 
@@ -41,7 +41,6 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
                 spec.name()
             );
         }
-        note_progress(spec);
         let kernel = renderer.render(spec)?.remove(0);
         let plan = Plan {
             seed: args.seed,
@@ -121,41 +120,39 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
                 count(spec.ranks() as usize, "rank"),
                 count(calls, "call")
             );
-            if ep_codegen::kernels::ht::data_path_built(&runnable) {
-                let v = verify_ht(&gpu, &jit, &runnable, &kernels, &plan, args.dump.as_deref())?;
-                let timed = match v.times {
-                    Some(t) => {
-                        let copy = ep_runtime::timing::copy_us(&gpu, v.received_bytes, plan.iters)?;
-                        format!(
-                            "; at T={tokens} on all {} ranks together: notify {:.2} us, dispatch \
-                             {:.2} us, combine {:.2} us; a device copy of the {:.1} MB received \
-                             takes {copy:.2} us",
-                            runnable.ranks(),
-                            t.notify,
-                            t.dispatch,
-                            t.combine,
-                            v.received_bytes as f64 / 1e6
-                        )
-                    }
-                    None => String::new(),
-                };
-                let layout = match runnable.high_throughput().map(|h| h.layout) {
-                    Some(ep_codegen::Layout::ExpertMajor) => "expert-major",
-                    _ => "flat",
-                };
-                println!(
-                    "{:<24} dispatch and combine ({layout}{}) match the reference in {}{timed}",
-                    spec.name(),
-                    if runnable.fp8().is_some() {
-                        ", FP8"
-                    } else {
-                        ""
-                    },
-                    count(v.calls, "call")
-                );
-                if let Some(dir) = &args.dump {
-                    println!("wrote rank<r>.<tensor>.npy files to {}", dir.display());
+            let v = verify_ht(&gpu, &jit, &runnable, &kernels, &plan, args.dump.as_deref())?;
+            let timed = match v.times {
+                Some(t) => {
+                    let copy = ep_runtime::timing::copy_us(&gpu, v.received_bytes, plan.iters)?;
+                    format!(
+                        "; at T={tokens} on all {} ranks together: notify {:.2} us, dispatch \
+                         {:.2} us, combine {:.2} us; a device copy of the {:.1} MB received \
+                         takes {copy:.2} us",
+                        runnable.ranks(),
+                        t.notify,
+                        t.dispatch,
+                        t.combine,
+                        v.received_bytes as f64 / 1e6
+                    )
                 }
+                None => String::new(),
+            };
+            let layout = match runnable.high_throughput().map(|h| h.layout) {
+                Some(ep_codegen::Layout::ExpertMajor) => "expert-major",
+                _ => "flat",
+            };
+            println!(
+                "{:<24} dispatch and combine ({layout}{}) match the reference in {}{timed}",
+                spec.name(),
+                if runnable.fp8().is_some() {
+                    ", FP8"
+                } else {
+                    ""
+                },
+                count(v.calls, "call")
+            );
+            if let Some(dir) = &args.dump {
+                println!("wrote rank<r>.<tensor>.npy files to {}", dir.display());
             }
         }
     }

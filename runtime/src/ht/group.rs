@@ -17,8 +17,8 @@
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr};
 use ep_codegen::kernels::ht::{
-    DATA_THREADS, HT_ARGS_BYTES, HtWindow, MAX_DISPATCH_BLOCKS, NotifyOutputs, data_path_built,
-    destinations, hierarchical,
+    DATA_THREADS, HT_ARGS_BYTES, HtWindow, MAX_DISPATCH_BLOCKS, NotifyOutputs, destinations,
+    hierarchical,
 };
 use ep_codegen::kernels::ll::MAX_LAUNCH_RANKS;
 use ep_codegen::{KernelSource, Layout, Spec};
@@ -598,7 +598,7 @@ impl HtGroup {
 }
 
 fn check_built(spec: &Spec) -> Result<(), Error> {
-    if !data_path_built(spec) {
+    if spec.high_throughput().is_none() {
         return Err(Error::Input(format!(
             "spec `{}` is not a high-throughput spec",
             spec.name()

@@ -1,4 +1,4 @@
-//! The notify phase of high-throughput mode on R virtual ranks: every rank's layout counts
+//! The notify phase of high-throughput mode (virtual ranks or NCCL): every rank's layout counts
 //! exchanged through the windows, and what each rank derives from them (see
 //! `ep_codegen::kernels::ht`), read back for the caller.
 
