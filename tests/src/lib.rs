@@ -72,3 +72,63 @@ pub fn all_specs() -> Vec<Spec> {
 pub fn renderer() -> Renderer {
     Renderer::new().expect("embedded templates load")
 }
+
+/// Reads the first `n` elements of a device view (a window view the API returned) on `stream`.
+pub fn read_view<T: Default + Clone + cudarc::driver::DeviceRepr>(
+    stream: &cudarc::driver::CudaStream,
+    view: &ep_runtime::Tensor,
+    n: usize,
+) -> Vec<T> {
+    let mut v = vec![T::default(); n];
+    if n > 0 {
+        assert!(
+            n * std::mem::size_of::<T>() <= view.bytes(),
+            "{n} elements past the view"
+        );
+        // SAFETY: the view lies inside the group's memory and holds at least `n` elements of T
+        // (checked above).
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(&mut v, view.ptr(), stream.cu_stream())
+        }
+        .unwrap();
+    }
+    stream.synchronize().unwrap();
+    v
+}
+
+/// Writes `values` at the start of a device view on `stream` (an expert kernel's job for `y`).
+pub fn write_view(stream: &cudarc::driver::CudaStream, view: &ep_runtime::Tensor, values: &[u16]) {
+    assert!(
+        values.len() * 2 <= view.bytes(),
+        "{} values past the view",
+        values.len()
+    );
+    if values.is_empty() {
+        return;
+    }
+    // SAFETY: the view holds at least `values.len()` 16-bit elements (checked above).
+    unsafe { cudarc::driver::result::memcpy_htod_async(view.ptr(), values, stream.cu_stream()) }
+        .unwrap();
+    stream.synchronize().unwrap();
+}
+
+/// Every rank's inputs of round `round`: `tokens[r]` tokens of rank r, the routing patterns
+/// rotating over rounds and ranks, reproducible from the round.
+pub fn round_inputs(
+    spec: &Spec,
+    round: usize,
+    tokens: &[usize],
+) -> Vec<ep_runtime::reference::ll::RankInput> {
+    use ep_runtime::routing::{Pattern, generate};
+    let d = spec.dims();
+    (0..d.ranks)
+        .map(|rank| {
+            let seed = (round * 1000 + rank) as u64;
+            let pattern = Pattern::ALL[(round + rank) % Pattern::ALL.len()];
+            ep_runtime::reference::ll::RankInput {
+                routing: generate(pattern, tokens[rank], d.top_k, d.experts, d.ranks, seed),
+                x: ep_runtime::reference::ll::random_activations(spec, tokens[rank], seed),
+            }
+        })
+        .collect()
+}

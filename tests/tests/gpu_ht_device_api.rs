@@ -10,12 +10,12 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaSlice, CudaStream};
 use ep_codegen::Spec;
 use ep_runtime::check::ht::{Expected, check_combine, check_dispatch};
-use ep_runtime::reference::ll::{RankInput, random_activations};
-use ep_runtime::routing::{Pattern, SplitMix64, generate};
+use ep_runtime::reference::ll::RankInput;
+use ep_runtime::routing::SplitMix64;
 use ep_runtime::{
     Elem, Error, HtCombineInput, HtDispatchInput, HtGroup, HtReceived, Stream, Tensor,
 };
-use ep_tests::{gpu_jit_or_skip, renderer};
+use ep_tests::{gpu_jit_or_skip, read_view, renderer, round_inputs, write_view};
 
 fn spec(name: &str, tokens: u32, capacity: u32, extra: &str) -> Spec {
     let yaml = format!(
@@ -83,20 +83,6 @@ impl Buffers {
     }
 }
 
-fn read<T: Default + Clone>(stream: &CudaStream, view: &Tensor, n: usize) -> Vec<T> {
-    let mut v = vec![T::default(); n];
-    if n > 0 {
-        assert!(n * std::mem::size_of::<T>() <= view.bytes());
-        // SAFETY: the view lies inside the group's memory with at least `n` elements of T.
-        unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(&mut v, view.ptr(), stream.cu_stream())
-        }
-        .unwrap();
-    }
-    stream.synchronize().unwrap();
-    v
-}
-
 /// Reads what every local rank received through the API's views (the rows in use only).
 fn received(stream: &CudaStream, group: &HtGroup) -> Vec<HtReceived> {
     let counts = group.counts(Stream::from(stream)).unwrap();
@@ -110,24 +96,27 @@ fn received(stream: &CudaStream, group: &HtGroup) -> Vec<HtReceived> {
             let rows = group.rows_in_use(&notify);
             let payload = h * v.recv_x.elem().size();
             // The counts the views hold on the device equal what the host read.
-            let on_device: Vec<i32> = read(
+            let on_device: Vec<i32> = read_view(
                 stream,
                 &v.num_recv_tokens_per_expert,
                 notify.recv_tokens_per_expert.len(),
             );
             assert_eq!(on_device, notify.recv_tokens_per_expert);
-            let offsets: Vec<i32> = read(stream, &v.group_offset, notify.group_offset.len());
+            let offsets: Vec<i32> = read_view(stream, &v.group_offset, notify.group_offset.len());
             assert_eq!(offsets, notify.group_offset);
-            assert_eq!(read::<i32>(stream, &v.recv_rows, 1), [notify.recv_rows]);
+            assert_eq!(
+                read_view::<i32>(stream, &v.recv_rows, 1),
+                [notify.recv_rows]
+            );
             HtReceived {
-                recv_x: read(stream, &v.recv_x, rows * payload),
+                recv_x: read_view(stream, &v.recv_x, rows * payload),
                 recv_scales: v
                     .recv_scales
-                    .map(|s| read(stream, &s, rows * s.shape()[1]))
+                    .map(|s| read_view(stream, &s, rows * s.shape()[1]))
                     .unwrap_or_default(),
-                recv_topk_idx: read(stream, &v.recv_topk_idx, rows * k),
-                recv_topk_w: read(stream, &v.recv_topk_w, rows * k),
-                recv_src: read(stream, &v.recv_src, rows),
+                recv_topk_idx: read_view(stream, &v.recv_topk_idx, rows * k),
+                recv_topk_w: read_view(stream, &v.recv_topk_w, rows * k),
+                recv_src: read_view(stream, &v.recv_src, rows),
                 notify,
             }
         })
@@ -137,30 +126,8 @@ fn received(stream: &CudaStream, group: &HtGroup) -> Vec<HtReceived> {
 /// Writes each rank's returned rows into its `y` view (the experts' job).
 fn write_y(stream: &CudaStream, group: &HtGroup, y: &[Vec<u16>]) {
     for (i, values) in y.iter().enumerate() {
-        let v = group.received(i).unwrap();
-        assert!(values.len() <= v.y.elements());
-        if values.is_empty() {
-            continue;
-        }
-        // SAFETY: the y view holds at least `values.len()` 16-bit elements.
-        unsafe { cudarc::driver::result::memcpy_htod_async(v.y.ptr(), values, stream.cu_stream()) }
-            .unwrap();
+        write_view(stream, &group.received(i).unwrap().y, values);
     }
-    stream.synchronize().unwrap();
-}
-
-fn inputs(spec: &Spec, round: usize, tokens: &[usize]) -> Vec<RankInput> {
-    let d = spec.dims();
-    (0..d.ranks)
-        .map(|rank| {
-            let seed = (round * 1000 + rank) as u64;
-            let pattern = Pattern::ALL[(round + rank) % Pattern::ALL.len()];
-            RankInput {
-                routing: generate(pattern, tokens[rank], d.top_k, d.experts, d.ranks, seed),
-                x: random_activations(spec, tokens[rank], seed),
-            }
-        })
-        .collect()
 }
 
 #[test]
@@ -209,7 +176,7 @@ fn ht_calls_captured_as_graphs_replay_with_new_routings() {
         let combine = stream.end_capture(flags).unwrap().unwrap();
         for round in 0..4 {
             let what = format!("{} replay {round}", spec.name());
-            let ins = inputs(&spec, round, &tokens);
+            let ins = round_inputs(&spec, round, &tokens);
             for (b, input) in bufs.iter_mut().zip(&ins) {
                 b.fill(&stream, input);
             }
@@ -270,7 +237,7 @@ fn ht_device_api_reports_bad_ids_overflow_and_shapes() {
     let kernels = renderer().render(&spec).unwrap();
     let mut group = HtGroup::virtual_ranks(&gpu, &jit, &spec, &kernels).unwrap();
     let tokens = [6; 8];
-    let mut ins = inputs(&spec, 1, &tokens);
+    let mut ins = round_inputs(&spec, 1, &tokens);
     ins[3].routing.topk_idx[9] = 1 << 40;
     ins[3].routing.topk_idx[12] = -7;
     let mut small: Vec<Buffers> = tokens
@@ -322,7 +289,7 @@ fn ht_device_api_reports_bad_ids_overflow_and_shapes() {
         .iter()
         .map(|&t| Buffers::new(&stream, &spec, t))
         .collect();
-    let mut hot = inputs(&spec, 2, &full);
+    let mut hot = round_inputs(&spec, 2, &full);
     for input in &mut hot {
         for (i, e) in input.routing.topk_idx.iter_mut().enumerate() {
             *e = (i % 8) as i64;
@@ -343,7 +310,7 @@ fn ht_device_api_reports_bad_ids_overflow_and_shapes() {
         other => panic!("expected rank 0 to overflow, got {other:?}"),
     }
     // The group still works after the errors: a routing that fits matches the reference.
-    let ok = inputs(&spec, 3, &tokens);
+    let ok = round_inputs(&spec, 3, &tokens);
     for (b, input) in small.iter_mut().zip(&ok) {
         b.fill(&stream, input);
     }
@@ -369,7 +336,7 @@ fn ht_a_receive_without_its_send_times_out_with_an_error() {
     let mut group = HtGroup::virtual_ranks(&gpu, &jit, &spec, &kernels).unwrap();
     group.set_timeout(std::time::Duration::from_millis(20));
     let tokens = [16; 8];
-    let ins = inputs(&spec, 4, &tokens);
+    let ins = round_inputs(&spec, 4, &tokens);
     let mut bufs: Vec<Buffers> = tokens
         .iter()
         .map(|&t| Buffers::new(&stream, &spec, t))

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream};
 use ep_codegen::{IndexDtype, Spec};
 use ep_runtime::check::ll::{check_combine, check_dispatch, expert_outputs};
-use ep_runtime::reference::ll::{RankInput, random_activations};
-use ep_runtime::routing::{Pattern, generate};
+use ep_runtime::reference::ll::RankInput;
 use ep_runtime::{
     CombineInput, DispatchInput, Elem, Error, LlCall, LlGroup, RankDispatch, Stream, Tensor,
 };
-use ep_tests::{gpu_jit_or_skip, renderer};
+use ep_tests::{gpu_jit_or_skip, read_view, renderer, round_inputs, write_view};
 
 fn spec(r: u32, h: u32, k: u32, e: u32, extra: &str) -> Spec {
     let yaml = format!(
@@ -84,19 +83,6 @@ fn combine_inputs(stream: &CudaStream, spec: &Spec, b: &[Buffers]) -> Vec<Combin
         .collect()
 }
 
-fn read<T: Default + Clone>(stream: &CudaStream, view: &Tensor, n: usize) -> Vec<T> {
-    let mut v = vec![T::default(); n];
-    if n > 0 {
-        // SAFETY: the view lies inside the group's memory with at least `n` elements of T.
-        unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(&mut v, view.ptr(), stream.cu_stream())
-        }
-        .unwrap();
-    }
-    stream.synchronize().unwrap();
-    v
-}
-
 /// Reads what every rank received through the API's views.
 fn received(stream: &CudaStream, group: &LlGroup, call: &LlCall) -> Vec<RankDispatch> {
     (0..group.local_ranks())
@@ -104,13 +90,13 @@ fn received(stream: &CudaStream, group: &LlGroup, call: &LlCall) -> Vec<RankDisp
             let v = call.received(group, i).unwrap();
             let x_bytes = v.recv_x.elements() * v.recv_x.elem().size();
             RankDispatch {
-                recv_count: read(stream, &v.recv_count, v.recv_count.elements()),
-                recv_src: read(stream, &v.recv_src, v.recv_src.elements()),
-                recv_range: read(stream, &v.recv_range, v.recv_range.elements()),
-                recv_x: read(stream, &v.recv_x, x_bytes),
+                recv_count: read_view(stream, &v.recv_count, v.recv_count.elements()),
+                recv_src: read_view(stream, &v.recv_src, v.recv_src.elements()),
+                recv_range: read_view(stream, &v.recv_range, v.recv_range.elements()),
+                recv_x: read_view(stream, &v.recv_x, x_bytes),
                 recv_scales: v
                     .recv_scales
-                    .map(|s| read(stream, &s, s.elements()))
+                    .map(|s| read_view(stream, &s, s.elements()))
                     .unwrap_or_default(),
             }
         })
@@ -122,25 +108,8 @@ fn write_y(stream: &CudaStream, group: &LlGroup, call: &LlCall, y: &[Vec<u16>]) 
     for (i, values) in y.iter().enumerate() {
         let v = call.received(group, i).unwrap();
         assert_eq!(v.y.elements(), values.len());
-        // SAFETY: the y view holds exactly `values.len()` 16-bit elements.
-        unsafe { cudarc::driver::result::memcpy_htod_async(v.y.ptr(), values, stream.cu_stream()) }
-            .unwrap();
+        write_view(stream, &v.y, values);
     }
-    stream.synchronize().unwrap();
-}
-
-fn inputs(spec: &Spec, round: usize, tokens: &[usize]) -> Vec<RankInput> {
-    let d = spec.dims();
-    (0..d.ranks)
-        .map(|rank| {
-            let seed = (round * 1000 + rank) as u64;
-            let pattern = Pattern::ALL[(round + rank) % Pattern::ALL.len()];
-            RankInput {
-                routing: generate(pattern, tokens[rank], d.top_k, d.experts, d.ranks, seed),
-                x: random_activations(spec, tokens[rank], seed),
-            }
-        })
-        .collect()
 }
 
 fn tokens(spec: &Spec, round: usize) -> Vec<usize> {
@@ -185,7 +154,7 @@ fn device_api_on_callers_buffers_and_stream_matches_the_reference() {
             .unwrap_or(12usize);
         for round in 0..rounds {
             let what = format!("{} round {round}", spec.name());
-            let ins = inputs(&spec, round, &tokens(&spec, round));
+            let ins = round_inputs(&spec, round, &tokens(&spec, round));
             let bufs: Vec<Buffers> = ins.iter().map(|i| upload(&stream, &spec, i)).collect();
             let s = Stream::from(&*stream);
             group
@@ -232,7 +201,7 @@ fn device_api_reports_bad_ids_and_shapes() {
     let kernels = renderer().render(&spec).unwrap();
     let mut group = LlGroup::virtual_ranks(&gpu, &jit, &spec, &kernels).unwrap();
     let mut call = group.new_call().unwrap();
-    let mut ins = inputs(&spec, 1, &[6, 6]);
+    let mut ins = round_inputs(&spec, 1, &[6, 6]);
     ins[1].routing.topk_idx[3] = 1 << 40;
     ins[1].routing.topk_idx[5] = -7;
     let bufs: Vec<Buffers> = ins.iter().map(|i| upload(&stream, &spec, i)).collect();

@@ -1,6 +1,6 @@
 //! Running a spec's kernels on the GPU against the CPU reference, and timing them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use ep_codegen::{KernelSource, Renderer, Spec};
@@ -396,32 +396,8 @@ fn dump_ht_call(
         let t = input.routing.num_tokens;
         let rows = g.recv_src.len();
         let file = |name: &str| dir.join(format!("rank{rank}.{name}.npy"));
-        npy::write(&file("x"), &[t, d.hidden], npy::Data::U16(&input.x))?;
-        npy::write(
-            &file("topk_idx"),
-            &[t, d.top_k],
-            npy::Data::I64(&input.routing.topk_idx),
-        )?;
-        npy::write(
-            &file("topk_weights"),
-            &[t, d.top_k],
-            npy::Data::F32(&input.routing.topk_weights),
-        )?;
-        if spec.fp8().is_some() {
-            npy::write(&file("recv_x"), &[rows, d.hidden], npy::Data::U8(&g.recv_x))?;
-            npy::write(
-                &file("recv_scales"),
-                &[rows, g.recv_scales.len() / rows.max(1)],
-                npy::Data::F32(&g.recv_scales),
-            )?;
-        } else {
-            let halves: Vec<u16> = g
-                .recv_x
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            npy::write(&file("recv_x"), &[rows, d.hidden], npy::Data::U16(&halves))?;
-        }
+        dump_inputs(&file, spec, input)?;
+        dump_recv_x(&file, spec, &[rows, d.hidden], &g.recv_x, &g.recv_scales)?;
         npy::write(
             &file("recv_topk_idx"),
             &[rows, d.top_k],
@@ -449,6 +425,52 @@ fn dump_ht_call(
     Ok(())
 }
 
+/// Writes a rank's inputs: `x`, `topk_idx`, `topk_weights`.
+fn dump_inputs(file: &dyn Fn(&str) -> PathBuf, spec: &Spec, input: &RankInput) -> Result<()> {
+    let (t, h, k) = (
+        input.routing.num_tokens,
+        spec.hidden() as usize,
+        spec.top_k() as usize,
+    );
+    npy::write(&file("x"), &[t, h], npy::Data::U16(&input.x))?;
+    npy::write(
+        &file("topk_idx"),
+        &[t, k],
+        npy::Data::I64(&input.routing.topk_idx),
+    )?;
+    npy::write(
+        &file("topk_weights"),
+        &[t, k],
+        npy::Data::F32(&input.routing.topk_weights),
+    )
+}
+
+/// Writes `recv_x` of `shape` (FP8 codes as uint8 with `recv_scales`, whose last dimension is
+/// the scales per row; else 16-bit patterns).
+fn dump_recv_x(
+    file: &dyn Fn(&str) -> PathBuf,
+    spec: &Spec,
+    shape: &[usize],
+    recv_x: &[u8],
+    recv_scales: &[f32],
+) -> Result<()> {
+    if spec.fp8().is_some() {
+        npy::write(&file("recv_x"), shape, npy::Data::U8(recv_x))?;
+        let rows: usize = shape[..shape.len() - 1].iter().product();
+        let mut scales = shape.to_vec();
+        if let Some(last) = scales.last_mut() {
+            *last = recv_scales.len() / rows.max(1);
+        }
+        npy::write(&file("recv_scales"), &scales, npy::Data::F32(recv_scales))
+    } else {
+        let halves: Vec<u16> = recv_x
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        npy::write(&file("recv_x"), shape, npy::Data::U16(&halves))
+    }
+}
+
 /// Writes one call's tensors as `rank<r>.<tensor>.npy`, named as in DESIGN.md.
 fn dump_call(
     dir: &Path,
@@ -465,7 +487,6 @@ fn dump_call(
         local: l,
         tokens: m,
         hidden: h,
-        top_k: k,
         ..
     } = spec.dims();
     let rows = r * m;
@@ -473,33 +494,9 @@ fn dump_call(
         let input = &inputs[rank];
         let t = input.routing.num_tokens;
         let file = |name: &str| dir.join(format!("rank{rank}.{name}.npy"));
-        npy::write(&file("x"), &[t, h], npy::Data::U16(&input.x))?;
-        npy::write(
-            &file("topk_idx"),
-            &[t, k],
-            npy::Data::I64(&input.routing.topk_idx),
-        )?;
-        npy::write(
-            &file("topk_weights"),
-            &[t, k],
-            npy::Data::F32(&input.routing.topk_weights),
-        )?;
+        dump_inputs(&file, spec, input)?;
         let g = &got[i];
-        if spec.fp8().is_some() {
-            npy::write(&file("recv_x"), &[l, rows, h], npy::Data::U8(&g.recv_x))?;
-            npy::write(
-                &file("recv_scales"),
-                &[l, rows, g.recv_scales.len() / (l * rows).max(1)],
-                npy::Data::F32(&g.recv_scales),
-            )?;
-        } else {
-            let halves: Vec<u16> = g
-                .recv_x
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            npy::write(&file("recv_x"), &[l, rows, h], npy::Data::U16(&halves))?;
-        }
+        dump_recv_x(&file, spec, &[l, rows, h], &g.recv_x, &g.recv_scales)?;
         npy::write(&file("recv_count"), &[l], npy::Data::I32(&g.recv_count))?;
         npy::write(&file("recv_src"), &[l, rows], npy::Data::I32(&g.recv_src))?;
         npy::write(

@@ -277,10 +277,7 @@ impl HtGroup {
     ) -> Result<(), Error> {
         self.expect_ranks(inputs.len(), "dispatch inputs")?;
         let d = self.spec.dims();
-        let (act, index) = (
-            Elem::of(self.spec.dtype()),
-            Elem::of_index(self.spec.index_dtype()),
-        );
+        let act = Elem::of(self.spec.dtype());
         let ranks = self.ranks();
         for (input, &rank) in inputs.iter().zip(&ranks) {
             let t = input.x.shape().first().copied().unwrap_or(0);
@@ -291,12 +288,7 @@ impl HtGroup {
                 )));
             }
             input.x.expect(rank, "x", &[t, d.hidden], act)?;
-            input
-                .topk_idx
-                .expect(rank, "topk_idx", &[t, d.top_k], index)?;
-            input
-                .topk_weights
-                .expect(rank, "topk_weights", &[t, d.top_k], Elem::F32)?;
+            self.expect_routing(rank, t, &input.topk_idx, &input.topk_weights)?;
         }
         self.bind()?;
         self.launch_layouts(inputs, stream)?;
@@ -444,17 +436,9 @@ impl HtGroup {
         self.require_sent("combine_recv")?;
         self.expect_ranks(inputs.len(), "combine inputs")?;
         let d = self.spec.dims();
-        let (act, index) = (
-            Elem::of(self.spec.dtype()),
-            Elem::of_index(self.spec.index_dtype()),
-        );
+        let act = Elem::of(self.spec.dtype());
         for ((input, &rank), &t) in inputs.iter().zip(&self.ranks()).zip(&self.tokens) {
-            input
-                .topk_idx
-                .expect(rank, "topk_idx", &[t, d.top_k], index)?;
-            input
-                .topk_weights
-                .expect(rank, "topk_weights", &[t, d.top_k], Elem::F32)?;
+            self.expect_routing(rank, t, &input.topk_idx, &input.topk_weights)?;
             input.out.expect(rank, "out", &[t, d.hidden], act)?;
         }
         self.bind()?;
@@ -527,6 +511,24 @@ impl HtGroup {
             )));
         }
         Ok(())
+    }
+
+    /// Checks rank `rank`'s `topk_idx [T, K]` (the index dtype) and `topk_weights [T, K]` (f32).
+    fn expect_routing(
+        &self,
+        rank: usize,
+        t: usize,
+        topk_idx: &Tensor,
+        topk_weights: &Tensor,
+    ) -> Result<(), Error> {
+        let k = self.spec.top_k() as usize;
+        topk_idx.expect(
+            rank,
+            "topk_idx",
+            &[t, k],
+            Elem::of_index(self.spec.index_dtype()),
+        )?;
+        topk_weights.expect(rank, "topk_weights", &[t, k], Elem::F32)
     }
 
     fn require_sent(&self, what: &str) -> Result<(), Error> {
