@@ -227,6 +227,9 @@ pub const MAX_DISPATCH_BLOCKS: u32 = 1024;
 /// Threads per block of the dispatch and combine kernels.
 pub const DATA_THREADS: u32 = 256;
 
+/// 256-channel chunks a warp of the dispatch send quantizes at a time (`kFp8Batch`).
+pub const FP8_BATCH: u32 = 4;
+
 /// Bytes of one rank's entry of dispatch's and combine's `LaunchArgs` (10 pointers, the rank,
 /// the tokens).
 pub const HT_ARGS_BYTES: usize = 88;
@@ -370,6 +373,7 @@ fn data_context(spec: &Spec) -> Context {
         ("launch_ranks", i64::from(launch_ranks(spec))),
         ("ht_args_bytes", HT_ARGS_BYTES as i64),
         ("destinations", i64::from(destinations(spec))),
+        ("fp8_batch", i64::from(FP8_BATCH)),
         (
             "alignment",
             i64::from(
@@ -479,7 +483,13 @@ pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
         spec.max_tokens_per_rank,
         HtWindow::of(spec).rows
     );
-    data_plan(spec, "ht_dispatch", "ht_dispatch.cu", "forward", title)
+    let mut plan = data_plan(spec, "ht_dispatch", "ht_dispatch.cu", "forward", title);
+    if spec.fp8.is_some() {
+        // Each warp quantizes FP8_BATCH chunks of 256 channels into shared memory (codes and
+        // their scales) before copying them out.
+        plan.launch.shared_mem_bytes += (DATA_THREADS / 32) * (256 + 2 * 4) * FP8_BATCH;
+    }
+    plan
 }
 
 /// The combine kernels (send: `y` ready; receive: the pull).
