@@ -139,10 +139,7 @@ pub fn notify_plan(spec: &Spec) -> KernelPlan {
         ("status_overflow", i64::from(NOTIFY_OVERFLOW)),
         ("status_bad_expert", i64::from(NOTIFY_BAD_EXPERT)),
     ]);
-    let index_ctype = match spec.index_dtype {
-        crate::spec::IndexDtype::I32 => "epc::i32",
-        crate::spec::IndexDtype::I64 => "epc::i64",
-    };
+    let index_ctype = super::index_ctype(spec);
     let param = |entry: &str| Param {
         entry: entry.into(),
         name: "args",
@@ -355,10 +352,7 @@ fn data_context(spec: &Spec) -> Context {
     let expert_major = spec
         .high_throughput
         .is_some_and(|h| h.layout == Layout::ExpertMajor);
-    let index_ctype = match spec.index_dtype {
-        crate::spec::IndexDtype::I32 => "epc::i32",
-        crate::spec::IndexDtype::I64 => "epc::i64",
-    };
+    let index_ctype = super::index_ctype(spec);
     let constants = BTreeMap::from([
         ("hidden", i64::from(spec.hidden)),
         ("top_k", i64::from(spec.top_k)),

@@ -12,10 +12,7 @@ pub const DEFAULT_WARPS: u32 = 8;
 /// Plans the layout kernel of a spec.
 pub fn plan(spec: &Spec) -> KernelPlan {
     let threads = 32 * spec.tuning.warps_per_block.unwrap_or(DEFAULT_WARPS);
-    let index_ctype = match spec.index_dtype {
-        IndexDtype::I32 => "epc::i32",
-        IndexDtype::I64 => "epc::i64",
-    };
+    let index_ctype = super::index_ctype(spec);
     let index_type = match spec.index_dtype {
         IndexDtype::I32 => "int32",
         IndexDtype::I64 => "int64",

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 
 use super::{KernelPlan, LaunchShape, Param};
-use crate::spec::{Dtype, IndexDtype, Spec};
+use crate::spec::{Dtype, Spec};
 
 /// Warps per block when `tuning.warps_per_block` is `auto`.
 pub const DEFAULT_WARPS: u32 = 16;
@@ -255,10 +255,7 @@ fn common(spec: &Spec) -> Common {
         ("call_recv_count_offset", as_i64(c.recv_count_offset)),
         ("call_dispatch_row_offset", as_i64(c.dispatch_row_offset)),
     ]);
-    let index_ctype = match spec.index_dtype {
-        IndexDtype::I32 => "epc::i32",
-        IndexDtype::I64 => "epc::i64",
-    };
+    let index_ctype = super::index_ctype(spec);
     let strings = BTreeMap::from([("index_ctype", index_ctype.to_owned())]);
     let flags = BTreeMap::from([
         ("act_is_bf16", spec.dtype == Dtype::Bf16),

@@ -13,6 +13,14 @@ use serde::Serialize;
 
 use crate::Spec;
 
+/// The C++ type of the spec's expert ids in the generated code (`index_t`).
+pub(crate) fn index_ctype(spec: &Spec) -> &'static str {
+    match spec.index_dtype {
+        crate::spec::IndexDtype::I32 => "epc::i32",
+        crate::spec::IndexDtype::I64 => "epc::i64",
+    }
+}
+
 /// How a kernel is launched; the runtime follows it and `manifest.json` records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LaunchShape {

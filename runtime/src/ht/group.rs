@@ -151,7 +151,6 @@ impl HtGroup {
         spec: &Spec,
         kernels: &[KernelSource],
     ) -> Result<HtGroup, Error> {
-        check_built(spec)?;
         let notify = HtNotify::virtual_ranks(gpu, jit, spec, kernels)?;
         HtGroup::build(gpu, jit, spec, kernels, notify)
     }
@@ -165,7 +164,6 @@ impl HtGroup {
         spec: &Spec,
         kernels: &[KernelSource],
     ) -> Result<Vec<HtGroup>, Error> {
-        check_built(spec)?;
         let notifies = HtNotify::nccl(members, jit, spec, kernels)?;
         members
             .iter()
@@ -597,14 +595,4 @@ impl HtGroup {
         }
         Ok(())
     }
-}
-
-fn check_built(spec: &Spec) -> Result<(), Error> {
-    if spec.high_throughput().is_none() {
-        return Err(Error::Input(format!(
-            "spec `{}` is not a high-throughput spec",
-            spec.name()
-        )));
-    }
-    Ok(())
 }

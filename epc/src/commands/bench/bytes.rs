@@ -34,6 +34,18 @@ impl Counts {
     }
 }
 
+/// Bytes of one dispatched row: the payload in the dispatch dtype, with its FP8 scales.
+pub fn sent_row_bytes(spec: &Spec) -> u64 {
+    let h = u64::from(spec.hidden());
+    let scales = spec.fp8().map_or(0, |f| h / u64::from(f.block) * 4);
+    h * u64::from(spec.dispatch_dtype().size()) + scales
+}
+
+/// Bytes of one row returned to combine (the combine dtype).
+pub fn returned_row_bytes(spec: &Spec) -> u64 {
+    u64::from(spec.hidden()) * u64::from(spec.combine_dtype().size())
+}
+
 /// Tokens of `routing` with at least one valid slot (the tokens a dispatch must read).
 fn tokens_sent(routing: &Routing) -> u64 {
     (0..routing.num_tokens)
@@ -50,8 +62,7 @@ fn selections(routing: &Routing) -> u64 {
 pub fn ll_dispatch(spec: &Spec, routing: &Routing) -> Counts {
     let h = u64::from(spec.hidden());
     let s = selections(routing);
-    let scales = spec.fp8().map_or(0, |f| h / u64::from(f.block) * 4);
-    let row = h * u64::from(spec.dispatch_dtype().size()) + scales;
+    let row = sent_row_bytes(spec);
     Counts {
         unique: s * row,
         traffic: tokens_sent(routing) * h * u64::from(spec.dtype().size()) + s * row,
@@ -67,7 +78,7 @@ pub fn ll_dispatch(spec: &Spec, routing: &Routing) -> Counts {
 pub fn ll_combine(spec: &Spec, routing: &Routing) -> Counts {
     let h = u64::from(spec.hidden());
     let s = selections(routing);
-    let row = h * u64::from(spec.combine_dtype().size());
+    let row = returned_row_bytes(spec);
     Counts {
         unique: s * row,
         traffic: s * row + routing.num_tokens as u64 * h * u64::from(spec.dtype().size()),
@@ -84,8 +95,7 @@ pub fn ht_dispatch(spec: &Spec, routing: &Routing, recv_rows: u64) -> Counts {
     let h = u64::from(spec.hidden());
     let k = u64::from(spec.top_k());
     let act = u64::from(spec.dtype().size());
-    let scales = spec.fp8().map_or(0, |f| h / u64::from(f.block) * 4);
-    let row = h * u64::from(spec.dispatch_dtype().size()) + scales;
+    let row = sent_row_bytes(spec);
     let meta = k * (u64::from(spec.index_dtype().size()) + 4) + 4;
     Counts {
         unique: recv_rows * row,

@@ -4,7 +4,7 @@ use anyhow::Result;
 use ep_codegen::{Mode, Spec};
 use ep_runtime::reference::ll::RankInput;
 
-use super::bytes::{Counts, ht_combine, ht_dispatch};
+use super::bytes::{Counts, ht_combine, ht_dispatch, returned_row_bytes, sent_row_bytes};
 use super::{Bench, Measured, ll};
 
 /// Dispatch (notify and the data kernels) and combine of `spec` at each of `tokens` tokens per
@@ -30,25 +30,20 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
             dispatch = dispatch.add(ht_dispatch(spec, &input.routing, rows));
             combine = combine.add(ht_combine(spec, &input.routing, filled));
         }
-        // A dispatched row in the dispatch dtype with its FP8 scales; a returned row in the
-        // activation dtype.
-        let scales = spec.fp8().map_or(0, |f| h / f.block as usize * 4);
-        let sent_row = h * spec.dispatch_dtype().size() as usize + scales;
-        let returned_row = h * spec.dtype().size() as usize;
         for (phase, time_us, parts, counts, row_bytes) in [
             (
                 "dispatch",
                 times.notify + times.dispatch,
                 (times.notify, times.dispatch),
                 dispatch,
-                sent_row,
+                sent_row_bytes(spec),
             ),
             (
                 "combine",
                 times.combine,
                 (times.combine, 0.0),
                 combine,
-                returned_row,
+                returned_row_bytes(spec),
             ),
         ] {
             out.push(Measured {
@@ -59,7 +54,7 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
                 time_us,
                 parts,
                 counts,
-                row_bytes: row_bytes as u64,
+                row_bytes,
             });
         }
     }

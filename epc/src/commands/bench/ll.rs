@@ -5,7 +5,7 @@ use ep_codegen::{Mode, Spec};
 use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::routing::{Pattern, generate};
 
-use super::bytes::{Counts, ll_combine, ll_dispatch};
+use super::bytes::{Counts, ll_combine, ll_dispatch, returned_row_bytes, sent_row_bytes};
 use super::{Bench, Measured};
 
 /// Every rank's inputs at `tokens` tokens: NCCL EP's LL routing (top-k of random scores, a few
@@ -54,22 +54,20 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
                 .fold(zero, Counts::add)
         };
         let (dispatch, combine) = (sum(ll_dispatch), sum(ll_combine));
-        let h = u64::from(spec.hidden());
-        let scales = spec.fp8().map_or(0, |f| h / u64::from(f.block) * 4);
         for (phase, time_us, parts, counts, row_bytes) in [
             (
                 "dispatch",
                 times.dispatch(),
                 (times.dispatch_send, times.dispatch_recv),
                 dispatch,
-                h * u64::from(spec.dispatch_dtype().size()) + scales,
+                sent_row_bytes(spec),
             ),
             (
                 "combine",
                 times.combine(),
                 (times.combine_send, times.combine_recv),
                 combine,
-                h * u64::from(spec.combine_dtype().size()),
+                returned_row_bytes(spec),
             ),
         ] {
             out.push(Measured {
