@@ -34,6 +34,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/ht_combine.cu.hbs"),
     ),
     (
+        "ht_fanout.cu",
+        include_str!("../templates/ht_fanout.cu.hbs"),
+    ),
+    (
         "partials/ht_constants",
         include_str!("../templates/partials/ht_constants.hbs"),
     ),
@@ -56,6 +60,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     (
         "partials/ht_routes",
         include_str!("../templates/partials/ht_routes.hbs"),
+    ),
+    (
+        "partials/ht_send_row",
+        include_str!("../templates/partials/ht_send_row.hbs"),
     ),
     (
         "partials/ll_constants",
@@ -188,7 +196,9 @@ impl Renderer {
             .collect()
     }
 
-    fn render_plan(&self, spec: &Spec, plan: KernelPlan) -> Result<KernelSource, Error> {
+    /// Renders one kernel plan of `spec`: one of [`crate::kernels::plans`], or a kernel a call
+    /// does not need (the benchmark's [`crate::kernels::ht::fanout_plan`]).
+    pub fn render_plan(&self, spec: &Spec, plan: KernelPlan) -> Result<KernelSource, Error> {
         let spec_hash = spec.hash();
         let mut context = Map::new();
         for (k, v) in &plan.constants {

@@ -160,3 +160,72 @@ fn ht_8192_tokens_per_rank_match_the_reference() {
     }
     eprintln!("{checked} HT calls of up to 8192 tokens per rank checked");
 }
+
+/// The benchmark's fan-out copy (the dispatch's row copies alone) writes every received row
+/// where the dispatch put it: after the rows are cleared, it restores them bit for bit.
+#[test]
+fn ht_fanout_copy_rewrites_every_received_row() {
+    let Some((gpu, jit, _dir)) = gpu_jit_or_skip("ht_fanout_copy_rewrites_every_received_row")
+    else {
+        return;
+    };
+    let fp8 = "dispatch_dtype: fp8_e4m3\nfp8:\n  block: 128\n  scale: f32\n";
+    let major = "layout: expert_major\nexpert_alignment: 64\n";
+    let stream = gpu.stream();
+    for (ranks, domain, extra) in [
+        (8, 8, "dtype: bf16\n".to_owned()),
+        (4, 4, format!("{major}{fp8}")),
+        (8, 2, fp8.to_owned()),
+    ] {
+        let s = spec(ranks, domain, 1024, 1024, &extra);
+        let d = s.dims();
+        let kernels = renderer().render(&s).unwrap();
+        let fanout = renderer()
+            .render_plan(&s, ep_codegen::kernels::ht::fanout_plan(&s))
+            .unwrap();
+        let mut group = HtGroup::virtual_ranks(&gpu, &jit, &s, &kernels).unwrap();
+        let inputs: Vec<RankInput> = (0..d.ranks)
+            .map(|r| RankInput {
+                routing: generate(
+                    Pattern::Hot,
+                    1024,
+                    d.top_k,
+                    d.experts,
+                    d.ranks,
+                    40 + r as u64,
+                ),
+                x: random_activations(&s, 1024, 41 + r as u64),
+            })
+            .collect();
+        let got = group.dispatch(&inputs).unwrap();
+        let row_bytes = got[0].recv_x.len() / got[0].recv_src.len().max(1);
+        for (i, g) in got.iter().enumerate() {
+            let views = group.received(i).unwrap();
+            ep_tests::write_view(stream, &views.recv_x, &vec![0u16; g.recv_x.len() / 2]);
+            if let Some(scales) = views.recv_scales {
+                ep_tests::write_view(stream, &scales, &vec![0u16; g.recv_scales.len() * 2]);
+            }
+        }
+        group.time_fanout(&jit, &fanout, 0, 1).unwrap();
+        for (i, g) in got.iter().enumerate() {
+            let views = group.received(i).unwrap();
+            let x: Vec<u8> = ep_tests::read_view(stream, &views.recv_x, g.recv_x.len());
+            let rows = x
+                .chunks(row_bytes.max(1))
+                .zip(g.recv_x.chunks(row_bytes.max(1)));
+            for (row, (a, b)) in rows.enumerate() {
+                assert!(
+                    a == b,
+                    "{} rank {i} row {row} differs after the fan-out copy",
+                    s.name()
+                );
+            }
+            if let Some(scales) = views.recv_scales {
+                let got_scales: Vec<f32> =
+                    ep_tests::read_view(stream, &scales, g.recv_scales.len());
+                assert_eq!(got_scales, g.recv_scales, "{} rank {i} scales", s.name());
+            }
+        }
+        eprintln!("{}: the fan-out copy restored every row", s.name());
+    }
+}

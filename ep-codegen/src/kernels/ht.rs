@@ -464,6 +464,23 @@ fn data_plan(
     }
 }
 
+/// Ints of the send's placement table: one row of counters per key (rank, or expert in
+/// expert-major layout) for the rows before a block's chunk, and one per placing warp.
+const PLACEMENT_INTS: u32 = 8192;
+
+/// Warps of a send block that place its chunk's rows (a slice each), and the keys they count
+/// by: as many warps as the block has while `(warps + 1) * keys` ints fit the table.
+fn placement(spec: &Spec) -> (u32, u32) {
+    let keys = match spec.high_throughput.map(|h| h.layout) {
+        Some(Layout::ExpertMajor) => spec.experts,
+        _ => spec.ranks,
+    };
+    let warps = (PLACEMENT_INTS / keys.max(1))
+        .saturating_sub(1)
+        .clamp(1, DATA_THREADS / 32);
+    (warps, keys)
+}
+
 /// The dispatch kernels (send, then receive).
 pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
     let title = format!(
@@ -478,10 +495,36 @@ pub fn dispatch_plan(spec: &Spec) -> KernelPlan {
         HtWindow::of(spec).rows
     );
     let mut plan = data_plan(spec, "ht_dispatch", "ht_dispatch.cu", "forward", title);
+    let (warps, keys) = placement(spec);
+    plan.constants.insert("place_warps", i64::from(warps));
+    plan.launch.shared_mem_bytes = 4 * (warps + 1) * keys;
     if spec.fp8.is_some() {
         // Each warp quantizes FP8_BATCH chunks of 256 channels into shared memory (codes and
         // their scales) before copying them out.
         plan.launch.shared_mem_bytes += (DATA_THREADS / 32) * (256 + 2 * 4) * FP8_BATCH;
+    }
+    plan
+}
+
+/// The dispatch's row copies alone (`ht_fanout.cu`), for `epc bench`: not one of a call's
+/// kernels. Each token's row is read once and stored to every row the last dispatch gave it,
+/// with the send's blocks and copy loop and nothing else, on the dispatch's launch arguments:
+/// the floor the dispatch's bookkeeping adds to.
+pub fn fanout_plan(spec: &Spec) -> KernelPlan {
+    let mut plan = dispatch_plan(spec);
+    plan.name = "ht_fanout";
+    plan.template = "ht_fanout.cu";
+    plan.title = format!(
+        "The row copies of the high-throughput dispatch alone (a benchmark's floor): H={} {}, R={} ranks.",
+        spec.hidden,
+        spec.dispatch_dtype.as_str(),
+        spec.ranks
+    );
+    plan.entries = vec![("fanout_entry", "epc_ht_fanout".to_owned())];
+    plan.params.truncate(1);
+    for p in &mut plan.params {
+        p.entry = "epc_ht_fanout".to_owned();
+        p.ctype = "const __grid_constant__ ht_fanout::LaunchArgs".to_owned();
     }
     plan
 }

@@ -334,7 +334,15 @@ impl HtGroup {
         for (t, input) in self.tokens.iter_mut().zip(inputs) {
             *t = input.x.shape()[0];
         }
-        let args: Vec<HtArgs> = inputs
+        let args = self.send_args(inputs);
+        self.launch_one(&self.dispatch[0], self.send_blocks, &args, stream)?;
+        self.sent = true;
+        Ok(())
+    }
+
+    /// The send's arguments: the caller's tensors over the group's part.
+    fn send_args(&self, inputs: &[HtDispatchInput]) -> Vec<HtArgs> {
+        inputs
             .iter()
             .enumerate()
             .map(|(i, input)| HtArgs {
@@ -344,10 +352,21 @@ impl HtGroup {
                 tokens: input.x.shape()[0] as i32,
                 ..self.rank_args(i)
             })
-            .collect();
-        self.launch_one(&self.dispatch[0], self.send_blocks, &args, stream)?;
-        self.sent = true;
-        Ok(())
+            .collect()
+    }
+
+    /// Launches the dispatch's row copies alone (`fanout`: the spec's `ht_fanout` entry, see
+    /// [`ep_codegen::kernels::ht::fanout_plan`]) on the send's blocks, with the inputs of the
+    /// last dispatch (same tokens, same routing): every row is rewritten with its value.
+    pub(super) fn launch_fanout(
+        &self,
+        fanout: &CudaFunction,
+        inputs: &[HtDispatchInput],
+        stream: Stream<'_>,
+    ) -> Result<(), Error> {
+        self.require_sent("the fan-out copy")?;
+        self.bind()?;
+        self.launch_one(fanout, self.send_blocks, &self.send_args(inputs), stream)
     }
 
     /// Completes a dispatch: (hierarchical: each proxy forwards the rows staged for its domain,

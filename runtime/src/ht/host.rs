@@ -4,7 +4,7 @@
 //! stacks call the device API directly.
 
 use cudarc::driver::CudaSlice;
-use ep_codegen::{IndexDtype, Spec};
+use ep_codegen::{IndexDtype, KernelSource, Spec};
 
 use super::group::{HtCombineInput, HtDispatchInput, HtGroup};
 use super::notify::{HtNotify, NotifyResult};
@@ -12,7 +12,7 @@ use crate::device_index::DeviceIndex;
 use crate::error::CudaContextExt;
 use crate::ll::{Elem, Stream, Tensor};
 use crate::reference::ll::RankInput;
-use crate::{Error, raw_copy, timing};
+use crate::{Error, Jit, raw_copy, timing};
 
 /// The helper's device buffers of one local rank, sized for `max_tokens_per_rank` tokens.
 struct RankBuffers {
@@ -372,6 +372,52 @@ impl HtGroup {
             dispatch: sums[2] / n,
             combine: sums[3] / n,
         })
+    }
+
+    /// Mean time of the last call's row copies alone, replayed `iters` times after `warmup`
+    /// (`fanout`: the spec's rendered [`ep_codegen::kernels::ht::fanout_plan`]), in
+    /// microseconds: each token's row read once and stored to every row the dispatch gave it,
+    /// with the send's copy loop and nothing else. The floor the dispatch's bookkeeping adds to;
+    /// it rewrites the received rows with the values they hold. Needs a [`HtGroup::dispatch`]
+    /// first.
+    pub fn time_fanout(
+        &mut self,
+        jit: &Jit,
+        fanout: &KernelSource,
+        warmup: usize,
+        iters: usize,
+    ) -> Result<f64, Error> {
+        if self.received.is_empty() {
+            return Err(Error::Input("time_fanout needs a dispatch first".into()));
+        }
+        if fanout.name != "ht_fanout" || fanout.spec_hash != self.spec.hash() {
+            return Err(Error::Input(format!(
+                "{} of spec {} is not the fan-out copy of {}",
+                fanout.name,
+                fanout.spec_name,
+                self.spec.name()
+            )));
+        }
+        let gpu = self.gpu().clone();
+        let function = jit
+            .load(&gpu, fanout)?
+            .functions
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Input("the fan-out copy has no entry".into()))?;
+        let stream = gpu.stream().clone();
+        let s = Stream::from(&*stream);
+        let inputs = self.host_inputs()?;
+        for _ in 0..warmup {
+            self.launch_fanout(&function, &inputs.dispatch, s)?;
+        }
+        let (start, stop) = (timing::timing_event(&gpu)?, timing::timing_event(&gpu)?);
+        timing::record(&gpu, &start)?;
+        for _ in 0..iters.max(1) {
+            self.launch_fanout(&function, &inputs.dispatch, s)?;
+        }
+        timing::record(&gpu, &stop)?;
+        Ok(timing::elapsed_us(&start, &stop)? / iters.max(1) as f64)
     }
 
     fn host_inputs(&self) -> Result<Inputs, Error> {

@@ -1,6 +1,7 @@
 //! Timing high-throughput notify, dispatch and combine.
 
 use anyhow::Result;
+use ep_codegen::kernels::ht::fanout_plan;
 use ep_codegen::{Mode, Spec};
 use ep_runtime::reference::ll::RankInput;
 
@@ -8,9 +9,10 @@ use super::bytes::{Counts, ht_combine, ht_dispatch, returned_row_bytes, sent_row
 use super::{Bench, Measured, ll};
 
 /// Dispatch (notify and the data kernels) and combine of `spec` at each of `tokens` tokens per
-/// rank, on the same routing as LL's bench.
+/// rank, on the same routing as LL's bench, and the dispatch's row copies alone (its floor).
 pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Measured>> {
     let mut group = ctx.ranks.ht_group(ctx.gpu, ctx.jit, ctx.renderer, spec)?;
+    let fanout = ctx.renderer.render_plan(spec, fanout_plan(spec))?;
     let h = spec.hidden() as usize;
     let mut out = Vec::with_capacity(2 * tokens.len());
     for &t in tokens {
@@ -22,6 +24,7 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
         let y: Vec<Vec<u16>> = got.iter().map(|g| vec![0; g.recv_src.len() * h]).collect();
         group.combine(&y)?;
         let times = group.time_phases(ctx.args.warmup, ctx.args.iters)?;
+        let fanout_us = group.time_fanout(ctx.jit, &fanout, ctx.args.warmup, ctx.args.iters)?;
         let (mut dispatch, mut combine) = (Counts::default(), Counts::default());
         for (input, g) in mine.iter().zip(&got) {
             // Rows in use (expert-major: padding included), and rows holding a token.
@@ -30,13 +33,14 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
             dispatch = dispatch.add(ht_dispatch(spec, &input.routing, rows));
             combine = combine.add(ht_combine(spec, &input.routing, filled));
         }
-        for (phase, time_us, parts, counts, row_bytes) in [
+        for (phase, time_us, parts, counts, row_bytes, fanout_us) in [
             (
                 "dispatch",
                 times.notify + times.dispatch,
                 (times.notify, times.dispatch),
                 dispatch,
                 sent_row_bytes(spec),
+                Some(fanout_us),
             ),
             (
                 "combine",
@@ -44,6 +48,7 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
                 (times.combine, 0.0),
                 combine,
                 returned_row_bytes(spec),
+                None,
             ),
         ] {
             out.push(Measured {
@@ -55,6 +60,7 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
                 parts,
                 counts,
                 row_bytes,
+                fanout_us,
             });
         }
     }

@@ -79,6 +79,7 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
                 parts,
                 counts,
                 row_bytes,
+                fanout_us: None,
             });
         }
     }

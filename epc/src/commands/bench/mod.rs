@@ -46,6 +46,8 @@ pub struct Measured {
     counts: Counts,
     /// Payload bytes of one row.
     row_bytes: u64,
+    /// HT dispatch: its row copies alone (the fan-out copy, see `ht::measure`).
+    fanout_us: Option<f64>,
 }
 
 /// What every measurement needs.
@@ -91,9 +93,14 @@ impl Bench<'_> {
     /// Joins this process's measurement with every rank's (collective over NCCL) and times the
     /// yardsticks on this GPU.
     fn row(&self, spec: &Spec, m: Measured) -> Result<Row> {
-        let ranks = self
-            .ranks
-            .gather(self.gpu, &[m.time_us, m.counts.deepep as f64])?;
+        let ranks = self.ranks.gather(
+            self.gpu,
+            &[
+                m.time_us,
+                m.counts.deepep as f64,
+                m.fanout_us.unwrap_or(f64::NAN),
+            ],
+        )?;
         let times: Vec<f64> = ranks.iter().map(|v| v[0]).collect();
         let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
         // DeepEP reports each rank's own bytes over its own time; the mean of those.
@@ -122,6 +129,9 @@ impl Bench<'_> {
             parts: m.parts,
             counts: m.counts,
             row_bytes: m.row_bytes,
+            fanout_us: m
+                .fanout_us
+                .map(|_| ranks.iter().map(|v| v[2]).sum::<f64>() / ranks.len() as f64),
             copy_us,
             same_traffic_us,
             // NCCL EP: rank 0's bytes over the mean per-rank time.

@@ -33,6 +33,9 @@ pub struct Row {
     pub copy_us: f64,
     /// A device-to-device copy moving `counts.traffic` HBM bytes on this GPU.
     pub same_traffic_us: f64,
+    /// HT dispatch: its row copies alone, the same rows to the same places with nothing else
+    /// (mean over the ranks).
+    pub fanout_us: Option<f64>,
     pub nccl_ep_gbps: Option<f64>,
     pub deepep_gbps: f64,
 }
@@ -66,7 +69,7 @@ fn opt(v: Option<f64>) -> String {
 /// GB/s as NCCL EP and DeepEP count.
 pub fn print_table(rows: &[Row]) {
     println!(
-        "{:<28} {:>5} {:<9} {:>9} {:>15} {:>12} {:>7} {:>9} {:>6} {:>9} {:>6} {:>8} {:>8}",
+        "{:<28} {:>5} {:<9} {:>9} {:>15} {:>12} {:>7} {:>9} {:>6} {:>9} {:>6} {:>9} {:>6} {:>8} {:>8}",
         "workload",
         "T",
         "phase",
@@ -78,12 +81,14 @@ pub fn print_table(rows: &[Row]) {
         "x",
         "same-tr us",
         "x",
+        "fan-out us",
+        "x",
         "NCCL-EP",
         "DeepEP"
     );
     for r in rows {
         println!(
-            "{:<28} {:>5} {:<9} {:>9.1} {:>15} {:>12} {:>7.1} {:>9.1} {:>6.2} {:>9.1} {:>6.2} {:>8} {:>8.1}",
+            "{:<28} {:>5} {:<9} {:>9.1} {:>15} {:>12} {:>7.1} {:>9.1} {:>6.2} {:>9.1} {:>6.2} {:>9} {:>6} {:>8} {:>8.1}",
             r.workload,
             r.tokens,
             r.phase,
@@ -95,6 +100,9 @@ pub fn print_table(rows: &[Row]) {
             r.time_us / r.copy_us,
             r.same_traffic_us,
             r.time_us / r.same_traffic_us,
+            opt(r.fanout_us),
+            r.fanout_us
+                .map_or_else(|| "-".to_owned(), |f| format!("{:.2}", r.time_us / f)),
             opt(r.nccl_ep_gbps),
             r.deepep_gbps
         );
@@ -102,7 +110,9 @@ pub fn print_table(rows: &[Row]) {
     println!(
         "x: time over the yardstick (1.00 = as fast as the copy). copy: a device copy of the \
          unique payload bytes; same-tr: a copy moving the HBM bytes the phase minimally reads \
-         and writes. NCCL-EP and DeepEP: GB/s per GPU as their benchmarks count bytes."
+         and writes; fan-out (HT dispatch): its row copies alone, the same rows to the same \
+         places with nothing else. NCCL-EP and DeepEP: GB/s per GPU as their benchmarks count \
+         bytes."
     );
 }
 
@@ -111,12 +121,13 @@ pub fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
         "workload,mode,layout,ranks,hidden,top_k,experts,tokens_per_rank,phase,time_us,min_us,max_us,\
          parts,part1_us,part2_us,row_bytes,unique_bytes,traffic_bytes,written_bytes,gbps,copy_us,ratio_to_copy,\
-         same_traffic_us,ratio_to_same_traffic,nccl_ep_bytes,nccl_ep_gbps,deepep_bytes,deepep_gbps\n",
+         same_traffic_us,ratio_to_same_traffic,nccl_ep_bytes,nccl_ep_gbps,deepep_bytes,deepep_gbps,\
+         fanout_us,ratio_to_fanout\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{},{:.3},{:.3},{},{},{},{},{:.2},{:.3},{:.4},{:.3},{:.4},{},{},{},{:.2}",
+            "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{},{:.3},{:.3},{},{},{},{},{:.2},{:.3},{:.4},{:.3},{:.4},{},{},{},{:.2},{},{}",
             r.workload,
             r.mode.as_str(),
             match r.layout {
@@ -148,7 +159,10 @@ pub fn csv(rows: &[Row]) -> String {
             r.counts.nccl_ep.map_or(String::new(), |b| b.to_string()),
             r.nccl_ep_gbps.map_or(String::new(), |g| format!("{g:.2}")),
             r.counts.deepep,
-            r.deepep_gbps
+            r.deepep_gbps,
+            r.fanout_us.map_or(String::new(), |f| format!("{f:.3}")),
+            r.fanout_us
+                .map_or(String::new(), |f| format!("{:.4}", r.time_us / f)),
         );
     }
     out
