@@ -9,7 +9,7 @@ use ep_tests::{gpu_jit_or_skip, renderer};
 
 fn spec(ranks: u32, extra: &str) -> Spec {
     let yaml = format!(
-        "name: notify-r{ranks}\nmode: high_throughput\nhidden: 2048\nexperts: {}\ntop_k: 8\n\
+        "name: notify-r{ranks}\nmode: high_throughput\nhidden: 256\nexperts: {}\ntop_k: 8\n\
          ranks: {ranks}\nmax_tokens_per_rank: 8192\n{extra}",
         16 * ranks
     );

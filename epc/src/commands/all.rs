@@ -116,17 +116,18 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
                 l.times.combine()
             )
         } else {
-            let (calls, refused) = verify_notify(&gpu, &jit, spec, ks, &plan)?;
+            // Notify, dispatch and combine on the ranks that fit (each holds a whole window).
+            let runnable = fitting(&gpu, spec)?;
+            let kernels = renderer.render(&runnable)?;
+            let (calls, refused) = verify_notify(&gpu, &jit, &runnable, &kernels, &plan)?;
             let notify = if refused == 0 {
                 format!("notify x{calls}")
             } else {
                 format!("notify x{calls} ({refused} full)")
             };
-            // Dispatch and combine on the ranks that fit, at a few tokens per rank (the
-            // reference holds every row on the host).
-            let runnable = fitting(&gpu, spec)?;
+            // Dispatch and combine at a few tokens per rank (the reference holds every row on
+            // the host).
             let data = {
-                let kernels = renderer.render(&runnable)?;
                 let small = Plan {
                     tokens: plan.tokens.min(HT_CHECK_TOKENS),
                     ..plan
