@@ -44,7 +44,7 @@ pub enum Command {
     /// Run each spec's kernels on the GPU on a random routing and check them against the reference.
     Run(RunArgs),
     /// Time dispatch and combine (both modes) against a copy of the same bytes and the
-    /// same-traffic copy.
+    /// same-traffic copy, HT dispatch also against its row copies alone.
     Bench(BenchArgs),
     /// Report the GPUs, the driver, NVRTC, NCCL and the cache folder epc would use, with the fix
     /// for each missing piece. Exits 0 when everything needed here is present.
