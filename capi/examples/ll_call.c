@@ -11,63 +11,13 @@
  * checks that every output element is 1 (exit 1 otherwise). Device memory comes from the CUDA
  * driver (libcuda, loaded at run time), so no CUDA header is needed to build it.
  */
-#include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "epc.h"
-
-#define EXPECT(call, want)                                                                  \
-  do {                                                                                      \
-    epcResult_t got_ = (call);                                                              \
-    if (got_ != (want)) {                                                                   \
-      fprintf(stderr, "%s:%d: %s returned %s, expected %s: %s\n", __FILE__, __LINE__, #call, \
-              epcGetErrorString(got_), epcGetErrorString(want), epcGetLastError());         \
-      return 1;                                                                             \
-    }                                                                                       \
-  } while (0)
-
-/* The few CUDA driver calls the example needs, loaded from libcuda.so.1. */
-typedef int (*cu_init_t)(unsigned);
-typedef int (*cu_device_get_t)(int*, int);
-typedef int (*cu_primary_retain_t)(void**, int);
-typedef int (*cu_ctx_set_t)(void*);
-typedef int (*cu_alloc_t)(uint64_t*, size_t);
-typedef int (*cu_free_t)(uint64_t);
-typedef int (*cu_htod_t)(uint64_t, const void*, size_t);
-typedef int (*cu_dtoh_t)(void*, uint64_t, size_t);
-typedef int (*cu_dtod_t)(uint64_t, uint64_t, size_t);
-struct driver {
-  cu_alloc_t alloc;
-  cu_free_t free;
-  cu_htod_t htod;
-  cu_dtoh_t dtoh;
-  cu_dtod_t dtod;
-};
-
-static int load_driver(struct driver* d) {
-  void* lib = dlopen("libcuda.so.1", RTLD_NOW);
-  if (!lib) return 1;
-  cu_init_t init = (cu_init_t)dlsym(lib, "cuInit");
-  cu_device_get_t device_get = (cu_device_get_t)dlsym(lib, "cuDeviceGet");
-  cu_primary_retain_t retain = (cu_primary_retain_t)dlsym(lib, "cuDevicePrimaryCtxRetain");
-  cu_ctx_set_t set = (cu_ctx_set_t)dlsym(lib, "cuCtxSetCurrent");
-  d->alloc = (cu_alloc_t)dlsym(lib, "cuMemAlloc_v2");
-  d->free = (cu_free_t)dlsym(lib, "cuMemFree_v2");
-  d->htod = (cu_htod_t)dlsym(lib, "cuMemcpyHtoD_v2");
-  d->dtoh = (cu_dtoh_t)dlsym(lib, "cuMemcpyDtoH_v2");
-  d->dtod = (cu_dtod_t)dlsym(lib, "cuMemcpyDtoD_v2");
-  if (!init || !device_get || !retain || !set || !d->alloc || !d->free || !d->htod || !d->dtoh ||
-      !d->dtod)
-    return 1;
-  int device = 0;
-  void* ctx = NULL;
-  /* The device's primary context: the one epc (and the CUDA runtime) use. */
-  if (init(0) || device_get(&device, 0) || retain(&ctx, device) || set(ctx)) return 1;
-  return 0;
-}
+#include "example.h"
 
 /* Errors a C caller gets back, without a GPU. */
 static int error_paths(void) {

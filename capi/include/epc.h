@@ -122,6 +122,35 @@ typedef struct epcTensor_t {
   int32_t dtype;
 } epcTensor_t;
 
+// What one local rank received in a high-throughput dispatch: views into the group's window
+// (and notify's outputs), valid on the stream after `epcHtDispatchRecv` until the next
+// dispatch. Every view spans the whole buffer (C = max_recv_tokens_per_rank rows); the rows in
+// use are the first `recv_rows` (flat layout) or `group_offset[L]` (expert-major), counts that
+// stay on the device unless the caller reads them. `recv_scales` has `ndim` 0 without FP8.
+typedef struct epcHtReceived_t {
+  // `[C, H]` payload in the dispatch dtype (FP8: e4m3 codes).
+  struct epcTensor_t recv_x;
+  // `[C, H / 128]` f32 FP8 block scales.
+  struct epcTensor_t recv_scales;
+  // `[C, K]` the row's token's slots as local expert ids, -1 for slots elsewhere.
+  struct epcTensor_t recv_topk_idx;
+  // `[C, K]` f32 weights, 0 where -1.
+  struct epcTensor_t recv_topk_w;
+  // `[C]` i32: `s * M + t` of each row (-1 for expert-major padding rows).
+  struct epcTensor_t recv_src;
+  // `[C, H]`: what this rank returns for each row, written in place before
+  // `epcHtCombineSend` (flat: the row's experts weighted and summed; expert-major: the
+  // expert's output for that slot).
+  struct epcTensor_t y;
+  // `[1]` i32: rows received (flat layout).
+  struct epcTensor_t recv_rows;
+  // `[L]` i32: slots naming each local expert.
+  struct epcTensor_t num_recv_tokens_per_expert;
+  // `[L + 1]` i32: the first row of each local expert's group (expert-major); the last entry
+  // is the rows in use.
+  struct epcTensor_t group_offset;
+} epcHtReceived_t;
+
 // What one local rank received in a call's dispatch: views into the group's window, valid on
 // the stream after `epcDispatchRecv` until the call's half is used again. `recv_scales` has
 // `ndim` 0 without FP8.
@@ -179,6 +208,57 @@ enum epcResult_t epcGroupGetInfo(struct epcGroup_st *group, struct epcGroupInfo_
 // # Safety
 // `group` must be a live group from `epcCreateGroup` that no other thread is using.
 enum epcResult_t epcGroupDestroy(struct epcGroup_st *group);
+
+// Starts a high-throughput call: per local rank i, the layout of `topk_idx[i] [T, K]`, notify
+// (every rank learns where its rows go), and `x[i] [T, H]` written straight into the
+// receivers' buffers; `topk_weights[i] [T, K]` (f32) travel with the rows. T <= M per rank.
+// Bad ids, a full receive buffer and timeouts are reported by `epcCheck`.
+//
+// # Safety
+// `group` must be live; `x`, `topk_idx` and `topk_weights` arrays of `n` descriptors of
+// device memory on the group's GPU; `stream` a stream of that GPU (or null).
+enum epcResult_t epcHtDispatchSend(struct epcGroup_st *group,
+                                   const struct epcTensor_t *x,
+                                   const struct epcTensor_t *topk_idx,
+                                   const struct epcTensor_t *topk_weights,
+                                   uint32_t n,
+                                   void *stream);
+
+// Completes a high-throughput dispatch on `stream` (waits for every sender); the views of
+// `epcHtGetReceived` are then valid on the stream.
+//
+// # Safety
+// `group` must be live; `stream` a stream of the group's GPU (or null).
+enum epcResult_t epcHtDispatchRecv(struct epcGroup_st *group, void *stream);
+
+// The views of what local rank `local_rank` received (see `epcHtReceived_t`).
+//
+// # Safety
+// `group` must be live; `received` writable memory for one `epcHtReceived_t`.
+enum epcResult_t epcHtGetReceived(struct epcGroup_st *group,
+                                  uint32_t local_rank,
+                                  struct epcHtReceived_t *received);
+
+// Announces, on `stream`, that the group's experts have written `y`.
+//
+// # Safety
+// `group` must be live; `stream` a stream of the group's GPU (or null).
+enum epcResult_t epcHtCombineSend(struct epcGroup_st *group, void *stream);
+
+// Pulls the rows returned for each local rank's tokens and reduces them into `out[i] [T, H]`
+// (flat: summed over the ranks that received the token, in rank order; expert-major: weighted
+// by `topk_weights[i]` over the slots in k order; f32 sums). `topk_idx[i]` and
+// `topk_weights[i]` are the dispatch's.
+//
+// # Safety
+// `group` must be live; the arrays hold `n` descriptors of device memory on the group's GPU;
+// `stream` a stream of that GPU (or null).
+enum epcResult_t epcHtCombineRecv(struct epcGroup_st *group,
+                                  const struct epcTensor_t *topk_idx,
+                                  const struct epcTensor_t *topk_weights,
+                                  const struct epcTensor_t *out,
+                                  uint32_t n,
+                                  void *stream);
 
 // Makes a call's state for a low-latency group (setup, not the hot path). Every rank makes
 // its calls in the same order.

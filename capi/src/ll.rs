@@ -53,7 +53,8 @@ fn call_mut<'a>(call: *mut epcCall) -> Result<&'a mut LlCall, Failure> {
     Ok(unsafe { &mut (*call).call })
 }
 
-fn caller_stream(raw: *mut c_void) -> Stream<'static> {
+/// The caller's `cudaStream_t`.
+pub(crate) fn caller_stream(raw: *mut c_void) -> Stream<'static> {
     // SAFETY: a cudaStream_t is a CUstream of the current context (null: the legacy default
     // stream); the caller's contract is that it belongs to the group's GPU and outlives the work.
     unsafe { Stream::from_raw(raw.cast()) }
@@ -164,15 +165,12 @@ pub unsafe extern "C" fn epcGetReceived(
             return Err(Failure::argument("received is null"));
         }
         let r = c.received(g, local_rank as usize)?;
-        let none = epcTensor_t {
-            data: std::ptr::null_mut(),
-            ndim: 0,
-            sizes: [0; 3],
-            dtype: 0,
-        };
         let views = epcReceived_t {
             recv_x: epcTensor_t::of(&r.recv_x),
-            recv_scales: r.recv_scales.as_ref().map_or(none, epcTensor_t::of),
+            recv_scales: r
+                .recv_scales
+                .as_ref()
+                .map_or(epcTensor_t::none(), epcTensor_t::of),
             recv_count: epcTensor_t::of(&r.recv_count),
             recv_src: epcTensor_t::of(&r.recv_src),
             recv_range: epcTensor_t::of(&r.recv_range),

@@ -108,6 +108,16 @@ impl epcTensor_t {
         unsafe { Tensor::from_raw(self.data as u64, &shape, dtype.elem()) }.map_err(Failure::from)
     }
 
+    /// No tensor (`ndim` 0), for a view a spec does not have.
+    pub(crate) fn none() -> epcTensor_t {
+        epcTensor_t {
+            data: std::ptr::null_mut(),
+            ndim: 0,
+            sizes: [0; 3],
+            dtype: 0,
+        }
+    }
+
     /// A descriptor of a runtime view (a received buffer).
     pub(crate) fn of(view: &Tensor) -> epcTensor_t {
         let mut sizes = [0u64; 3];

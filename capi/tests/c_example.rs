@@ -1,7 +1,7 @@
-//! The C example (`examples/ll_call.c`) builds with the system C compiler against
-//! `include/epc.h` and `libepc.so`, with every warning an error, and runs: without a GPU it
-//! checks the error paths and says why it skips the call; with one it also runs a low-latency
-//! call on 8 virtual ranks and checks the outputs (required with `EPC_REQUIRE_GPU=1`).
+//! The C examples build with the system C compiler against `include/epc.h` and `libepc.so`, with
+//! every warning an error, and run. `ll_call.c` checks the error paths, then (with a GPU) a
+//! low-latency call on 8 virtual ranks; `ht_call.c` a high-throughput one. Without a GPU each
+//! says why it skips its call; `EPC_REQUIRE_GPU=1` makes that a failure.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,8 +16,8 @@ fn library_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
-#[test]
-fn the_c_example_builds_and_runs() {
+/// Builds `examples/NAME.c` and runs it; its standard output.
+fn build_and_run(name: &str) -> String {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib = library_dir();
     assert!(
@@ -26,12 +26,12 @@ fn the_c_example_builds_and_runs() {
         lib.display()
     );
     let dir = tempfile::tempdir().unwrap();
-    let exe = dir.path().join("ll_call");
+    let exe = dir.path().join(name);
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
     let built = Command::new(&cc)
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
         .arg(crate_dir.join("include"))
-        .arg(crate_dir.join("examples/ll_call.c"))
+        .arg(crate_dir.join(format!("examples/{name}.c")))
         .arg("-L")
         .arg(&lib)
         .args(["-lepc", "-ldl", "-o"])
@@ -40,31 +40,60 @@ fn the_c_example_builds_and_runs() {
         .unwrap_or_else(|e| panic!("running the C compiler `{cc}`: {e}"));
     assert!(
         built.status.success(),
-        "{cc} failed:\n{}",
+        "{cc} failed on {name}.c:\n{}",
         String::from_utf8_lossy(&built.stderr)
     );
     let ran = Command::new(&exe)
         .env("LD_LIBRARY_PATH", &lib)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&ran.stdout);
+    let stdout = String::from_utf8_lossy(&ran.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&ran.stderr);
     assert!(
         ran.status.success(),
-        "the C example failed:\n{stdout}\n{stderr}"
+        "the C example {name} failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("error paths: ok"), "{stdout}");
-    let gpu_ran = stdout.contains("every output is 1");
-    if !gpu_ran {
-        let skipped = stdout
-            .lines()
-            .find(|l| l.starts_with("no GPU here"))
-            .unwrap_or_else(|| panic!("neither the call nor a reason to skip it:\n{stdout}"));
-        assert!(
-            std::env::var("EPC_REQUIRE_GPU").as_deref() != Ok("1"),
-            "EPC_REQUIRE_GPU=1 but the C example skipped the call: {skipped}"
-        );
-        eprintln!("SKIP the C example's GPU call: {skipped}");
-    }
     eprintln!("{stdout}");
+    stdout
+}
+
+/// Whether the example ran its GPU call (`done_marker` printed); a skip needs its reason, and
+/// is a failure with `EPC_REQUIRE_GPU=1`.
+fn ran_on_gpu(name: &str, stdout: &str, done_marker: &str) -> bool {
+    if stdout.contains(done_marker) {
+        return true;
+    }
+    let skipped = stdout
+        .lines()
+        .find(|l| l.starts_with("no GPU here"))
+        .unwrap_or_else(|| panic!("{name}: neither the call nor a reason to skip it:\n{stdout}"));
+    assert!(
+        std::env::var("EPC_REQUIRE_GPU").as_deref() != Ok("1"),
+        "EPC_REQUIRE_GPU=1 but {name} skipped its call: {skipped}"
+    );
+    eprintln!("SKIP {name}'s GPU call: {skipped}");
+    false
+}
+
+#[test]
+fn the_low_latency_example_checks_errors_and_runs_a_call() {
+    let stdout = build_and_run("ll_call");
+    assert!(stdout.contains("error paths: ok"), "{stdout}");
+    if ran_on_gpu("ll_call", &stdout, "every output is 1") {
+        assert!(
+            stdout.contains("bad id: epcCheck: rank 0: topk_idx[0][3]"),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn the_high_throughput_example_runs_a_call() {
+    let stdout = build_and_run("ht_call");
+    if ran_on_gpu("ht_call", &stdout, "every output is its token's rank count") {
+        assert!(
+            stdout.contains("wrong shape: epcHtDispatchSend"),
+            "{stdout}"
+        );
+    }
 }
