@@ -61,6 +61,7 @@ fn build_and_run(name: &str) -> String {
 /// is a failure with `EPC_REQUIRE_GPU=1`.
 fn ran_on_gpu(name: &str, stdout: &str, done_marker: &str) -> bool {
     if stdout.contains(done_marker) {
+        eprintln!("GPU {name}: on the GPU the example found");
         return true;
     }
     let skipped = stdout
@@ -71,7 +72,7 @@ fn ran_on_gpu(name: &str, stdout: &str, done_marker: &str) -> bool {
         std::env::var("EPC_REQUIRE_GPU").as_deref() != Ok("1"),
         "EPC_REQUIRE_GPU=1 but {name} skipped its call: {skipped}"
     );
-    eprintln!("SKIP {name}'s GPU call: {skipped}");
+    eprintln!("SKIP {name}: {skipped}");
     false
 }
 
