@@ -87,6 +87,12 @@ impl PySpec {
         self.spec.dispatch_dtype().as_str()
     }
 
+    /// Device memory one rank of this spec takes (its window, maps and workspace), in bytes.
+    #[getter]
+    fn window_bytes(&self) -> u64 {
+        ep_codegen::MemoryPlan::of(&self.spec).per_rank()
+    }
+
     /// The same spec with another rank count (validated again).
     fn with_ranks(&self, ranks: u32) -> PyResult<PySpec> {
         Ok(PySpec {
