@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod inputs;
+mod install;
 mod npy;
 mod progress;
 mod svg;

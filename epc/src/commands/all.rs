@@ -34,6 +34,7 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
     let kernels: usize = rendered.iter().map(Vec::len).sum();
     println!("{} rendered", count(kernels, "kernel"));
 
+    crate::install::nvrtc_if_missing();
     let jit = match optional_jit()? {
         Ok(jit) => jit,
         Err(why) => {
