@@ -70,19 +70,11 @@ pub unsafe extern "C" fn epcHtDispatchSend(
 ) -> epcResult_t {
     boundary("epcHtDispatchSend", || {
         let g = ht(group)?;
-        let xs = tensors(x, n, "x")?;
-        let ids = tensors(topk_idx, n, "topk_idx")?;
-        let weights = tensors(topk_weights, n, "topk_weights")?;
-        let inputs: Vec<HtDispatchInput> = xs
-            .into_iter()
-            .zip(ids)
-            .zip(weights)
-            .map(|((x, topk_idx), topk_weights)| HtDispatchInput {
-                x,
-                topk_idx,
-                topk_weights,
-            })
-            .collect();
+        let inputs = HtDispatchInput::per_rank(
+            tensors(x, n, "x")?,
+            tensors(topk_idx, n, "topk_idx")?,
+            tensors(topk_weights, n, "topk_weights")?,
+        )?;
         Ok(g.dispatch_send(&inputs, caller_stream(stream))?)
     })
 }
@@ -171,19 +163,11 @@ pub unsafe extern "C" fn epcHtCombineRecv(
 ) -> epcResult_t {
     boundary("epcHtCombineRecv", || {
         let g = ht(group)?;
-        let ids = tensors(topk_idx, n, "topk_idx")?;
-        let weights = tensors(topk_weights, n, "topk_weights")?;
-        let outs = tensors(out, n, "out")?;
-        let inputs: Vec<HtCombineInput> = ids
-            .into_iter()
-            .zip(weights)
-            .zip(outs)
-            .map(|((topk_idx, topk_weights), out)| HtCombineInput {
-                topk_idx,
-                topk_weights,
-                out,
-            })
-            .collect();
+        let inputs = HtCombineInput::per_rank(
+            tensors(topk_idx, n, "topk_idx")?,
+            tensors(topk_weights, n, "topk_weights")?,
+            tensors(out, n, "out")?,
+        )?;
         Ok(g.combine_recv(&inputs, caller_stream(stream))?)
     })
 }

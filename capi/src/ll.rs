@@ -118,13 +118,8 @@ pub unsafe extern "C" fn epcDispatchSend(
     boundary("epcDispatchSend", || {
         let g = ll(group)?;
         let c = call_mut(call)?;
-        let xs = tensors(x, n, "x")?;
-        let ids = tensors(topk_idx, n, "topk_idx")?;
-        let inputs: Vec<DispatchInput> = xs
-            .into_iter()
-            .zip(ids)
-            .map(|(x, topk_idx)| DispatchInput { x, topk_idx })
-            .collect();
+        let inputs =
+            DispatchInput::per_rank(tensors(x, n, "x")?, tensors(topk_idx, n, "topk_idx")?)?;
         Ok(g.dispatch_send(c, &inputs, caller_stream(stream))?)
     })
 }
@@ -218,13 +213,10 @@ pub unsafe extern "C" fn epcCombineRecv(
     boundary("epcCombineRecv", || {
         let g = ll(group)?;
         let c = call_mut(call)?;
-        let weights = tensors(topk_weights, n, "topk_weights")?;
-        let outs = tensors(out, n, "out")?;
-        let inputs: Vec<CombineInput> = weights
-            .into_iter()
-            .zip(outs)
-            .map(|(topk_weights, out)| CombineInput { topk_weights, out })
-            .collect();
+        let inputs = CombineInput::per_rank(
+            tensors(topk_weights, n, "topk_weights")?,
+            tensors(out, n, "out")?,
+        )?;
         Ok(g.combine_recv(c, &inputs, caller_stream(stream))?)
     })
 }

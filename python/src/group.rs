@@ -225,13 +225,11 @@ impl PyGroup {
         stream_: usize,
     ) -> PyResult<()> {
         let device = self.device;
-        let xs = tensors(x, "x", device)?;
-        let ids = tensors(topk_idx, "topk_idx", device)?;
-        let inputs: Vec<DispatchInput> = xs
-            .into_iter()
-            .zip(ids)
-            .map(|(x, topk_idx)| DispatchInput { x, topk_idx })
-            .collect();
+        let inputs = DispatchInput::per_rank(
+            tensors(x, "x", device)?,
+            tensors(topk_idx, "topk_idx", device)?,
+        )
+        .map_err(to_py)?;
         self.ll()?
             .dispatch_send(&mut call.call, &inputs, stream(stream_))
             .map_err(to_py)
@@ -284,13 +282,11 @@ impl PyGroup {
         stream_: usize,
     ) -> PyResult<()> {
         let device = self.device;
-        let ws = tensors(topk_weights, "topk_weights", device)?;
-        let outs = tensors(out, "out", device)?;
-        let inputs: Vec<CombineInput> = ws
-            .into_iter()
-            .zip(outs)
-            .map(|(topk_weights, out)| CombineInput { topk_weights, out })
-            .collect();
+        let inputs = CombineInput::per_rank(
+            tensors(topk_weights, "topk_weights", device)?,
+            tensors(out, "out", device)?,
+        )
+        .map_err(to_py)?;
         self.ll()?
             .combine_recv(&call.call, &inputs, stream(stream_))
             .map_err(to_py)
@@ -305,19 +301,12 @@ impl PyGroup {
         stream_: usize,
     ) -> PyResult<()> {
         let device = self.device;
-        let xs = tensors(x, "x", device)?;
-        let ids = tensors(topk_idx, "topk_idx", device)?;
-        let ws = tensors(topk_weights, "topk_weights", device)?;
-        let inputs: Vec<HtDispatchInput> = xs
-            .into_iter()
-            .zip(ids)
-            .zip(ws)
-            .map(|((x, topk_idx), topk_weights)| HtDispatchInput {
-                x,
-                topk_idx,
-                topk_weights,
-            })
-            .collect();
+        let inputs = HtDispatchInput::per_rank(
+            tensors(x, "x", device)?,
+            tensors(topk_idx, "topk_idx", device)?,
+            tensors(topk_weights, "topk_weights", device)?,
+        )
+        .map_err(to_py)?;
         self.ht()?
             .dispatch_send(&inputs, stream(stream_))
             .map_err(to_py)
@@ -364,19 +353,12 @@ impl PyGroup {
         stream_: usize,
     ) -> PyResult<()> {
         let device = self.device;
-        let ids = tensors(topk_idx, "topk_idx", device)?;
-        let ws = tensors(topk_weights, "topk_weights", device)?;
-        let outs = tensors(out, "out", device)?;
-        let inputs: Vec<HtCombineInput> = ids
-            .into_iter()
-            .zip(ws)
-            .zip(outs)
-            .map(|((topk_idx, topk_weights), out)| HtCombineInput {
-                topk_idx,
-                topk_weights,
-                out,
-            })
-            .collect();
+        let inputs = HtCombineInput::per_rank(
+            tensors(topk_idx, "topk_idx", device)?,
+            tensors(topk_weights, "topk_weights", device)?,
+            tensors(out, "out", device)?,
+        )
+        .map_err(to_py)?;
         self.ht()?
             .combine_recv(&inputs, stream(stream_))
             .map_err(to_py)

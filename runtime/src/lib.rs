@@ -20,6 +20,7 @@ pub mod jit;
 mod launch;
 pub mod libsearch;
 pub mod ll;
+mod per_rank;
 mod raw_copy;
 pub mod reference;
 pub mod routing;
