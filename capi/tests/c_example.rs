@@ -6,14 +6,31 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The folder holding `libepc.so`: `EPC_CAPI_LIB_DIR`, else this test's target folder.
+/// The folder holding `libepc.so`: `EPC_CAPI_LIB_DIR`, else this test's target folder, where
+/// the library is built first when missing (`cargo test` builds the crate as an rlib only).
 fn library_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("EPC_CAPI_LIB_DIR") {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test> -> target/<profile>
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    if !dir.join("libepc.so").is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(&cargo);
+        build
+            .args(["build", "--quiet", "-p", "ep-capi", "--lib"])
+            .env("CARGO_TARGET_DIR", dir.parent().unwrap())
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build
+            .status()
+            .unwrap_or_else(|e| panic!("running {cargo}: {e}"));
+        assert!(status.success(), "building libepc.so failed ({status})");
+    }
+    dir
 }
 
 /// Builds `examples/NAME.c` and runs it; its standard output.
