@@ -3,8 +3,15 @@
 //! low-latency call on 8 virtual ranks; `ht_call.c` a high-throughput one. Without a GPU each
 //! says why it skips its call; `EPC_REQUIRE_GPU=1` makes that a failure.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// One line the test command counts (`GPU name: ...` or `SKIP name: no GPU ...`), written past
+/// the test harness's capture.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
 
 /// The folder holding `libepc.so`: `EPC_CAPI_LIB_DIR`, else this test's target folder, where
 /// the library is built first when missing (`cargo test` builds the crate as an rlib only).
@@ -78,7 +85,7 @@ fn build_and_run(name: &str) -> String {
 /// is a failure with `EPC_REQUIRE_GPU=1`.
 fn ran_on_gpu(name: &str, stdout: &str, done_marker: &str) -> bool {
     if stdout.contains(done_marker) {
-        eprintln!("GPU {name}: on the GPU the example found");
+        say(&format!("GPU {name}: on the GPU the example found"));
         return true;
     }
     let skipped = stdout
@@ -89,7 +96,7 @@ fn ran_on_gpu(name: &str, stdout: &str, done_marker: &str) -> bool {
         std::env::var("EPC_REQUIRE_GPU").as_deref() != Ok("1"),
         "EPC_REQUIRE_GPU=1 but {name} skipped its call: {skipped}"
     );
-    eprintln!("SKIP {name}: {skipped}");
+    say(&format!("SKIP {name}: {skipped}"));
     false
 }
 
