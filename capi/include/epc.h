@@ -53,6 +53,8 @@ typedef enum epcDataType_t {
   epcInt32 = 4,
   // i64.
   epcInt64 = 5,
+  // bool, one byte (0 or 1).
+  epcBool = 6,
 } epcDataType_t;
 
 // One low-latency call's state (`epcCall_t`): calls alternate between the two halves of the
@@ -223,6 +225,22 @@ enum epcResult_t epcHtDispatchSend(struct epcGroup_st *group,
                                    const struct epcTensor_t *topk_weights,
                                    uint32_t n,
                                    void *stream);
+
+// The routing layout of `topk_idx [T, K]` into the caller's tensors, on `stream` with no host
+// synchronization (DeepEP's `get_dispatch_layout`): `counters [R + E + 2]` (`epcInt32`) gets
+// the tokens per rank, the slots per expert, the number of slots whose id is outside `[-1, E)`
+// and `2^31 - 1 - (t * K + k)` of the first such slot (0 when none); `is_token_in_rank [T, R]`
+// (`epcBool`) whether token t goes to rank r. The dispatch computes its own layout; this is for
+// callers that want the counts.
+//
+// # Safety
+// `group` must be live; the three descriptors device memory on the group's GPU; `stream` a
+// stream of that GPU (or null).
+enum epcResult_t epcHtLayout(struct epcGroup_st *group,
+                             const struct epcTensor_t *topk_idx,
+                             const struct epcTensor_t *counters,
+                             const struct epcTensor_t *is_token_in_rank,
+                             void *stream);
 
 // Completes a high-throughput dispatch on `stream` (waits for every sender); the views of
 // `epcHtGetReceived` are then valid on the stream.

@@ -79,6 +79,38 @@ pub unsafe extern "C" fn epcHtDispatchSend(
     })
 }
 
+/// The routing layout of `topk_idx [T, K]` into the caller's tensors, on `stream` with no host
+/// synchronization (DeepEP's `get_dispatch_layout`): `counters [R + E + 2]` (`epcInt32`) gets
+/// the tokens per rank, the slots per expert, the number of slots whose id is outside `[-1, E)`
+/// and `2^31 - 1 - (t * K + k)` of the first such slot (0 when none); `is_token_in_rank [T, R]`
+/// (`epcBool`) whether token t goes to rank r. The dispatch computes its own layout; this is for
+/// callers that want the counts.
+///
+/// # Safety
+/// `group` must be live; the three descriptors device memory on the group's GPU; `stream` a
+/// stream of that GPU (or null).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epcHtLayout(
+    group: *mut epcGroup,
+    topk_idx: *const epcTensor_t,
+    counters: *const epcTensor_t,
+    is_token_in_rank: *const epcTensor_t,
+    stream: *mut c_void,
+) -> epcResult_t {
+    boundary("epcHtLayout", || {
+        let g = ht(group)?;
+        let one = |ptr: *const epcTensor_t, what: &str| -> Result<_, Failure> {
+            Ok(tensors(ptr, 1, what)?.remove(0))
+        };
+        Ok(g.layout(
+            one(topk_idx, "topk_idx")?,
+            one(counters, "counters")?,
+            one(is_token_in_rank, "is_token_in_rank")?,
+            caller_stream(stream),
+        )?)
+    })
+}
+
 /// Completes a high-throughput dispatch on `stream` (waits for every sender); the views of
 /// `epcHtGetReceived` are then valid on the stream.
 ///

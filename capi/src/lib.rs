@@ -24,7 +24,7 @@ pub use group::{
 };
 pub use ht::{
     epcHtCombineRecv, epcHtCombineSend, epcHtDispatchRecv, epcHtDispatchSend, epcHtGetReceived,
-    epcHtReceived_t,
+    epcHtLayout, epcHtReceived_t,
 };
 pub use ll::{
     epcCall, epcCallCreate, epcCallDestroy, epcCheck, epcCombineRecv, epcCombineSend,

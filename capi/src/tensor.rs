@@ -22,6 +22,8 @@ pub enum epcDataType_t {
     epcInt32 = 4,
     /// i64.
     epcInt64 = 5,
+    /// bool, one byte (0 or 1).
+    epcBool = 6,
 }
 
 impl epcDataType_t {
@@ -33,6 +35,7 @@ impl epcDataType_t {
             epcDataType_t::epcFloat32 => Elem::F32,
             epcDataType_t::epcInt32 => Elem::I32,
             epcDataType_t::epcInt64 => Elem::I64,
+            epcDataType_t::epcBool => Elem::Bool,
         }
     }
 
@@ -44,6 +47,7 @@ impl epcDataType_t {
             Elem::F32 => epcDataType_t::epcFloat32,
             Elem::I32 => epcDataType_t::epcInt32,
             Elem::I64 => epcDataType_t::epcInt64,
+            Elem::Bool => epcDataType_t::epcBool,
         }
     }
 }
@@ -81,6 +85,7 @@ impl epcTensor_t {
             3 => epcDataType_t::epcFloat32,
             4 => epcDataType_t::epcInt32,
             5 => epcDataType_t::epcInt64,
+            6 => epcDataType_t::epcBool,
             other => {
                 return Err(Failure::argument(format!(
                     "{what}: dtype {other} is not an epcDataType_t"

@@ -120,6 +120,24 @@ class _GroupBase:
         )
 
     # High throughput -------------------------------------------------------------------------
+    def layout(self, topk_idx: Any, stream: Any = None) -> Dict[str, Any]:
+        """The routing layout of one rank's ``topk_idx [T, K]`` on the device, with no host
+        synchronization (DeepEP's ``get_dispatch_layout``): ``num_tokens_per_rank [R]``,
+        ``num_tokens_per_expert [E]`` (int32), ``is_token_in_rank [T, R]`` (bool) and
+        ``bad_slots [1]`` (slots whose id is outside ``[-1, E)``, which are skipped)."""
+        torch = _torch()
+        (ids,) = _list(topk_idx, 1, "topk_idx")
+        r, e = self.spec.ranks, self.spec.experts
+        counters = torch.empty(r + e + 2, dtype=torch.int32, device=ids.device)
+        in_rank = torch.empty(ids.shape[0], r, dtype=torch.bool, device=ids.device)
+        self._raw.ht_layout(ids, counters, in_rank, _stream(stream))
+        return {
+            "num_tokens_per_rank": counters[:r],
+            "num_tokens_per_expert": counters[r : r + e],
+            "is_token_in_rank": in_rank,
+            "bad_slots": counters[r + e : r + e + 1],
+        }
+
     def ht_dispatch(
         self, x: Sequence[Any], topk_idx: Sequence[Any], topk_weights: Sequence[Any], stream: Any = None
     ) -> List[Dict[str, Any]]:

@@ -59,6 +59,7 @@ fn dl_type(elem: Elem) -> DlDataType {
         Elem::F32 => (2, 32),
         Elem::I32 => (0, 32),
         Elem::I64 => (0, 64),
+        Elem::Bool => (6, 8),
     };
     DlDataType {
         code,
@@ -78,6 +79,7 @@ fn elem_of(t: DlDataType) -> Option<Elem> {
         (2, 32) => Some(Elem::F32),
         (0, 32) => Some(Elem::I32),
         (0, 64) => Some(Elem::I64),
+        (6, 8) => Some(Elem::Bool),
         _ => None,
     }
 }
@@ -184,7 +186,7 @@ unsafe fn read_dl(t: &DlTensor, what: &str, device: usize) -> PyResult<Tensor> {
     }
     let elem = elem_of(t.dtype).ok_or_else(|| {
         tensor_error(format!(
-            "{what}: DLPack dtype (code {}, {} bits) is not one epc takes (bf16, fp16, fp8 as uint8, f32, i32, i64)",
+            "{what}: DLPack dtype (code {}, {} bits) is not one epc takes (bf16, fp16, fp8 as uint8, f32, i32, i64, bool)",
             t.dtype.code, t.dtype.bits
         ))
     })?;
@@ -205,6 +207,7 @@ fn from_cuda_array_interface(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Ten
         "f4" => Elem::F32,
         "i4" => Elem::I32,
         "i8" => Elem::I64,
+        "b1" => Elem::Bool,
         "u1" => Elem::Fp8E4m3,
         other => {
             return Err(tensor_error(format!(

@@ -312,6 +312,24 @@ impl PyGroup {
             .map_err(to_py)
     }
 
+    /// The routing layout of one rank's `topk_idx [T, K]` into `counters [R + E + 2]` (i32) and
+    /// `is_token_in_rank [T, R]` (bool), on the stream, no host synchronization.
+    fn ht_layout(
+        &mut self,
+        topk_idx: &Bound<'_, PyAny>,
+        counters: &Bound<'_, PyAny>,
+        is_token_in_rank: &Bound<'_, PyAny>,
+        stream_: usize,
+    ) -> PyResult<()> {
+        let device = self.device;
+        let ids = tensor_of(topk_idx, "topk_idx", device)?;
+        let c = tensor_of(counters, "counters", device)?;
+        let in_rank = tensor_of(is_token_in_rank, "is_token_in_rank", device)?;
+        self.ht()?
+            .layout(ids, c, in_rank, stream(stream_))
+            .map_err(to_py)
+    }
+
     /// High-throughput dispatch receive.
     fn ht_dispatch_recv(&mut self, stream_: usize) -> PyResult<()> {
         self.ht()?.dispatch_recv(stream(stream_)).map_err(to_py)

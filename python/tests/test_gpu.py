@@ -200,3 +200,24 @@ def test_nccl_group_of_one_rank():
     group.check()
     assert torch.equal(out, x)  # four quarters of x
     group.close()
+
+
+def test_the_layout_on_the_device_matches_pytorch():
+    print(f"GPU test_the_layout_on_the_device_matches_pytorch: on {torch.cuda.get_device_name()}")
+    spec = epc.spec(
+        name="py-layout", mode="high_throughput", hidden=H, experts=E, top_k=K, ranks=R,
+        max_tokens_per_rank=256, max_recv_tokens_per_rank=R * 256, layout="flat",
+    )
+    group = epc.VirtualGroup(spec)
+    idx, _, _ = routing(200, 77)
+    idx[3, 1] = -1
+    idx[9, 2] = E + 3  # a bad id: skipped, counted
+    got = group.layout(idx)
+    torch.cuda.synchronize()
+    valid = (idx >= 0) & (idx < E)
+    want_experts = torch.bincount(idx[valid], minlength=E).int()
+    in_rank = torch.stack([((idx // (E // R) == r) & valid).any(1) for r in range(R)], 1)
+    assert torch.equal(got["num_tokens_per_expert"], want_experts)
+    assert torch.equal(got["is_token_in_rank"], in_rank)
+    assert torch.equal(got["num_tokens_per_rank"], in_rank.sum(0, dtype=torch.int32))
+    assert int(got["bad_slots"]) == 1

@@ -295,6 +295,51 @@ impl HtGroup {
         self.dispatch_send_data(inputs, stream)
     }
 
+    /// The routing layout of one rank's `topk_idx [T, K]` into the caller's tensors, on `stream`
+    /// with no host synchronization (DeepEP's `get_dispatch_layout`): `counters [R + E + 2]` i32
+    /// gets the tokens per rank `[0, R)`, the slots per expert `[R, R + E)`, the number of slots
+    /// whose id is outside `[-1, E)` and, at `R + E + 1`, `2^31 - 1 - (t * K + k)` of the first
+    /// such slot (0 when none); `is_token_in_rank [T, R]` (bool) whether token t goes to rank r.
+    /// T <= max_tokens_per_rank. Bad ids are skipped, never written out of bounds.
+    pub fn layout(
+        &self,
+        topk_idx: Tensor,
+        counters: Tensor,
+        is_token_in_rank: Tensor,
+        stream: Stream<'_>,
+    ) -> Result<(), Error> {
+        let d = self.spec.dims();
+        let rank = self.ranks().first().copied().unwrap_or(0);
+        let t = topk_idx.shape().first().copied().unwrap_or(0);
+        if t > d.tokens {
+            return Err(Error::Input(format!(
+                "layout: {t} tokens exceed max_tokens_per_rank = {}",
+                d.tokens
+            )));
+        }
+        topk_idx.expect(
+            rank,
+            "topk_idx",
+            &[t, d.top_k],
+            Elem::of_index(self.spec.index_dtype()),
+        )?;
+        counters.expect(rank, "counters", &[d.ranks + d.experts + 2], Elem::I32)?;
+        is_token_in_rank.expect(rank, "is_token_in_rank", &[t, d.ranks], Elem::Bool)?;
+        self.bind()?;
+        // SAFETY: the three tensors were checked against the shapes and types the kernel
+        // indexes (T x K ids, R + E + 2 ints, T x R bytes); the caller keeps them alive until the
+        // launch completes (`Tensor`'s contract), and `bind` made the GPU's context current.
+        unsafe {
+            self.layout.launch_raw(
+                stream,
+                topk_idx.ptr(),
+                t,
+                counters.ptr(),
+                is_token_in_rank.ptr(),
+            )
+        }
+    }
+
     /// The layout kernel of every local rank, into notify's counters.
     pub(super) fn launch_layouts(
         &self,

@@ -24,13 +24,15 @@ pub enum Elem {
     I32,
     /// i64.
     I64,
+    /// bool, one byte (0 or 1): the layout's `is_token_in_rank`.
+    Bool,
 }
 
 impl Elem {
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
-            Elem::Fp8E4m3 => 1,
+            Elem::Fp8E4m3 | Elem::Bool => 1,
             Elem::Bf16 | Elem::F16 => 2,
             Elem::F32 | Elem::I32 => 4,
             Elem::I64 => 8,
