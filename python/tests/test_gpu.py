@@ -221,3 +221,43 @@ def test_the_layout_on_the_device_matches_pytorch():
     assert torch.equal(got["is_token_in_rank"], in_rank)
     assert torch.equal(got["num_tokens_per_rank"], in_rank.sum(0, dtype=torch.int32))
     assert int(got["bad_slots"]) == 1
+
+
+def test_high_throughput_calls_replay_in_a_cuda_graph_with_new_routings():
+    print(f"GPU test_high_throughput_calls_replay_in_a_cuda_graph_with_new_routings: on {torch.cuda.get_device_name()}")
+    spec = epc.spec(
+        name="py-ht-graph", mode="high_throughput", hidden=H, experts=E, top_k=K, ranks=R,
+        max_tokens_per_rank=128, max_recv_tokens_per_rank=R * 128, layout="flat",
+    )
+    group = epc.VirtualGroup(spec)
+    L = E // R
+    first = [routing(128, 300 + s) for s in range(R)]
+    ids = [i.clone() for i, _, _ in first]
+    ws = [w.clone() for _, w, _ in first]
+    xs = [x.clone() for _, _, x in first]
+    outs = [torch.empty(128, H, dtype=torch.bfloat16, device="cuda") for _ in range(R)]
+
+    def step():
+        for got in group.ht_dispatch(xs, ids, ws):
+            got["y"].copy_(got["recv_x"])  # the whole buffer: no host read of the row count
+        group.ht_combine(ids, ws, outs)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for replay in range(3):
+        fresh = [routing(128, 4000 + 100 * replay + s) for s in range(R)]
+        for s, (i, w, x) in enumerate(fresh):
+            ids[s].copy_(i)
+            ws[s].copy_(w)
+            xs[s].copy_(x)
+        graph.replay()
+        group.check()
+        for s, (idx, _, x) in enumerate(fresh):
+            reached = torch.stack([((idx // L) == d).any(1) for d in range(R)], 1).sum(1)
+            assert torch.equal(outs[s], (x.float() * reached.unsqueeze(1)).to(torch.bfloat16)), (replay, s)
