@@ -90,6 +90,15 @@ pub enum Error {
         /// Where the failing source was written (`<cache>/failed/<spec>.<kernel>.cu`).
         source_file: Option<PathBuf>,
     },
+    /// Reading or writing the tuning database failed (a file that cannot be read back is
+    /// skipped with a warning on lookup; this is for writes, exports and imports).
+    #[error("tuning database {}: {detail}", path.display())]
+    Tuning {
+        /// The file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
     /// Reading or writing the kernel cache failed.
     #[error("kernel cache {}: {source}", path.display())]
     Cache {

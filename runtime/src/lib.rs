@@ -26,6 +26,7 @@ pub mod reference;
 pub mod routing;
 pub mod timing;
 pub mod transport;
+pub mod tuning;
 
 pub use error::Error;
 pub use gpu::{DeviceInfo, DriverInfo, Gpu};

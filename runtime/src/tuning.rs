@@ -1,0 +1,418 @@
+//! The tuning database: the knobs `epc tune` found best for one deployment, one JSON file per
+//! key under `$EPC_CACHE_DIR/tuning/`, read by the runtime when it builds a group.
+//!
+//! A key holds everything a measured winner depends on: the GPU (name and SM count), the driver
+//! and NVRTC versions, the transport, the rank count, the spec's hash and the candidate set. An
+//! entry is stored at `<digest of its key>.json`, written to a temporary file in the same folder
+//! and renamed into place, so a reader sees a whole entry or none, and two `epc tune` runs
+//! writing at once each leave a whole file (for one key, the later rename wins). A file that
+//! cannot be read, is too large, does not parse or holds another key is skipped with a warning:
+//! the defaults apply. `export` gathers every entry into one file a fleet can ship; `import`
+//! stores each entry of such a file.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+/// Largest entry or export file read, in bytes.
+const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// What a tuned result depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TuningKey {
+    /// The GPU's name (`NVIDIA H100 80GB HBM3`).
+    pub gpu: String,
+    /// Its SM count.
+    pub sms: u32,
+    /// The driver's CUDA version (`13.0`).
+    pub driver: String,
+    /// The NVRTC version (`13.0`).
+    pub nvrtc: String,
+    /// `virtual` or `nccl`.
+    pub transport: String,
+    /// Ranks of the deployment.
+    pub ranks: u32,
+    /// The spec's hash (its `tuning` section set to auto).
+    pub spec_hash: String,
+    /// A digest of the candidate set the winner was chosen from.
+    pub candidates: String,
+}
+
+impl TuningKey {
+    /// The file stem of this key's entry: 16 hex digits of a SHA-256 over its fields.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for field in [
+            self.gpu.as_str(),
+            &self.sms.to_string(),
+            &self.driver,
+            &self.nvrtc,
+            &self.transport,
+            &self.ranks.to_string(),
+            &self.spec_hash,
+            &self.candidates,
+        ] {
+            h.update((field.len() as u64).to_le_bytes());
+            h.update(field.as_bytes());
+        }
+        h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// One tuned result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TuningEntry {
+    /// What it holds for.
+    pub key: TuningKey,
+    /// The winning knobs, by name (`sms`, `warps_per_block`, ...).
+    pub knobs: BTreeMap<String, u32>,
+    /// The winner's median time, microseconds.
+    pub time_us: f64,
+    /// The default knobs' median time in the same run, microseconds.
+    pub default_us: f64,
+    /// Seconds since the Unix epoch when it was measured.
+    pub tuned_at: u64,
+    /// The epc version that measured it.
+    pub epc_version: String,
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// A valid entry for the key.
+    Found(TuningEntry),
+    /// No entry: the defaults apply.
+    Missing,
+    /// A file was there but is unusable (the reason); the defaults apply.
+    Ignored(String),
+}
+
+/// The database folder.
+#[derive(Debug, Clone)]
+pub struct TuningDb {
+    dir: PathBuf,
+}
+
+/// An export file: every entry of a database.
+#[derive(Debug, Serialize, Deserialize)]
+struct Export {
+    entries: Vec<TuningEntry>,
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "{} bytes, more than the {MAX_FILE_BYTES} a tuning file may hold",
+            meta.len()
+        ));
+    }
+    std::fs::read(path).map_err(|e| e.to_string())
+}
+
+impl TuningDb {
+    /// The database in `dir` (created on the first write).
+    pub fn new(dir: impl Into<PathBuf>) -> TuningDb {
+        TuningDb { dir: dir.into() }
+    }
+
+    /// The database of the kernel cache's root (`$EPC_CACHE_DIR/tuning`).
+    pub fn in_cache(root: &Path) -> TuningDb {
+        TuningDb::new(root.join("tuning"))
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path_of(&self, key: &TuningKey) -> PathBuf {
+        self.dir.join(format!("{}.json", key.digest()))
+    }
+
+    /// The entry for `key`. An unusable file is reported as [`Lookup::Ignored`] (and logged as
+    /// a warning), never as an error: the defaults apply.
+    pub fn get(&self, key: &TuningKey) -> Lookup {
+        let path = self.path_of(key);
+        if !path.exists() {
+            return Lookup::Missing;
+        }
+        let found = read_bounded(&path).and_then(|bytes| {
+            serde_json::from_slice::<TuningEntry>(&bytes)
+                .map_err(|e| format!("does not parse: {e}"))
+        });
+        let why = match found {
+            Ok(entry) if entry.key == *key => return Lookup::Found(entry),
+            Ok(entry) => format!(
+                "holds the key of another deployment (spec {}, {} on {})",
+                entry.key.spec_hash, entry.key.transport, entry.key.gpu
+            ),
+            Err(why) => why,
+        };
+        let why = format!("{}: {why}; using the defaults", path.display());
+        tracing::warn!("tuning database: {why}");
+        Lookup::Ignored(why)
+    }
+
+    /// Stores `entry` (replacing the key's earlier one), atomically.
+    pub fn put(&self, entry: &TuningEntry) -> Result<(), Error> {
+        let fail = |path: &Path, detail: String| Error::Tuning {
+            path: path.to_path_buf(),
+            detail,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(|e| fail(&self.dir, e.to_string()))?;
+        let path = self.path_of(&entry.key);
+        let text = serde_json::to_string_pretty(entry).map_err(|e| fail(&path, e.to_string()))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let tmp = self.dir.join(format!(
+            ".{}.{}.{:?}.{nanos}.tmp",
+            entry.key.digest(),
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()
+        });
+        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(fail(&path, e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Every readable entry (unusable files are skipped with a warning), ordered by file name.
+    pub fn entries(&self) -> Vec<TuningEntry> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut paths: Vec<PathBuf> = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        paths.sort();
+        paths
+            .into_iter()
+            .filter_map(|p| {
+                let parsed = read_bounded(&p).and_then(|b| {
+                    serde_json::from_slice::<TuningEntry>(&b).map_err(|e| e.to_string())
+                });
+                match parsed {
+                    Ok(entry) if p.file_stem().is_some_and(|s| *s == *entry.key.digest()) => {
+                        Some(entry)
+                    }
+                    Ok(_) => {
+                        tracing::warn!(
+                            "tuning database: {} is not named for its key; skipped",
+                            p.display()
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!("tuning database: {}: {e}; skipped", p.display());
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Writes every entry into one file (`path`, replaced atomically); returns how many.
+    pub fn export(&self, path: &Path) -> Result<usize, Error> {
+        let export = Export {
+            entries: self.entries(),
+        };
+        let text = serde_json::to_string_pretty(&export).map_err(|e| Error::Tuning {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Error::Tuning {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                }
+            })?;
+        Ok(export.entries.len())
+    }
+
+    /// Stores every entry of an export file; returns how many. A file that cannot be read or
+    /// parsed is an error naming it, and nothing of it is stored.
+    pub fn import(&self, path: &Path) -> Result<usize, Error> {
+        let fail = |detail: String| Error::Tuning {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let bytes = read_bounded(path).map_err(fail)?;
+        let export: Export = serde_json::from_slice(&bytes)
+            .map_err(|e| fail(format!("not an `epc tune` export: {e}")))?;
+        for entry in &export.entries {
+            self.put(entry)?;
+        }
+        Ok(export.entries.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(spec: &str) -> TuningKey {
+        TuningKey {
+            gpu: "NVIDIA H100 80GB HBM3".into(),
+            sms: 132,
+            driver: "13.0".into(),
+            nvrtc: "13.0".into(),
+            transport: "virtual".into(),
+            ranks: 8,
+            spec_hash: spec.into(),
+            candidates: "c0ffee".into(),
+        }
+    }
+
+    fn entry(spec: &str, sms: u32) -> TuningEntry {
+        TuningEntry {
+            key: key(spec),
+            knobs: BTreeMap::from([("sms".to_owned(), sms), ("warps_per_block".to_owned(), 8)]),
+            time_us: 10.0,
+            default_us: 12.5,
+            tuned_at: 1_764_000_000,
+            epc_version: "0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn entries_are_found_by_their_whole_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TuningDb::in_cache(dir.path());
+        assert_eq!(db.get(&key("a")), Lookup::Missing);
+        db.put(&entry("a", 96)).unwrap();
+        assert_eq!(db.get(&key("a")), Lookup::Found(entry("a", 96)));
+        // Any field of the key that differs misses.
+        for changed in [
+            TuningKey {
+                driver: "13.1".into(),
+                ..key("a")
+            },
+            TuningKey {
+                sms: 114,
+                ..key("a")
+            },
+            TuningKey {
+                transport: "nccl".into(),
+                ..key("a")
+            },
+            TuningKey {
+                candidates: "other".into(),
+                ..key("a")
+            },
+            key("b"),
+        ] {
+            assert_ne!(changed.digest(), key("a").digest());
+            assert_eq!(db.get(&changed), Lookup::Missing);
+        }
+        // A later put replaces the entry.
+        db.put(&entry("a", 64)).unwrap();
+        assert_eq!(db.get(&key("a")), Lookup::Found(entry("a", 64)));
+    }
+
+    #[test]
+    fn unusable_files_give_the_defaults_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TuningDb::new(dir.path());
+        db.put(&entry("a", 96)).unwrap();
+        let path = dir.path().join(format!("{}.json", key("a").digest()));
+        std::fs::write(&path, "{ not json").unwrap();
+        match db.get(&key("a")) {
+            Lookup::Ignored(why) => assert!(why.contains("does not parse"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // A file holding another key under this key's name.
+        std::fs::write(&path, serde_json::to_string(&entry("b", 1)).unwrap()).unwrap();
+        match db.get(&key("a")) {
+            Lookup::Ignored(why) => assert!(why.contains("another deployment"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // A file too large is not read.
+        let big = std::fs::File::create(&path).unwrap();
+        big.set_len(MAX_FILE_BYTES + 1).unwrap();
+        match db.get(&key("a")) {
+            Lookup::Ignored(why) => assert!(why.contains("more than"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(db.entries().is_empty());
+    }
+
+    #[test]
+    fn concurrent_writers_leave_whole_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TuningDb::new(dir.path());
+        std::thread::scope(|s| {
+            for writer in 0..8u32 {
+                let db = db.clone();
+                s.spawn(move || {
+                    for round in 0..25u32 {
+                        // Every writer writes the shared key and one of its own.
+                        db.put(&entry("shared", 100 * writer + round)).unwrap();
+                        db.put(&entry(&format!("own{writer}"), round)).unwrap();
+                    }
+                });
+            }
+        });
+        match db.get(&key("shared")) {
+            Lookup::Found(e) => assert!(e.knobs["sms"] % 100 == 24, "a writer's last round: {e:?}"),
+            other => panic!("{other:?}"),
+        }
+        for writer in 0..8 {
+            assert_eq!(
+                db.get(&key(&format!("own{writer}"))),
+                Lookup::Found(entry(&format!("own{writer}"), 24))
+            );
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+        assert_eq!(db.entries().len(), 9);
+    }
+
+    #[test]
+    fn a_fleet_ships_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let here = TuningDb::new(dir.path().join("here"));
+        here.put(&entry("a", 1)).unwrap();
+        here.put(&entry("b", 2)).unwrap();
+        let file = dir.path().join("fleet.json");
+        assert_eq!(here.export(&file).unwrap(), 2);
+        let there = TuningDb::new(dir.path().join("there"));
+        assert_eq!(there.import(&file).unwrap(), 2);
+        assert_eq!(there.entries(), here.entries());
+        std::fs::write(&file, "[1, 2").unwrap();
+        let err = there.import(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("fleet.json") && err.contains("not an `epc tune` export"),
+            "{err}"
+        );
+    }
+}
