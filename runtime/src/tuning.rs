@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::Error;
+use ep_codegen::kernels::knobs::{candidates_digest, knobs};
+use ep_codegen::{Spec, Tuning};
+
+use crate::{Error, Gpu};
 
 /// Largest entry or export file read, in bytes.
 const MAX_FILE_BYTES: u64 = 16 << 20;
@@ -272,6 +275,101 @@ impl TuningDb {
     }
 }
 
+impl TuningKey {
+    /// The key of `spec` (its `tuning` section set to auto) on `gpu`, with the driver's CUDA
+    /// version, the NVRTC version and the transport (`virtual` or `nccl`) given.
+    pub fn of(
+        spec: &Spec,
+        gpu: &Gpu,
+        driver: (i32, i32),
+        nvrtc: (i32, i32),
+        transport: &str,
+    ) -> TuningKey {
+        let auto = spec
+            .with_tuning(Tuning::default())
+            .unwrap_or_else(|_| spec.clone());
+        TuningKey {
+            gpu: gpu.name().to_owned(),
+            sms: gpu.sms(),
+            driver: format!("{}.{}", driver.0, driver.1),
+            nvrtc: format!("{}.{}", nvrtc.0, nvrtc.1),
+            transport: transport.to_owned(),
+            ranks: spec.ranks(),
+            spec_hash: auto.hash(),
+            candidates: candidates_digest(&knobs(&auto, gpu.sms())),
+        }
+    }
+}
+
+/// Where a group's knobs came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KnobSource {
+    /// The spec has no `auto` knob to tune (all pinned, or none exist for its mode).
+    Spec,
+    /// A tuning database entry (its knobs applied where the spec says `auto`).
+    Database(TuningEntry),
+    /// No usable entry: the analytic defaults (the reason).
+    Defaults(String),
+}
+
+/// The spec a group runs: `spec` with the knobs of `db`'s entry for `key` applied where the spec
+/// says `auto` (a pinned field always wins), and where they came from, said under `tracing`
+/// (which knobs at `info`, a missing or unusable entry once per key at `warn`).
+pub fn apply(spec: &Spec, db: &TuningDb, key: &TuningKey, gpu_sms: u32) -> (Spec, KnobSource) {
+    if knobs(spec, gpu_sms).is_empty() {
+        return (spec.clone(), KnobSource::Spec);
+    }
+    let why = match db.get(key) {
+        Lookup::Found(entry) => {
+            let t = spec.tuning();
+            let pick =
+                |pinned: Option<u32>, name: &str| pinned.or_else(|| entry.knobs.get(name).copied());
+            let tuned = Tuning {
+                sms: pick(t.sms, "sms"),
+                warps_per_block: pick(t.warps_per_block, "warps_per_block"),
+                tokens_per_warp: pick(t.tokens_per_warp, "tokens_per_warp"),
+                vector_bytes: pick(t.vector_bytes, "vector_bytes"),
+                unroll: pick(t.unroll, "unroll"),
+            };
+            match spec.with_tuning(tuned) {
+                Ok(s) => {
+                    tracing::info!(
+                        "{}: tuned knobs {:?} from the tuning database ({} us tuned, {} us default)",
+                        spec.name(),
+                        entry.knobs,
+                        entry.time_us,
+                        entry.default_us
+                    );
+                    return (s, KnobSource::Database(entry));
+                }
+                Err(e) => format!("its knobs {:?} do not validate: {e}", entry.knobs),
+            }
+        }
+        Lookup::Missing => "no entry for this GPU, driver, NVRTC, transport and spec".to_owned(),
+        Lookup::Ignored(why) => why,
+    };
+    warn_once(
+        &key.digest(),
+        &format!(
+            "{}: default knobs ({why}); `epc tune` finds better ones",
+            spec.name()
+        ),
+    );
+    (spec.clone(), KnobSource::Defaults(why))
+}
+
+/// Logs `message` at `warn` the first time `id` is seen in this process.
+fn warn_once(id: &str, message: &str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !seen.iter().any(|s| s == id) {
+        seen.push(id.to_owned());
+        tracing::warn!("{message}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +493,55 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "temporary files left: {left:?}");
         assert_eq!(db.entries().len(), 9);
+    }
+
+    fn ll(extra: &str) -> Spec {
+        Spec::from_yaml(
+            &format!(
+                "name: t\nmode: low_latency\nhidden: 2048\nexperts: 64\ntop_k: 4\nranks: 8\n\
+                 max_tokens_per_rank: 128\n{extra}"
+            ),
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tuned_knobs_apply_where_the_spec_says_auto() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TuningDb::new(dir.path());
+        let k = key("ll");
+        // No entry: the defaults, with the reason.
+        let (s, from) = apply(&ll(""), &db, &k, 132);
+        assert_eq!(s, ll(""));
+        assert!(matches!(from, KnobSource::Defaults(ref why) if why.contains("no entry")));
+        // An entry: its knobs, except where the spec pins one.
+        let mut e = entry("ll", 66);
+        e.knobs.insert("warps_per_block".into(), 4);
+        db.put(&e).unwrap();
+        let (s, from) = apply(&ll(""), &db, &k, 132);
+        assert_eq!(
+            (s.tuning().sms, s.tuning().warps_per_block),
+            (Some(66), Some(4))
+        );
+        assert_eq!(from, KnobSource::Database(e.clone()));
+        let (s, _) = apply(&ll("tuning:\n  warps_per_block: 16\n"), &db, &k, 132);
+        assert_eq!(
+            (s.tuning().sms, s.tuning().warps_per_block),
+            (Some(66), Some(16))
+        );
+        // Knobs that do not validate (0 SMs) give the defaults.
+        e.knobs.insert("sms".into(), 0);
+        db.put(&e).unwrap();
+        let (s, from) = apply(&ll(""), &db, &k, 132);
+        assert_eq!(s, ll(""));
+        assert!(matches!(from, KnobSource::Defaults(ref why) if why.contains("do not validate")));
+        // A spec with every knob pinned needs no database.
+        let pinned = ll("tuning:\n  warps_per_block: 8\n  sms: 32\n");
+        assert_eq!(
+            apply(&pinned, &db, &k, 132),
+            (pinned.clone(), KnobSource::Spec)
+        );
     }
 
     #[test]

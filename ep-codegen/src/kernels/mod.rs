@@ -4,6 +4,7 @@
 
 pub mod ht;
 pub mod ht_domains;
+pub mod knobs;
 pub mod layout;
 pub mod ll;
 
