@@ -163,9 +163,11 @@ pub unsafe extern "C" fn epcCreateGroup(
         let device = usize::try_from(config.device)
             .map_err(|_| Failure::argument(format!("device {} is negative", config.device)))?;
         let spec = spec_of(&config)?;
-        let kernels = Renderer::new()?.render(&spec)?;
         let gpu = Gpu::open(device)?;
         let jit = Jit::nvrtc()?;
+        let transport = if comm.is_null() { "virtual" } else { "nccl" };
+        let (spec, _) = ep_runtime::tuning::tuned_spec(&spec, &gpu, &jit, transport);
+        let kernels = Renderer::new()?.render(&spec)?;
         let nccl = if comm.is_null() {
             None
         } else {

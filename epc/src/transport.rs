@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use ep_codegen::{Renderer, Spec};
 use ep_runtime::transport::{NcclComm, NcclUniqueId};
+use ep_runtime::tuning::tuned_spec;
 use ep_runtime::{Gpu, HtGroup, Jit, LlGroup, LowLatency};
 
 use crate::cli::{TransportArg, TransportArgs};
@@ -184,10 +185,11 @@ impl Ranks {
         renderer: &Renderer,
         spec: &Spec,
     ) -> Result<LowLatency> {
-        let kernels = renderer.render(spec)?;
+        let (spec, _) = tuned_spec(spec, gpu, jit, self.transport_name());
+        let kernels = renderer.render(&spec)?;
         let group = match &self.comm {
-            None => LlGroup::virtual_ranks(gpu, jit, spec, &kernels)?,
-            Some(comm) => LlGroup::nccl(&[(gpu, comm)], jit, spec, &kernels)?
+            None => LlGroup::virtual_ranks(gpu, jit, &spec, &kernels)?,
+            Some(comm) => LlGroup::nccl(&[(gpu, comm)], jit, &spec, &kernels)?
                 .pop()
                 .context("one group per communicator")?,
         };
@@ -205,13 +207,23 @@ impl Ranks {
         renderer: &Renderer,
         spec: &Spec,
     ) -> Result<HtGroup> {
-        let kernels = renderer.render(spec)?;
+        let (spec, _) = tuned_spec(spec, gpu, jit, self.transport_name());
+        let kernels = renderer.render(&spec)?;
         Ok(match &self.comm {
-            None => HtGroup::virtual_ranks(gpu, jit, spec, &kernels)?,
-            Some(comm) => HtGroup::nccl(&[(gpu, comm)], jit, spec, &kernels)?
+            None => HtGroup::virtual_ranks(gpu, jit, &spec, &kernels)?,
+            Some(comm) => HtGroup::nccl(&[(gpu, comm)], jit, &spec, &kernels)?
                 .pop()
                 .context("one group per communicator")?,
         })
+    }
+
+    /// The tuning database's name of this transport.
+    fn transport_name(&self) -> &'static str {
+        if self.comm.is_some() {
+            "nccl"
+        } else {
+            "virtual"
+        }
     }
 
     /// Whether this process speaks for the job: every process of virtual ranks, rank 0 of an

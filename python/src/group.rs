@@ -4,6 +4,7 @@
 
 use ep_codegen::{Mode, Renderer, Spec};
 use ep_runtime::transport::{NcclComm, NcclUniqueId};
+use ep_runtime::tuning::tuned_spec;
 use ep_runtime::{
     CombineInput, DispatchInput, Gpu, HtCombineInput, HtDispatchInput, HtGroup, Jit, LlCall,
     LlGroup, Stream, Tensor,
@@ -115,10 +116,10 @@ impl PyGroup {
     /// All of the spec's ranks as virtual ranks of CUDA device `device`.
     #[staticmethod]
     fn virtual_ranks(spec: &PySpec, device: usize) -> PyResult<PyGroup> {
-        let spec = spec.spec.clone();
-        let kernels = kernels(&spec)?;
         let gpu = Gpu::open(device).map_err(to_py)?;
         let jit = Jit::nvrtc().map_err(to_py)?;
+        let (spec, _) = tuned_spec(&spec.spec, &gpu, &jit, "virtual");
+        let kernels = kernels(&spec)?;
         let kind = match spec.mode() {
             Mode::LowLatency => {
                 Kind::Ll(LlGroup::virtual_ranks(&gpu, &jit, &spec, &kernels).map_err(to_py)?)
@@ -145,16 +146,16 @@ impl PyGroup {
         unique_id: &[u8],
         device: usize,
     ) -> PyResult<PyGroup> {
-        let spec = spec.spec.clone();
-        if world_size != spec.ranks() as usize {
+        if world_size != spec.spec.ranks() as usize {
             return Err(value_error(format!(
                 "the spec has {} ranks but the job {world_size}; make the spec with ranks={world_size} (spec.with_ranks)",
-                spec.ranks()
+                spec.spec.ranks()
             )));
         }
-        let kernels = kernels(&spec)?;
         let gpu = Gpu::open(device).map_err(to_py)?;
         let jit = Jit::nvrtc().map_err(to_py)?;
+        let (spec, _) = tuned_spec(&spec.spec, &gpu, &jit, "nccl");
+        let kernels = kernels(&spec)?;
         let id = NcclUniqueId::from_bytes(unique_id).map_err(to_py)?;
         let comm = NcclComm::init_rank(&gpu, &id, rank, world_size).map_err(to_py)?;
         let members = [(&gpu, &comm)];

@@ -34,7 +34,7 @@ pub struct TuningKey {
     pub sms: u32,
     /// The driver's CUDA version (`13.0`).
     pub driver: String,
-    /// The NVRTC version (`13.0`).
+    /// The compiler and its version (`nvrtc 13.0`).
     pub nvrtc: String,
     /// `virtual` or `nccl`.
     pub transport: String,
@@ -277,12 +277,13 @@ impl TuningDb {
 
 impl TuningKey {
     /// The key of `spec` (its `tuning` section set to auto) on `gpu`, with the driver's CUDA
-    /// version, the NVRTC version and the transport (`virtual` or `nccl`) given.
+    /// version, the compiler (`nvrtc 13.0`, [`crate::Jit::compiler_id`]) and the transport
+    /// (`virtual` or `nccl`) given.
     pub fn of(
         spec: &Spec,
         gpu: &Gpu,
         driver: (i32, i32),
-        nvrtc: (i32, i32),
+        compiler: &str,
         transport: &str,
     ) -> TuningKey {
         let auto = spec
@@ -292,7 +293,7 @@ impl TuningKey {
             gpu: gpu.name().to_owned(),
             sms: gpu.sms(),
             driver: format!("{}.{}", driver.0, driver.1),
-            nvrtc: format!("{}.{}", nvrtc.0, nvrtc.1),
+            nvrtc: compiler.to_owned(),
             transport: transport.to_owned(),
             ranks: spec.ranks(),
             spec_hash: auto.hash(),
@@ -356,6 +357,16 @@ pub fn apply(spec: &Spec, db: &TuningDb, key: &TuningKey, gpu_sms: u32) -> (Spec
         ),
     );
     (spec.clone(), KnobSource::Defaults(why))
+}
+
+/// `spec` as a group on `gpu` runs it: [`apply`] with the tuning database beside the kernel
+/// cache (`$EPC_CACHE_DIR/tuning`) and the key of this GPU, its driver, `jit`'s compiler and
+/// `transport` (`virtual` or `nccl`).
+pub fn tuned_spec(spec: &Spec, gpu: &Gpu, jit: &crate::Jit, transport: &str) -> (Spec, KnobSource) {
+    let driver = Gpu::probe().map_or((0, 0), |d| d.cuda_version);
+    let db = TuningDb::in_cache(&crate::KernelCache::default_root());
+    let key = TuningKey::of(spec, gpu, driver, &jit.compiler_id(), transport);
+    apply(spec, &db, &key, gpu.sms())
 }
 
 /// Logs `message` at `warn` the first time `id` is seen in this process.
