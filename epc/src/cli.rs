@@ -46,9 +46,44 @@ pub enum Command {
     /// Time dispatch and combine (both modes) against a copy of the same bytes and the
     /// same-traffic copy, HT dispatch also against its row copies alone.
     Bench(BenchArgs),
+    /// Measure the variants of each spec's kernel knobs on this GPU and store the fastest in the
+    /// tuning database, which the runtime uses where a spec says `auto`; or export / import it.
+    Tune(TuneArgs),
     /// Report the GPUs, the driver, NVRTC, NCCL and the cache folder epc would use, with the fix
     /// for each missing piece. Exits 0 when everything needed here is present.
     Doctor,
+}
+
+/// `epc tune`.
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    /// Specs to tune (YAML files or built-in names; default: every built-in spec).
+    #[arg(value_name = "SPEC")]
+    pub specs: Vec<String>,
+    /// Seconds of GPU timing per spec, at most (the defaults are always timed).
+    #[arg(long, default_value_t = 120.0)]
+    pub budget: f64,
+    /// Untimed calls before each measurement.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Timed calls per measurement.
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// Measurements per variant and token count; their median counts.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Write every variant's times as CSV.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<std::path::PathBuf>,
+    /// Plot time per variant and token count as SVG.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<std::path::PathBuf>,
+    /// Write every tuning database entry into FILE (to ship to a fleet), then stop.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["import", "specs"])]
+    pub export: Option<std::path::PathBuf>,
+    /// Store every entry of FILE (an export) in the tuning database, then stop.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["export", "specs"])]
+    pub import: Option<std::path::PathBuf>,
 }
 
 /// Spec selection.

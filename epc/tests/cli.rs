@@ -735,3 +735,62 @@ fn counts_are_singular_for_one() {
         "{out}"
     );
 }
+
+#[test]
+fn tune_compiles_every_variant_and_keeps_a_fleet_file() {
+    let cache = tempfile::tempdir().unwrap();
+    if nvrtc_present() {
+        let o = epc(
+            &["tune", "gpt-oss-120b-ll", "qwen3-30b-a3b-ht"],
+            cache.path(),
+        );
+        let out = text(&o);
+        assert!(o.status.success(), "{out}");
+        // The defaults first, then every warps x sms combination, each compiled.
+        assert!(
+            out.contains("17 variants of warps_per_block, sms (all compiled)"),
+            "{out}"
+        );
+        assert!(out.contains("  defaults "), "{out}");
+        assert!(out.contains("warps 32 sms 132"), "{out}");
+        assert!(
+            out.contains("qwen3-30b-a3b-ht: high-throughput kernels have no tunable knobs yet"),
+            "{out}"
+        );
+        if !out.contains("wins (") {
+            assert!(out.contains("nothing timed or stored"), "{out}");
+        }
+    }
+    // Export and import need no GPU: an empty database exports no entry, and a bad file is
+    // refused by name.
+    let fleet = cache.path().join("fleet.json");
+    let o = epc(&["tune", "--export", fleet.to_str().unwrap()], cache.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("exported 0 tuning entries"),
+        "{}",
+        text(&o)
+    );
+    let o = epc(&["tune", "--import", fleet.to_str().unwrap()], cache.path());
+    assert!(
+        text(&o).contains("imported 0 tuning entries"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&fleet, "not json").unwrap();
+    let o = epc(&["tune", "--import", fleet.to_str().unwrap()], cache.path());
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("fleet.json") && text(&o).contains("not an `epc tune` export"),
+        "{}",
+        text(&o)
+    );
+    let o = epc(
+        &["tune", "--export", "x.json", "--import", "y.json"],
+        cache.path(),
+    );
+    assert!(
+        !o.status.success(),
+        "export and import together are refused"
+    );
+}

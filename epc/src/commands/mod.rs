@@ -7,6 +7,7 @@ mod compile;
 mod doctor;
 mod export;
 mod run;
+mod tune;
 mod verify;
 
 use std::process::ExitCode;
@@ -29,6 +30,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Compile(args) => compile::compile(&args, templates),
         Command::Run(args) => run::run(&args, templates),
         Command::Bench(args) => bench::bench(&args, templates),
+        Command::Tune(args) => tune::tune(&args, templates),
         Command::Doctor => doctor::doctor(),
     }
 }

@@ -15,6 +15,8 @@ mod ht;
 mod ll;
 mod report;
 
+pub(super) use ll::inputs as ll_inputs;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
