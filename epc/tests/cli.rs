@@ -794,3 +794,53 @@ fn tune_compiles_every_variant_and_keeps_a_fleet_file() {
         "export and import together are refused"
     );
 }
+
+/// On a GPU: a short `epc tune` stores a winner that matches the reference, and `epc run` then
+/// runs with it (said under EPC_LOG=info). Skipped with the reason where there is no GPU.
+#[test]
+fn a_tuned_spec_is_stored_checked_and_used() {
+    if !ep_runtime::Gpu::probe().is_ok_and(|d| !d.devices.is_empty()) {
+        assert!(
+            std::env::var("EPC_REQUIRE_GPU").as_deref() != Ok("1"),
+            "EPC_REQUIRE_GPU=1 but no GPU"
+        );
+        eprintln!("SKIP a_tuned_spec_is_stored_checked_and_used: no GPU");
+        return;
+    }
+    eprintln!("GPU a_tuned_spec_is_stored_checked_and_used: on GPU 0");
+    let cache = tempfile::tempdir().unwrap();
+    let o = epc(
+        &[
+            "tune",
+            "gpt-oss-120b-ll",
+            "--budget",
+            "20",
+            "--warmup",
+            "1",
+            "--iters",
+            "3",
+            "--repeats",
+            "1",
+        ],
+        cache.path(),
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("wins (") && out.contains("matches the reference"),
+        "{out}"
+    );
+    let stored = std::fs::read_dir(cache.path().join("tuning"))
+        .unwrap()
+        .count();
+    assert_eq!(stored, 1, "{out}");
+    let o = Command::new(epc_binary())
+        .args(["run", "gpt-oss-120b-ll"])
+        .env("EPC_CACHE_DIR", cache.path())
+        .env("EPC_LOG", "info")
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("tuned knobs"), "{out}");
+}
