@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::ffi::{CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use ep_runtime::Error;
+use ep_runtime::{Error, ErrorKind};
 
 /// What an epc call returned. Every value but `epcSuccess` leaves a message for
 /// `epcGetLastError` on the calling thread.
@@ -70,24 +70,12 @@ impl From<ep_codegen::Error> for Failure {
 
 /// The code of a runtime error.
 fn code_of(e: &Error) -> epcResult_t {
-    use epcResult_t::*;
-    match e {
-        Error::NvrtcNotFound { .. }
-        | Error::NvrtcUnusable { .. }
-        | Error::DriverNotFound { .. }
-        | Error::NvccNotFound { .. }
-        | Error::NoGpu { .. }
-        | Error::NcclNotFound { .. }
-        | Error::NcclUnusable { .. }
-        | Error::NcclTooOld { .. }
-        | Error::NcclHeaders { .. } => epcUnavailable,
-        Error::Input(_) | Error::UnsafeName { .. } => epcInvalidArgument,
-        Error::Codegen(_) => epcInvalidSpec,
-        Error::BadExpertId { .. } | Error::Timeout { .. } | Error::Capacity { .. } => {
-            epcDeviceError
-        }
-        Error::OnRank { source, .. } => code_of(source),
-        _ => epcCudaError,
+    match e.kind() {
+        ErrorKind::Unavailable => epcResult_t::epcUnavailable,
+        ErrorKind::Input => epcResult_t::epcInvalidArgument,
+        ErrorKind::Spec => epcResult_t::epcInvalidSpec,
+        ErrorKind::Device => epcResult_t::epcDeviceError,
+        ErrorKind::Other => epcResult_t::epcCudaError,
     }
 }
 

@@ -1,7 +1,7 @@
 //! epc's errors as Python exceptions: one base class, one subclass per kind a caller handles
 //! differently, each carrying epc's message.
 
-use ep_runtime::Error;
+use ep_runtime::{Error, ErrorKind};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -39,12 +39,12 @@ pyo3::create_exception!(
 /// The Python exception of a runtime error.
 pub fn to_py(e: Error) -> PyErr {
     let message = e.to_string();
-    match kind(&e) {
-        Kind::Spec => SpecError::new_err(message),
-        Kind::Unavailable => UnavailableError::new_err(message),
-        Kind::Device => DeviceError::new_err(message),
-        Kind::Tensor => TensorError::new_err(message),
-        Kind::Other => EpcError::new_err(message),
+    match e.kind() {
+        ErrorKind::Spec => SpecError::new_err(message),
+        ErrorKind::Unavailable => UnavailableError::new_err(message),
+        ErrorKind::Device => DeviceError::new_err(message),
+        ErrorKind::Input => TensorError::new_err(message),
+        ErrorKind::Other => EpcError::new_err(message),
     }
 }
 
@@ -61,32 +61,6 @@ pub fn tensor_error(message: impl Into<String>) -> PyErr {
 /// A bad non-tensor argument.
 pub fn value_error(message: impl Into<String>) -> PyErr {
     PyValueError::new_err(message.into())
-}
-
-enum Kind {
-    Spec,
-    Unavailable,
-    Device,
-    Tensor,
-    Other,
-}
-
-fn kind(e: &Error) -> Kind {
-    match e {
-        Error::NvrtcNotFound { .. }
-        | Error::NvrtcUnusable { .. }
-        | Error::DriverNotFound { .. }
-        | Error::NoGpu { .. }
-        | Error::NcclNotFound { .. }
-        | Error::NcclUnusable { .. }
-        | Error::NcclTooOld { .. }
-        | Error::NcclHeaders { .. } => Kind::Unavailable,
-        Error::Codegen(_) => Kind::Spec,
-        Error::BadExpertId { .. } | Error::Timeout { .. } | Error::Capacity { .. } => Kind::Device,
-        Error::Input(_) => Kind::Tensor,
-        Error::OnRank { source, .. } => kind(source),
-        _ => Kind::Other,
-    }
 }
 
 /// Adds the exception classes to the module.

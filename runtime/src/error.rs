@@ -291,7 +291,46 @@ pub enum Error {
     },
 }
 
+/// What kind of failure an [`Error`] is: the one classification the C result codes and the
+/// Python exception classes are made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Something needed is missing on this machine: the driver, a GPU, NVRTC, nvcc or NCCL.
+    Unavailable,
+    /// The spec does not parse or breaks a rule.
+    Spec,
+    /// An argument does not fit: a count, shape, dtype or name.
+    Input,
+    /// A kernel reported an error (a bad expert id, a timeout, a full receive buffer); that
+    /// call's results are not valid.
+    Device,
+    /// A CUDA, NVRTC, NCCL or file-system call failed.
+    Other,
+}
+
 impl Error {
+    /// The kind of failure (an error on a rank is the kind of its cause).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NvrtcNotFound { .. }
+            | Error::NvrtcUnusable { .. }
+            | Error::DriverNotFound { .. }
+            | Error::NvccNotFound { .. }
+            | Error::NoGpu { .. }
+            | Error::NcclNotFound { .. }
+            | Error::NcclUnusable { .. }
+            | Error::NcclTooOld { .. }
+            | Error::NcclHeaders { .. } => ErrorKind::Unavailable,
+            Error::Codegen(_) => ErrorKind::Spec,
+            Error::Input(_) | Error::UnsafeName { .. } => ErrorKind::Input,
+            Error::BadExpertId { .. } | Error::Timeout { .. } | Error::Capacity { .. } => {
+                ErrorKind::Device
+            }
+            Error::OnRank { source, .. } => source.kind(),
+            _ => ErrorKind::Other,
+        }
+    }
+
     /// This error, as one of rank `rank`.
     pub fn on_rank(self, rank: usize) -> Error {
         Error::OnRank {
@@ -312,5 +351,38 @@ impl<T> CudaContextExt<T> for Result<T, cudarc::driver::DriverError> {
             context: context.to_owned(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    #[test]
+    fn each_error_has_the_kind_its_interfaces_report() {
+        let timeout = Error::Timeout {
+            rank: 1,
+            phase: "dispatch",
+            peer: 2,
+        };
+        assert_eq!(timeout.kind(), ErrorKind::Device);
+        assert_eq!(timeout.on_rank(1).kind(), ErrorKind::Device);
+        assert_eq!(Error::Input("x".into()).kind(), ErrorKind::Input);
+        assert_eq!(
+            Error::NoGpu {
+                count: 0,
+                ordinal: 0
+            }
+            .kind(),
+            ErrorKind::Unavailable
+        );
+        assert_eq!(
+            Error::Tuning {
+                path: "t".into(),
+                detail: "d".into()
+            }
+            .kind(),
+            ErrorKind::Other
+        );
     }
 }

@@ -28,7 +28,7 @@ pub mod timing;
 pub mod transport;
 pub mod tuning;
 
-pub use error::Error;
+pub use error::{Error, ErrorKind};
 pub use gpu::{DeviceInfo, DriverInfo, Gpu};
 pub use ht::{
     HtCombineInput, HtDispatchInput, HtGroup, HtNotify, HtReceived, HtReceivedViews, HtTimes,
