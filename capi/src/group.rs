@@ -115,14 +115,8 @@ fn spec_of(config: &epcGroupConfig_t) -> Result<Spec, Failure> {
         return Ok(parse_spec_file(Path::new(path))?);
     }
     let name = text(config.spec_name, "spec_name")?;
-    let builtin = find_builtin(name).ok_or_else(|| {
-        Failure::argument(format!(
-            "no built-in spec is named `{name}`{}",
-            ep_codegen::closest_builtin(name)
-                .map(|c| format!(" (did you mean `{c}`?)"))
-                .unwrap_or_default()
-        ))
-    })?;
+    let builtin =
+        find_builtin(name).ok_or_else(|| Failure::argument(ep_codegen::unknown_builtin(name)))?;
     Ok(builtin.parse()?)
 }
 

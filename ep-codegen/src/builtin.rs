@@ -44,6 +44,17 @@ pub fn find_builtin(name: &str) -> Option<BuiltinSpec> {
         .find(|s| s.stem() == name || s.parse().map(|spec| spec.name == name).unwrap_or(false))
 }
 
+/// Why no built-in spec is named `name`: `no built-in spec is named `x``, with the closest name
+/// when one is close (for interfaces that take built-in names only).
+pub fn unknown_builtin(name: &str) -> String {
+    format!(
+        "no built-in spec is named `{name}`{}",
+        closest_builtin(name)
+            .map(|c| format!(" (did you mean `{c}`?)"))
+            .unwrap_or_default()
+    )
+}
+
 /// The built-in spec stem closest to a misspelled `name` (`deepseek-v3-l` ->
 /// `deepseek-v3-ll`), when one is close.
 pub fn closest_builtin(name: &str) -> Option<&'static str> {

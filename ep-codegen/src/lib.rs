@@ -28,7 +28,7 @@ mod suggest;
 mod validate;
 mod yaml;
 
-pub use builtin::{BuiltinSpec, builtin_specs, closest_builtin, find_builtin};
+pub use builtin::{BuiltinSpec, builtin_specs, closest_builtin, find_builtin, unknown_builtin};
 pub use embedded::{EmbeddedKernel, KernelSpec};
 pub use error::{Error, Snippet, SpecError, SpecErrors};
 pub use export::{Manifest, export};

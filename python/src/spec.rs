@@ -158,14 +158,7 @@ pub fn spec(
     } else if let Some(p) = path {
         parse_spec_file(Path::new(p)).map_err(spec_error)?
     } else if let Some(n) = builtin {
-        let builtin = find_builtin(n).ok_or_else(|| {
-            value_error(format!(
-                "no built-in spec is named `{n}`{}",
-                ep_codegen::closest_builtin(n)
-                    .map(|c| format!(" (did you mean `{c}`?)"))
-                    .unwrap_or_default()
-            ))
-        })?;
+        let builtin = find_builtin(n).ok_or_else(|| value_error(ep_codegen::unknown_builtin(n)))?;
         builtin.parse().map_err(spec_error)?
     } else {
         let text = fields_yaml(fields.ok_or_else(|| value_error("no spec fields"))?)?;
