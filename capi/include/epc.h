@@ -61,7 +61,7 @@ typedef enum epcDataType_t {
 // windows, so two can be in flight; a call can be reused for consecutive calls.
 typedef struct epcCall_st epcCall_st;
 
-// A group (`epcGroup_t`): its spec and its kernels' state.
+// A group (`epcGroup_t`): its kernels' state, in the spec's mode.
 typedef struct epcGroup_st epcGroup_st;
 
 // How to make a group. Set `size` to `sizeof(epcGroupConfig_t)` and exactly one of

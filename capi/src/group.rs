@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ep_codegen::{Mode, Renderer, Spec, find_builtin, parse_spec_file};
 use ep_runtime::transport::NcclComm;
-use ep_runtime::{Gpu, HtGroup, Jit, LlGroup};
+use ep_runtime::{Gpu, Jit, ModeGroup};
 
 use crate::error::{Failure, boundary, epcResult_t};
 use crate::tensor::epcDataType_t;
@@ -62,22 +62,9 @@ pub struct epcGroupInfo_t {
     pub index_dtype: i32,
 }
 
-/// The kernels of one spec, in its mode.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per group, inside the group's own allocation"
-)]
-pub(crate) enum Kind {
-    /// Low latency.
-    Ll(LlGroup),
-    /// High throughput.
-    Ht(HtGroup),
-}
-
-/// A group (`epcGroup_t`): its spec and its kernels' state.
+/// A group (`epcGroup_t`): its kernels' state, in the spec's mode.
 pub struct epcGroup {
-    pub(crate) spec: Spec,
-    pub(crate) kind: Kind,
+    pub(crate) kind: ModeGroup,
     /// The caller's communicator, wrapped (not owned); held while the windows are registered.
     _comm: Option<NcclComm>,
 }
@@ -159,9 +146,6 @@ pub unsafe extern "C" fn epcCreateGroup(
         let spec = spec_of(&config)?;
         let gpu = Gpu::open(device)?;
         let jit = Jit::nvrtc()?;
-        let transport = if comm.is_null() { "virtual" } else { "nccl" };
-        let (spec, _) = ep_runtime::tuning::tuned_spec(&spec, &gpu, &jit, transport);
-        let kernels = Renderer::new()?.render(&spec)?;
         let nccl = if comm.is_null() {
             None
         } else {
@@ -170,46 +154,15 @@ pub unsafe extern "C" fn epcCreateGroup(
             // wrapper, which does not destroy it).
             Some(unsafe { NcclComm::from_raw(&gpu, comm) }?)
         };
-        let timeout = (config.timeout_ns > 0).then(|| Duration::from_nanos(config.timeout_ns));
-        let kind = match (spec.mode(), &nccl) {
-            (Mode::LowLatency, None) => {
-                Kind::Ll(LlGroup::virtual_ranks(&gpu, &jit, &spec, &kernels)?)
-            }
-            (Mode::LowLatency, Some(c)) => {
-                Kind::Ll(one(LlGroup::nccl(&[(&gpu, c)], &jit, &spec, &kernels)?)?)
-            }
-            (Mode::HighThroughput, None) => {
-                Kind::Ht(HtGroup::virtual_ranks(&gpu, &jit, &spec, &kernels)?)
-            }
-            (Mode::HighThroughput, Some(c)) => {
-                Kind::Ht(one(HtGroup::nccl(&[(&gpu, c)], &jit, &spec, &kernels)?)?)
-            }
-        };
-        let mut made = epcGroup {
-            spec,
-            kind,
-            _comm: nccl,
-        };
-        if let Some(t) = timeout {
-            match &mut made.kind {
-                Kind::Ll(g) => g.set_timeout(t),
-                Kind::Ht(g) => g.set_timeout(t),
-            }
+        let mut kind = ModeGroup::new(&gpu, &jit, &Renderer::new()?, &spec, nccl.as_ref())?;
+        if config.timeout_ns > 0 {
+            kind.set_timeout(Duration::from_nanos(config.timeout_ns));
         }
+        let made = epcGroup { kind, _comm: nccl };
         // SAFETY: `group` is non-null and writable (the caller's contract).
         unsafe { group.write(Box::into_raw(Box::new(made))) };
         Ok(())
     })
-}
-
-/// The single group of a one-member call.
-fn one<T>(mut groups: Vec<T>) -> Result<T, Failure> {
-    match groups.len() {
-        1 => groups
-            .pop()
-            .ok_or_else(|| Failure::argument("no group was made")),
-        n => Err(Failure::argument(format!("{n} groups made for one GPU"))),
-    }
 }
 
 /// The group behind a handle, or an error.
@@ -237,11 +190,8 @@ pub unsafe extern "C" fn epcGroupGetInfo(
         if info.is_null() {
             return Err(Failure::argument("info is null"));
         }
-        let s = &g.spec;
-        let ranks = match &g.kind {
-            Kind::Ll(l) => l.ranks(),
-            Kind::Ht(h) => h.ranks(),
-        };
+        let s = g.kind.spec();
+        let ranks = g.kind.ranks();
         let described = epcGroupInfo_t {
             mode: match s.mode() {
                 Mode::LowLatency => 0,
@@ -280,10 +230,7 @@ pub unsafe extern "C" fn epcGroupDestroy(group: *mut epcGroup) -> epcResult_t {
         // SAFETY: a live handle from epcCreateGroup (the caller's contract), taken back once.
         let g = unsafe { Box::from_raw(group) };
         let epcGroup { kind, _comm, .. } = *g;
-        let closed = match kind {
-            Kind::Ll(l) => LlGroup::close(vec![l]),
-            Kind::Ht(h) => HtGroup::close(vec![h]),
-        };
+        let closed = kind.close();
         drop(_comm);
         Ok(closed?)
     })

@@ -4,10 +4,10 @@
 
 use std::ffi::c_void;
 
-use ep_runtime::{HtCombineInput, HtDispatchInput, HtGroup};
+use ep_runtime::{HtCombineInput, HtDispatchInput, HtGroup, ModeGroup};
 
 use crate::error::{Failure, boundary, epcResult_t};
-use crate::group::{Kind, epcGroup, group_mut};
+use crate::group::{epcGroup, group_mut};
 use crate::ll::caller_stream;
 use crate::tensor::{epcTensor_t, tensors};
 
@@ -44,8 +44,8 @@ pub struct epcHtReceived_t {
 
 fn ht<'a>(group: *mut epcGroup) -> Result<&'a mut HtGroup, Failure> {
     match &mut group_mut(group)?.kind {
-        Kind::Ht(h) => Ok(h),
-        Kind::Ll(_) => Err(Failure::argument(
+        ModeGroup::Ht(h) => Ok(h),
+        ModeGroup::Ll(_) => Err(Failure::argument(
             "this group's spec is low-latency; epcHt calls need a high_throughput spec",
         )),
     }

@@ -3,10 +3,10 @@
 
 use std::ffi::c_void;
 
-use ep_runtime::{CombineInput, DispatchInput, LlCall, LlGroup, Stream};
+use ep_runtime::{CombineInput, DispatchInput, LlCall, LlGroup, ModeGroup, Stream};
 
 use crate::error::{Failure, boundary, epcResult_t};
-use crate::group::{Kind, epcGroup, group_mut};
+use crate::group::{epcGroup, group_mut};
 use crate::tensor::{epcTensor_t, tensors};
 
 /// One low-latency call's state (`epcCall_t`): calls alternate between the two halves of the
@@ -37,8 +37,8 @@ pub struct epcReceived_t {
 
 fn ll<'a>(group: *mut epcGroup) -> Result<&'a mut LlGroup, Failure> {
     match &mut group_mut(group)?.kind {
-        Kind::Ll(l) => Ok(l),
-        Kind::Ht(_) => Err(Failure::argument(
+        ModeGroup::Ll(l) => Ok(l),
+        ModeGroup::Ht(_) => Err(Failure::argument(
             "this group's spec is high-throughput; low-latency calls need a low_latency spec",
         )),
     }
@@ -232,9 +232,6 @@ pub unsafe extern "C" fn epcCheck(group: *mut epcGroup, stream: *mut c_void) -> 
     boundary("epcCheck", || {
         let g = group_mut(group)?;
         let s = caller_stream(stream);
-        match &mut g.kind {
-            Kind::Ll(l) => Ok(l.check(s)?),
-            Kind::Ht(h) => Ok(h.check(s, "the last call")?),
-        }
+        Ok(g.kind.check(s)?)
     })
 }

@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use ep_codegen::{Renderer, Spec};
 use ep_runtime::transport::{NcclComm, NcclUniqueId};
-use ep_runtime::tuning::tuned_spec;
-use ep_runtime::{Gpu, HtGroup, Jit, LlGroup, LowLatency};
+use ep_runtime::{Gpu, HtGroup, Jit, LowLatency, ModeGroup};
 
 use crate::cli::{TransportArg, TransportArgs};
 
@@ -185,15 +184,13 @@ impl Ranks {
         renderer: &Renderer,
         spec: &Spec,
     ) -> Result<LowLatency> {
-        let (spec, _) = tuned_spec(spec, gpu, jit, self.transport_name());
-        let kernels = renderer.render(&spec)?;
-        let group = match &self.comm {
-            None => LlGroup::virtual_ranks(gpu, jit, &spec, &kernels)?,
-            Some(comm) => LlGroup::nccl(&[(gpu, comm)], jit, &spec, &kernels)?
-                .pop()
-                .context("one group per communicator")?,
-        };
-        Ok(LowLatency::from_group(group))
+        match ModeGroup::new(gpu, jit, renderer, spec, self.comm.as_ref())? {
+            ModeGroup::Ll(group) => Ok(LowLatency::from_group(group)),
+            ModeGroup::Ht(_) => bail!(
+                "{} is a high_throughput spec, not a low_latency one",
+                spec.name()
+            ),
+        }
     }
 }
 
@@ -207,22 +204,12 @@ impl Ranks {
         renderer: &Renderer,
         spec: &Spec,
     ) -> Result<HtGroup> {
-        let (spec, _) = tuned_spec(spec, gpu, jit, self.transport_name());
-        let kernels = renderer.render(&spec)?;
-        Ok(match &self.comm {
-            None => HtGroup::virtual_ranks(gpu, jit, &spec, &kernels)?,
-            Some(comm) => HtGroup::nccl(&[(gpu, comm)], jit, &spec, &kernels)?
-                .pop()
-                .context("one group per communicator")?,
-        })
-    }
-
-    /// The tuning database's name of this transport.
-    fn transport_name(&self) -> &'static str {
-        if self.comm.is_some() {
-            "nccl"
-        } else {
-            "virtual"
+        match ModeGroup::new(gpu, jit, renderer, spec, self.comm.as_ref())? {
+            ModeGroup::Ht(group) => Ok(group),
+            ModeGroup::Ll(_) => bail!(
+                "{} is a low_latency spec, not a high_throughput one",
+                spec.name()
+            ),
         }
     }
 

@@ -2,12 +2,11 @@
 //! ranks, or one NCCL rank), called with lists of the caller's tensors (one per local rank) and
 //! a raw CUDA stream. The `epc` Python package wraps it for PyTorch.
 
-use ep_codegen::{Mode, Renderer, Spec};
+use ep_codegen::{Renderer, Spec};
 use ep_runtime::transport::{NcclComm, NcclUniqueId};
-use ep_runtime::tuning::tuned_spec;
 use ep_runtime::{
     CombineInput, DispatchInput, Gpu, HtCombineInput, HtDispatchInput, HtGroup, Jit, LlCall,
-    LlGroup, Stream, Tensor,
+    LlGroup, ModeGroup, Stream, Tensor,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -15,15 +14,6 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::dlpack::{capsule_of, tensor_of};
 use crate::errors::{spec_error, tensor_error, to_py, value_error};
 use crate::spec::PySpec;
-
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per group, inside the group's own object"
-)]
-enum Kind {
-    Ll(LlGroup),
-    Ht(HtGroup),
-}
 
 /// One low-latency call's state (calls alternate between the windows' two halves).
 #[pyclass(name = "_Call", module = "epc._epc", unsendable)]
@@ -36,7 +26,7 @@ pub struct PyCall {
 pub struct PyGroup {
     spec: Spec,
     device: usize,
-    kind: Option<Kind>,
+    kind: Option<ModeGroup>,
     /// The communicator over NCCL (made here from the unique id, destroyed with the group).
     _comm: Option<NcclComm>,
 }
@@ -64,17 +54,19 @@ fn tensors(list: &Bound<'_, PyAny>, what: &str, device: usize) -> PyResult<Vec<T
         .collect()
 }
 
-fn kernels(spec: &Spec) -> PyResult<Vec<ep_codegen::KernelSource>> {
-    Renderer::new()
-        .and_then(|r| r.render(spec))
-        .map_err(spec_error)
+/// The group of `spec` on `gpu` (see [`ModeGroup::new`]), and the spec it runs.
+fn make(spec: &Spec, gpu: &Gpu, comm: Option<&NcclComm>) -> PyResult<(Spec, ModeGroup)> {
+    let jit = Jit::nvrtc().map_err(to_py)?;
+    let renderer = Renderer::new().map_err(spec_error)?;
+    let group = ModeGroup::new(gpu, &jit, &renderer, spec, comm).map_err(to_py)?;
+    Ok((group.spec().clone(), group))
 }
 
 impl PyGroup {
     fn ll(&mut self) -> PyResult<&mut LlGroup> {
         match self.kind.as_mut() {
-            Some(Kind::Ll(l)) => Ok(l),
-            Some(Kind::Ht(_)) => Err(value_error(
+            Some(ModeGroup::Ll(l)) => Ok(l),
+            Some(ModeGroup::Ht(_)) => Err(value_error(
                 "this group's spec is high_throughput: use the ht_ calls",
             )),
             None => Err(value_error("the group is closed")),
@@ -83,8 +75,8 @@ impl PyGroup {
 
     fn ht(&mut self) -> PyResult<&mut HtGroup> {
         match self.kind.as_mut() {
-            Some(Kind::Ht(h)) => Ok(h),
-            Some(Kind::Ll(_)) => Err(value_error(
+            Some(ModeGroup::Ht(h)) => Ok(h),
+            Some(ModeGroup::Ll(_)) => Err(value_error(
                 "this group's spec is low_latency: use the low-latency calls",
             )),
             None => Err(value_error("the group is closed")),
@@ -117,17 +109,7 @@ impl PyGroup {
     #[staticmethod]
     fn virtual_ranks(spec: &PySpec, device: usize) -> PyResult<PyGroup> {
         let gpu = Gpu::open(device).map_err(to_py)?;
-        let jit = Jit::nvrtc().map_err(to_py)?;
-        let (spec, _) = tuned_spec(&spec.spec, &gpu, &jit, "virtual");
-        let kernels = kernels(&spec)?;
-        let kind = match spec.mode() {
-            Mode::LowLatency => {
-                Kind::Ll(LlGroup::virtual_ranks(&gpu, &jit, &spec, &kernels).map_err(to_py)?)
-            }
-            Mode::HighThroughput => {
-                Kind::Ht(HtGroup::virtual_ranks(&gpu, &jit, &spec, &kernels).map_err(to_py)?)
-            }
-        };
+        let (spec, kind) = make(&spec.spec, &gpu, None)?;
         Ok(PyGroup {
             spec,
             device,
@@ -152,32 +134,10 @@ impl PyGroup {
                 spec.spec.ranks()
             )));
         }
-        let gpu = Gpu::open(device).map_err(to_py)?;
-        let jit = Jit::nvrtc().map_err(to_py)?;
-        let (spec, _) = tuned_spec(&spec.spec, &gpu, &jit, "nccl");
-        let kernels = kernels(&spec)?;
         let id = NcclUniqueId::from_bytes(unique_id).map_err(to_py)?;
+        let gpu = Gpu::open(device).map_err(to_py)?;
         let comm = NcclComm::init_rank(&gpu, &id, rank, world_size).map_err(to_py)?;
-        let members = [(&gpu, &comm)];
-        let one = |n: usize| value_error(format!("{n} groups made for one GPU"));
-        let kind = match spec.mode() {
-            Mode::LowLatency => {
-                let mut g = LlGroup::nccl(&members, &jit, &spec, &kernels).map_err(to_py)?;
-                Kind::Ll(
-                    g.pop()
-                        .filter(|_| g.is_empty())
-                        .ok_or_else(|| one(g.len() + 1))?,
-                )
-            }
-            Mode::HighThroughput => {
-                let mut g = HtGroup::nccl(&members, &jit, &spec, &kernels).map_err(to_py)?;
-                Kind::Ht(
-                    g.pop()
-                        .filter(|_| g.is_empty())
-                        .ok_or_else(|| one(g.len() + 1))?,
-                )
-            }
-        };
+        let (spec, kind) = make(&spec.spec, &gpu, Some(&comm))?;
         Ok(PyGroup {
             spec,
             device,
@@ -203,11 +163,10 @@ impl PyGroup {
     /// The global ranks this group drives, in the order its lists of tensors follow.
     #[getter]
     fn ranks(&self) -> PyResult<Vec<usize>> {
-        match self.kind.as_ref() {
-            Some(Kind::Ll(l)) => Ok(l.ranks()),
-            Some(Kind::Ht(h)) => Ok(h.ranks()),
-            None => Err(value_error("the group is closed")),
-        }
+        self.kind
+            .as_ref()
+            .map(ModeGroup::ranks)
+            .ok_or_else(|| value_error("the group is closed"))
     }
 
     /// A low-latency call's state (setup, not the hot path).
@@ -386,8 +345,7 @@ impl PyGroup {
     /// Waits for the stream and raises the first error the kernels recorded (`DeviceError`).
     fn check(&mut self, stream_: usize) -> PyResult<()> {
         match self.kind.as_mut() {
-            Some(Kind::Ll(l)) => l.check(stream(stream_)).map_err(to_py),
-            Some(Kind::Ht(h)) => h.check(stream(stream_), "the last call").map_err(to_py),
+            Some(g) => g.check(stream(stream_)).map_err(to_py),
             None => Err(value_error("the group is closed")),
         }
     }
@@ -395,11 +353,7 @@ impl PyGroup {
     /// Frees the windows (over NCCL after meeting every rank once more). Tensors viewing them
     /// must not be used afterwards; further calls raise.
     fn close(&mut self) -> PyResult<()> {
-        let closed = match self.kind.take() {
-            Some(Kind::Ll(l)) => LlGroup::close(vec![l]),
-            Some(Kind::Ht(h)) => HtGroup::close(vec![h]),
-            None => Ok(()),
-        };
+        let closed = self.kind.take().map_or(Ok(()), ModeGroup::close);
         self._comm = None;
         closed.map_err(to_py)
     }

@@ -20,6 +20,7 @@ pub mod jit;
 mod launch;
 pub mod libsearch;
 pub mod ll;
+mod mode_group;
 mod per_rank;
 mod raw_copy;
 pub mod reference;
@@ -47,6 +48,7 @@ pub use ll::{
     CombineInput, DEFAULT_TIMEOUT, DispatchInput, Elem, HostCall, LlCall, LlGraphs, LlGroup,
     LlKernels, LowLatency, PhaseTimes, RankDispatch, Received, SpecCall, Stream, Tensor,
 };
+pub use mode_group::ModeGroup;
 pub use transport::VirtualRanks;
 
 /// `ep-codegen`, the crate of specs and rendered kernels this one compiles and launches, so a
