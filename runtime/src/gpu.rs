@@ -108,9 +108,9 @@ pub struct DeviceInfo {
 }
 
 impl Gpu {
-    /// The driver's version and devices. Fails with [`Error::DriverNotFound`] on a machine
-    /// without the NVIDIA driver; a driver that sees no device gives an empty list.
-    pub fn probe() -> Result<DriverInfo, Error> {
+    /// The CUDA version the driver supports (`cuDriverGetVersion`, no device enumerated):
+    /// (13, 0) for 13000.
+    pub fn driver_version() -> Result<(i32, i32), Error> {
         probe_driver()?;
         let mut version = 0;
         // SAFETY: libcuda opens (checked above, under the names cudarc tries), and `version` is
@@ -118,7 +118,13 @@ impl Gpu {
         unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }
             .result()
             .cuda("cuDriverGetVersion")?;
-        let cuda_version = (version / 1000, version % 1000 / 10);
+        Ok((version / 1000, version % 1000 / 10))
+    }
+
+    /// The driver's version and devices. Fails with [`Error::DriverNotFound`] on a machine
+    /// without the NVIDIA driver; a driver that sees no device gives an empty list.
+    pub fn probe() -> Result<DriverInfo, Error> {
+        let cuda_version = Gpu::driver_version()?;
         let count = match result::init().and_then(|()| result::device::get_count()) {
             Ok(n) => n.max(0),
             Err(DriverError(CUresult::CUDA_ERROR_NO_DEVICE)) => 0,

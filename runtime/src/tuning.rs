@@ -302,6 +302,14 @@ impl TuningKey {
     }
 }
 
+impl TuningKey {
+    /// The key of `spec` on `gpu` with `jit`'s compiler and this machine's driver.
+    pub fn on(spec: &Spec, gpu: &Gpu, jit: &crate::Jit, transport: &str) -> TuningKey {
+        let driver = Gpu::driver_version().unwrap_or((0, 0));
+        TuningKey::of(spec, gpu, driver, &jit.compiler_id(), transport)
+    }
+}
+
 /// Where a group's knobs came from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KnobSource {
@@ -363,10 +371,13 @@ pub fn apply(spec: &Spec, db: &TuningDb, key: &TuningKey, gpu_sms: u32) -> (Spec
 /// cache (`$EPC_CACHE_DIR/tuning`) and the key of this GPU, its driver, `jit`'s compiler and
 /// `transport` (`virtual` or `nccl`).
 pub fn tuned_spec(spec: &Spec, gpu: &Gpu, jit: &crate::Jit, transport: &str) -> (Spec, KnobSource) {
-    let driver = Gpu::probe().map_or((0, 0), |d| d.cuda_version);
     let db = TuningDb::in_cache(&crate::KernelCache::default_root());
-    let key = TuningKey::of(spec, gpu, driver, &jit.compiler_id(), transport);
-    apply(spec, &db, &key, gpu.sms())
+    apply(
+        spec,
+        &db,
+        &TuningKey::on(spec, gpu, jit, transport),
+        gpu.sms(),
+    )
 }
 
 /// Logs `message` at `warn` the first time `id` is seen in this process.

@@ -124,7 +124,7 @@ pub fn tune(args: &TuneArgs, templates: Option<&Path>) -> Result<ExitCode> {
             Ok(g) => time_all(g, &jit, &renderer, spec, &mut found, &tokens, args)?,
             Err(why) => println!("  nothing timed or stored: {why}"),
         }
-        print_table(spec, &found, &tokens);
+        print_table(&found, &tokens);
         for v in &found {
             for (t, time) in tokens.iter().zip(&v.times) {
                 csv.push_str(&format!(
@@ -297,7 +297,7 @@ fn time_variant(
     Ok(out)
 }
 
-fn print_table(spec: &Spec, found: &[Variant], tokens: &[usize]) {
+fn print_table(found: &[Variant], tokens: &[usize]) {
     print!("  {:<24} {:>9}", "variant", "registers");
     for t in tokens {
         print!(" {:>12}", format!("T={t} us"));
@@ -324,7 +324,6 @@ fn print_table(spec: &Spec, found: &[Variant], tokens: &[usize]) {
         }
         println!();
     }
-    let _ = spec;
 }
 
 /// Stores the variant with the least total time (the defaults when nothing beats them), after
@@ -361,8 +360,7 @@ fn store_winner(
     };
     verify_ll(gpu, jit, renderer, &tuned, &plan)
         .context("the winner does not match the reference")?;
-    let driver = Gpu::probe().map_or((0, 0), |d| d.cuda_version);
-    let key = TuningKey::of(spec, gpu, driver, &jit.compiler_id(), "virtual");
+    let key = TuningKey::on(spec, gpu, jit, "virtual");
     let mut knobs = std::collections::BTreeMap::new();
     if let Some(w) = tuning.warps_per_block {
         knobs.insert("warps_per_block".to_owned(), w);
