@@ -40,8 +40,8 @@ struct driver {
   cu_dtod_t dtod;
 };
 
-/* Loads the driver and makes GPU 0's primary context (the one epc uses) current. */
-static int load_driver(struct driver* d) {
+/* Loads the driver and makes GPU `ordinal`'s primary context (the one epc uses) current. */
+static int load_driver_on(struct driver* d, int ordinal) {
   void* lib = dlopen("libcuda.so.1", RTLD_NOW);
   if (!lib) return 1;
   cu_init_t init = (cu_init_t)dlsym(lib, "cuInit");
@@ -59,8 +59,11 @@ static int load_driver(struct driver* d) {
   int device = 0;
   void* ctx = NULL;
   /* The device's primary context: the one epc (and the CUDA runtime) use. */
-  if (init(0) || device_get(&device, 0) || retain(&ctx, device) || set(ctx)) return 1;
+  if (init(0) || device_get(&device, ordinal) || retain(&ctx, device) || set(ctx)) return 1;
   return 0;
 }
+
+/* Loads the driver and makes GPU 0's primary context current. */
+static inline int load_driver(struct driver* d) { return load_driver_on(d, 0); }
 
 #endif /* EPC_EXAMPLE_H */

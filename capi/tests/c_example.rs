@@ -1,6 +1,7 @@
 //! The C examples build with the system C compiler against `include/epc.h` and `libepc.so`, with
 //! every warning an error, and run. `ll_call.c` checks the error paths, then (with a GPU) a
-//! low-latency call on 8 virtual ranks; `ht_call.c` a high-throughput one. Without a GPU each
+//! low-latency call on 8 virtual ranks; `ht_call.c` a high-throughput one; `nccl_ranks.c` both
+//! modes over the caller's own NCCL communicators, one process per GPU. Without a GPU each
 //! says why it skips its call; `EPC_REQUIRE_GPU=1` makes that a failure.
 
 use std::io::Write as _;
@@ -90,7 +91,7 @@ fn ran_on_gpu(name: &str, stdout: &str, done_marker: &str) -> bool {
     }
     let skipped = stdout
         .lines()
-        .find(|l| l.starts_with("no GPU here"))
+        .find(|l| l.starts_with("no GPU here") || l.starts_with("SKIP: "))
         .unwrap_or_else(|| panic!("{name}: neither the call nor a reason to skip it:\n{stdout}"));
     assert!(
         std::env::var("EPC_REQUIRE_GPU").as_deref() != Ok("1"),
@@ -118,6 +119,21 @@ fn the_high_throughput_example_runs_a_call() {
     if ran_on_gpu("ht_call", &stdout, "every output is its token's rank count") {
         assert!(
             stdout.contains("wrong shape: epcHtDispatchSend"),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn the_nccl_example_runs_one_process_per_gpu_over_its_own_communicators() {
+    let stdout = build_and_run("nccl_ranks");
+    if ran_on_gpu("nccl_ranks", &stdout, "done: ") {
+        let ranks = stdout
+            .lines()
+            .filter(|l| l.contains("match over the caller's ncclComm_t"))
+            .count();
+        assert!(
+            ranks >= 1 && stdout.contains(&format!("done: {ranks} ranks")),
             "{stdout}"
         );
     }

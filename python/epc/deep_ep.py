@@ -12,7 +12,8 @@ differences that remain:
   event recorded there.
 * ``dispatch`` takes BF16/FP16 ``x``; a pre-quantized ``(x_fp8, scales)`` tuple is refused
   (epc quantizes inside its kernels). ``num_worst_tokens`` and ``bias`` are not supported.
-  ``dispatch`` reads the received row count on the host, as DeepEP's non-cached dispatch does;
+  ``dispatch`` reads the received row count on the host, as DeepEP's non-cached dispatch does,
+  and takes the most tokens of any rank with an all-reduce on ``group`` (one spec for all ranks);
   a cached dispatch (``handle=``) routes the tokens again from the handle's ids.
 * Low-latency FP8 scales come back as ``[L, R*M, H/128]`` f32, row-major (DeepEP's are a
   transposed view of ``[L, H/128, R*M]``); ``use_ue8m0`` gives power-of-two f32 scales, not
@@ -223,8 +224,9 @@ class Buffer:
                        else handle.group.spec.experts if handle is not None else None)
         if num_experts is None:
             raise epc.TensorError("dispatch needs num_tokens_per_expert (from get_dispatch_layout) or a handle")
-        spec = high_throughput_spec(x.shape[1], num_experts, topk_idx.shape[1], self.group_size, x.shape[0],
-                                    _dtype_name(x.dtype), _index_name(topk_idx.dtype))
+        spec = high_throughput_spec(x.shape[1], num_experts, topk_idx.shape[1], self.group_size,
+                                    self._most_tokens(x.shape[0], x.device), _dtype_name(x.dtype),
+                                    _index_name(topk_idx.dtype))
         group = self._group(spec)
         (view,) = group.ht_dispatch(x, topk_idx, topk_weights.float())
         group.check()
@@ -235,6 +237,19 @@ class Buffer:
         new = _HighThroughputHandle(group, view, rows, topk_idx, topk_weights)
         return (view["recv_x"][:rows], view["recv_topk_idx"][:rows], view["recv_topk_w"][:rows],
                 per_expert, new, _event())
+
+    def _most_tokens(self, tokens: int, device: Any) -> int:
+        """The most tokens any rank dispatches in this call: every rank must derive the same spec
+        (the same windows), and DeepEP lets each rank pass its own token count."""
+        if self.group_size == 1:
+            return tokens
+        import torch.distributed as dist
+
+        torch = _torch()
+        on = device if "nccl" in str(dist.get_backend(self.group)) else "cpu"
+        most = torch.tensor([tokens], dtype=torch.int64, device=on)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX, group=self.group)
+        return int(most.item())
 
     def combine(self, x: Any, handle: _HighThroughputHandle, topk_weights: Any = None, bias: Any = None,
                 config: Any = None, previous_event: Any = None, async_finish: bool = False,

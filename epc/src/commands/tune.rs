@@ -61,13 +61,19 @@ fn buckets(m: usize) -> Vec<usize> {
     b
 }
 
+/// "entry" or "entries".
+fn entries(n: usize) -> &'static str {
+    if n == 1 { "entry" } else { "entries" }
+}
+
 /// Runs `epc tune`.
 pub fn tune(args: &TuneArgs, templates: Option<&Path>) -> Result<ExitCode> {
     let db = TuningDb::in_cache(&KernelCache::default_root());
     if let Some(file) = &args.export {
         let n = db.export(file)?;
         println!(
-            "exported {n} tuning entries of {} to {}",
+            "exported {n} tuning {} of {} to {}",
+            entries(n),
             db.dir().display(),
             file.display()
         );
@@ -76,7 +82,8 @@ pub fn tune(args: &TuneArgs, templates: Option<&Path>) -> Result<ExitCode> {
     if let Some(file) = &args.import {
         let n = db.import(file)?;
         println!(
-            "imported {n} tuning entries from {} into {}",
+            "imported {n} tuning {} from {} into {}",
+            entries(n),
             file.display(),
             db.dir().display()
         );
