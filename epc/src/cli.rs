@@ -60,6 +60,12 @@ pub struct TuneArgs {
     /// Specs to tune (YAML files or built-in names; default: every built-in spec).
     #[arg(value_name = "SPEC")]
     pub specs: Vec<String>,
+    /// Tune the standard workloads of `epc bench --standard` (8 ranks unless --ranks).
+    #[arg(long, conflicts_with_all = ["export", "import"])]
+    pub standard: bool,
+    /// Run every spec with this many virtual ranks instead of its own.
+    #[arg(long, conflicts_with_all = ["export", "import"])]
+    pub ranks: Option<u32>,
     /// Seconds of GPU timing per spec, at most (the defaults are always timed).
     #[arg(long, default_value_t = 120.0)]
     pub budget: f64,

@@ -7,7 +7,7 @@ use ep_codegen::{Mode, Renderer, Spec};
 
 use crate::ll::Stream;
 use crate::transport::NcclComm;
-use crate::tuning::tuned_spec;
+use crate::tuning::{bucket_specs, tuned_spec};
 use crate::{Error, Gpu, HtGroup, Jit, LlGroup};
 
 /// A low-latency or a high-throughput group.
@@ -34,8 +34,9 @@ fn one<T>(mut groups: Vec<T>) -> Result<T, Error> {
 
 impl ModeGroup {
     /// The group of `spec` on `gpu`, its tuned knobs applied where it says `auto`
-    /// ([`tuned_spec`]) and its kernels rendered and compiled: all of its ranks as virtual ranks
-    /// of `gpu` with no communicator, else this process's rank over `comm` (collective).
+    /// ([`tuned_spec`], and low latency's smaller token-count buckets' own, [`bucket_specs`])
+    /// and its kernels rendered and compiled: all of its ranks as virtual ranks of `gpu` with
+    /// no communicator, else this process's rank over `comm` (collective).
     pub fn new(
         gpu: &Gpu,
         jit: &Jit,
@@ -44,14 +45,21 @@ impl ModeGroup {
         comm: Option<&NcclComm>,
     ) -> Result<ModeGroup, Error> {
         let transport = if comm.is_some() { "nccl" } else { "virtual" };
-        let (spec, _) = tuned_spec(spec, gpu, jit, transport);
-        let kernels = renderer.render(&spec)?;
+        let (tuned, source) = tuned_spec(spec, gpu, jit, transport);
+        let kernels = renderer.render(&tuned)?;
+        let with_buckets = |mut group: LlGroup| -> Result<ModeGroup, Error> {
+            for (max_tokens, s) in bucket_specs(spec, &source) {
+                group.add_bucket(jit, max_tokens, &s, &renderer.render(&s)?)?;
+            }
+            Ok(ModeGroup::Ll(group))
+        };
+        let spec = tuned;
         Ok(match (spec.mode(), comm) {
             (Mode::LowLatency, None) => {
-                ModeGroup::Ll(LlGroup::virtual_ranks(gpu, jit, &spec, &kernels)?)
+                with_buckets(LlGroup::virtual_ranks(gpu, jit, &spec, &kernels)?)?
             }
             (Mode::LowLatency, Some(c)) => {
-                ModeGroup::Ll(one(LlGroup::nccl(&[(gpu, c)], jit, &spec, &kernels)?)?)
+                with_buckets(one(LlGroup::nccl(&[(gpu, c)], jit, &spec, &kernels)?)?)?
             }
             (Mode::HighThroughput, None) => {
                 ModeGroup::Ht(HtGroup::virtual_ranks(gpu, jit, &spec, &kernels)?)

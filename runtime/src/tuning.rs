@@ -75,23 +75,41 @@ impl TuningKey {
 pub struct TuningEntry {
     /// What it holds for.
     pub key: TuningKey,
-    /// The winning knobs, by name (`sms`, `warps_per_block`, ...).
+    /// The winning knobs, by name (`sms`, `warps_per_block`, ...), of calls up to the spec's
+    /// `max_tokens_per_rank` (its last token-count bucket).
     pub knobs: BTreeMap<String, u32>,
-    /// The winner's median time, microseconds.
+    /// The winner's median time in that bucket, microseconds.
     pub time_us: f64,
-    /// The default knobs' median time in the same run, microseconds.
+    /// The default knobs' median time there in the same run, microseconds.
     pub default_us: f64,
+    /// The winners of the smaller token-count buckets (low latency), ascending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<BucketKnobs>,
     /// Seconds since the Unix epoch when it was measured.
     pub tuned_at: u64,
     /// The epc version that measured it.
     pub epc_version: String,
 }
 
+/// The winner of one token-count bucket: calls of at most `max_tokens` tokens per rank (and
+/// more than the previous bucket's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BucketKnobs {
+    /// The bucket's last token count.
+    pub max_tokens: u32,
+    /// The winning knobs, by name.
+    pub knobs: BTreeMap<String, u32>,
+    /// The winner's median time, microseconds.
+    pub time_us: f64,
+    /// The default knobs' median time in the same run, microseconds.
+    pub default_us: f64,
+}
+
 /// What a lookup found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lookup {
     /// A valid entry for the key.
-    Found(TuningEntry),
+    Found(Box<TuningEntry>),
     /// No entry: the defaults apply.
     Missing,
     /// A file was there but is unusable (the reason); the defaults apply.
@@ -153,7 +171,7 @@ impl TuningDb {
                 .map_err(|e| format!("does not parse: {e}"))
         });
         let why = match found {
-            Ok(entry) if entry.key == *key => return Lookup::Found(entry),
+            Ok(entry) if entry.key == *key => return Lookup::Found(Box::new(entry)),
             Ok(entry) => format!(
                 "holds the key of another deployment (spec {}, {} on {})",
                 entry.key.spec_hash, entry.key.transport, entry.key.gpu
@@ -316,7 +334,7 @@ pub enum KnobSource {
     /// The spec has no `auto` knob to tune (all pinned, or none exist for its mode).
     Spec,
     /// A tuning database entry (its knobs applied where the spec says `auto`).
-    Database(TuningEntry),
+    Database(Box<TuningEntry>),
     /// No usable entry: the analytic defaults (the reason).
     Defaults(String),
 }
@@ -329,31 +347,19 @@ pub fn apply(spec: &Spec, db: &TuningDb, key: &TuningKey, gpu_sms: u32) -> (Spec
         return (spec.clone(), KnobSource::Spec);
     }
     let why = match db.get(key) {
-        Lookup::Found(entry) => {
-            let t = spec.tuning();
-            let pick =
-                |pinned: Option<u32>, name: &str| pinned.or_else(|| entry.knobs.get(name).copied());
-            let tuned = Tuning {
-                sms: pick(t.sms, "sms"),
-                warps_per_block: pick(t.warps_per_block, "warps_per_block"),
-                tokens_per_warp: pick(t.tokens_per_warp, "tokens_per_warp"),
-                vector_bytes: pick(t.vector_bytes, "vector_bytes"),
-                unroll: pick(t.unroll, "unroll"),
-            };
-            match spec.with_tuning(tuned) {
-                Ok(s) => {
-                    tracing::info!(
-                        "{}: tuned knobs {:?} from the tuning database ({} us tuned, {} us default)",
-                        spec.name(),
-                        entry.knobs,
-                        entry.time_us,
-                        entry.default_us
-                    );
-                    return (s, KnobSource::Database(entry));
-                }
-                Err(e) => format!("its knobs {:?} do not validate: {e}", entry.knobs),
+        Lookup::Found(entry) => match with_knobs(spec, &entry.knobs) {
+            Ok(s) => {
+                tracing::info!(
+                    "{}: tuned knobs {:?} from the tuning database ({} us tuned, {} us default)",
+                    spec.name(),
+                    entry.knobs,
+                    entry.time_us,
+                    entry.default_us
+                );
+                return (s, KnobSource::Database(entry));
             }
-        }
+            Err(e) => format!("its knobs {:?} do not validate: {e}", entry.knobs),
+        },
         Lookup::Missing => "no entry for this GPU, driver, NVRTC, transport and spec".to_owned(),
         Lookup::Ignored(why) => why,
     };
@@ -365,6 +371,61 @@ pub fn apply(spec: &Spec, db: &TuningDb, key: &TuningKey, gpu_sms: u32) -> (Spec
         ),
     );
     (spec.clone(), KnobSource::Defaults(why))
+}
+
+/// `spec` with `knobs` applied where it says `auto` (a pinned field wins).
+fn with_knobs(spec: &Spec, knobs: &BTreeMap<String, u32>) -> Result<Spec, ep_codegen::SpecErrors> {
+    let t = spec.tuning();
+    let pick = |pinned: Option<u32>, name: &str| pinned.or_else(|| knobs.get(name).copied());
+    spec.with_tuning(Tuning {
+        sms: pick(t.sms, "sms"),
+        warps_per_block: pick(t.warps_per_block, "warps_per_block"),
+        tokens_per_warp: pick(t.tokens_per_warp, "tokens_per_warp"),
+        vector_bytes: pick(t.vector_bytes, "vector_bytes"),
+        unroll: pick(t.unroll, "unroll"),
+    })
+}
+
+/// The specs of the smaller token-count buckets that [`apply`] found tuned apart (`source`):
+/// `(last token count, spec)` pairs, ascending, each `spec` (the untuned one, so that pinned
+/// fields win) with that bucket's knobs. A bucket whose knobs are the main ones or do not
+/// validate, or that the spec's token count makes empty, is left out (its calls run the main
+/// kernels).
+pub fn bucket_specs(spec: &Spec, source: &KnobSource) -> Vec<(usize, Spec)> {
+    let KnobSource::Database(entry) = source else {
+        return Vec::new();
+    };
+    entry
+        .buckets
+        .iter()
+        .filter(|b| {
+            b.max_tokens > 0 && b.max_tokens < spec.max_tokens_per_rank() && b.knobs != entry.knobs
+        })
+        .filter_map(|b| match with_knobs(spec, &b.knobs) {
+            Ok(s) => {
+                tracing::info!(
+                    "{}: calls of at most {} tokens per rank run tuned knobs {:?} ({} us tuned, \
+                     {} us default)",
+                    spec.name(),
+                    b.max_tokens,
+                    b.knobs,
+                    b.time_us,
+                    b.default_us
+                );
+                Some((b.max_tokens as usize, s))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "{}: tuned knobs {:?} of calls up to {} tokens do not validate ({e}); \
+                     those calls run the main kernels",
+                    spec.name(),
+                    b.knobs,
+                    b.max_tokens
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 /// `spec` as a group on `gpu` runs it: [`apply`] with the tuning database beside the kernel
@@ -417,6 +478,7 @@ mod tests {
             default_us: 12.5,
             tuned_at: 1_764_000_000,
             epc_version: "0.1.0".into(),
+            buckets: Vec::new(),
         }
     }
 
@@ -426,7 +488,7 @@ mod tests {
         let db = TuningDb::in_cache(dir.path());
         assert_eq!(db.get(&key("a")), Lookup::Missing);
         db.put(&entry("a", 96)).unwrap();
-        assert_eq!(db.get(&key("a")), Lookup::Found(entry("a", 96)));
+        assert_eq!(db.get(&key("a")), Lookup::Found(Box::new(entry("a", 96))));
         // Any field of the key that differs misses.
         for changed in [
             TuningKey {
@@ -452,7 +514,7 @@ mod tests {
         }
         // A later put replaces the entry.
         db.put(&entry("a", 64)).unwrap();
-        assert_eq!(db.get(&key("a")), Lookup::Found(entry("a", 64)));
+        assert_eq!(db.get(&key("a")), Lookup::Found(Box::new(entry("a", 64))));
     }
 
     #[test]
@@ -505,7 +567,7 @@ mod tests {
         for writer in 0..8 {
             assert_eq!(
                 db.get(&key(&format!("own{writer}"))),
-                Lookup::Found(entry(&format!("own{writer}"), 24))
+                Lookup::Found(Box::new(entry(&format!("own{writer}"), 24)))
             );
         }
         let left: Vec<_> = std::fs::read_dir(dir.path())
@@ -546,7 +608,7 @@ mod tests {
             (s.tuning().sms, s.tuning().warps_per_block),
             (Some(66), Some(4))
         );
-        assert_eq!(from, KnobSource::Database(e.clone()));
+        assert_eq!(from, KnobSource::Database(Box::new(e.clone())));
         let (s, _) = apply(&ll("tuning:\n  warps_per_block: 16\n"), &db, &k, 132);
         assert_eq!(
             (s.tuning().sms, s.tuning().warps_per_block),
@@ -564,6 +626,53 @@ mod tests {
             apply(&pinned, &db, &k, 132),
             (pinned.clone(), KnobSource::Spec)
         );
+    }
+
+    #[test]
+    fn smaller_token_buckets_get_their_own_knobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TuningDb::new(dir.path());
+        let k = key("ll");
+        let bucket = |max_tokens: u32, sms: u32, warps: u32| BucketKnobs {
+            max_tokens,
+            knobs: BTreeMap::from([
+                ("sms".to_owned(), sms),
+                ("warps_per_block".to_owned(), warps),
+            ]),
+            time_us: 5.0,
+            default_us: 6.0,
+        };
+        let mut e = entry("ll", 132);
+        // 16 and 64 are buckets of M = 128; 32 has the main knobs, 128 and beyond are not
+        // buckets (the main knobs cover them), and 0 SMs does not validate.
+        e.buckets = vec![
+            bucket(16, 33, 4),
+            bucket(32, 132, 8),
+            bucket(64, 66, 16),
+            bucket(100, 0, 4),
+            bucket(128, 99, 4),
+        ];
+        db.put(&e).unwrap();
+        // Old entries (no buckets) still parse.
+        let old = serde_json::to_string(&entry("ll", 132)).unwrap();
+        assert!(!old.contains("buckets"));
+        let (main, from) = apply(&ll(""), &db, &k, 132);
+        assert_eq!(main.tuning().sms, Some(132));
+        let got: Vec<(usize, Option<u32>, Option<u32>)> = bucket_specs(&ll(""), &from)
+            .iter()
+            .map(|(t, s)| (*t, s.tuning().sms, s.tuning().warps_per_block))
+            .collect();
+        assert_eq!(got, [(16, Some(33), Some(4)), (64, Some(66), Some(16))]);
+        // A pinned field wins in every bucket.
+        let pinned = ll("tuning:\n  warps_per_block: 32\n");
+        let (_, from) = apply(&pinned, &db, &k, 132);
+        assert!(
+            bucket_specs(&pinned, &from)
+                .iter()
+                .all(|(_, s)| s.tuning().warps_per_block == Some(32))
+        );
+        // Defaults have no buckets.
+        assert!(bucket_specs(&ll(""), &KnobSource::Defaults("none".into())).is_empty());
     }
 
     #[test]

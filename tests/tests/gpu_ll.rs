@@ -298,3 +298,98 @@ fn a_captured_call_replays_100_times_with_new_routings() {
         check_combine(&spec, &inputs, &out, &what);
     }
 }
+
+/// A group with kernels per token-count bucket (as `epc tune` stores them): calls of up to 8
+/// tokens per rank run one variant, up to 16 another, the rest the main kernels; every call
+/// matches the reference, also with two calls of different buckets in flight.
+#[test]
+fn token_buckets_run_their_own_kernels_and_match_the_reference() {
+    let test = "token_buckets_run_their_own_kernels_and_match_the_reference";
+    let Some((gpu, jit, _dir)) = gpu_jit_or_skip(test) else {
+        return;
+    };
+    let spec = spec(8, 2048, 8, 64, "fp8_e4m3", "i64");
+    let variant = |warps: u32, sms: u32| {
+        spec.with_tuning(ep_codegen::Tuning {
+            warps_per_block: Some(warps),
+            sms: Some(sms.min(gpu.sms())),
+            ..spec.tuning()
+        })
+        .unwrap()
+    };
+    let mut group =
+        ep_runtime::LlGroup::virtual_ranks(&gpu, &jit, &spec, &renderer().render(&spec).unwrap())
+            .unwrap();
+    for (end, s) in [(16, variant(32, 64)), (8, variant(4, 16))] {
+        group
+            .add_bucket(&jit, end, &s, &renderer().render(&s).unwrap())
+            .unwrap();
+    }
+    let ends: Vec<usize> = group.buckets().iter().map(|b| b.0).collect();
+    assert_eq!(ends, [8, 16, 32]);
+    // A bucket must end below M, and hold the group's spec with other knobs.
+    assert!(
+        group
+            .add_bucket(&jit, 32, &spec, &renderer().render(&spec).unwrap())
+            .is_err()
+    );
+    let other = spec_with_other_hidden();
+    let err = group
+        .add_bucket(&jit, 4, &other, &renderer().render(&other).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("more than its tuning"), "{err}");
+    let mut ll = LowLatency::from_group(group);
+    let mut call = ll.new_call().unwrap();
+    for (i, most) in [1, 8, 9, 16, 17, 32, 0, 5].into_iter().enumerate() {
+        let tokens: Vec<usize> = (0..8).map(|r| (most + r * 3) % (most + 1)).collect();
+        let inputs = inputs_with_tokens(&spec, i, &tokens);
+        run_and_check(
+            &mut ll,
+            &mut call,
+            &spec,
+            &inputs,
+            &format!("at most {most} tokens"),
+        );
+    }
+    // Two calls in flight, one small and one large.
+    let (mut a, mut b) = (ll.new_call().unwrap(), ll.new_call().unwrap());
+    let (ia, ib) = (
+        inputs_with_tokens(&spec, 50, &[4; 8]),
+        inputs_with_tokens(&spec, 51, &[32; 8]),
+    );
+    a.set_inputs(&gpu, &ia).unwrap();
+    b.set_inputs(&gpu, &ib).unwrap();
+    ll.dispatch_send(&mut a).unwrap();
+    ll.dispatch_send(&mut b).unwrap();
+    ll.dispatch_recv(&mut a).unwrap();
+    ll.dispatch_recv(&mut b).unwrap();
+    let (ga, gb) = (ll.dispatched(&a).unwrap(), ll.dispatched(&b).unwrap());
+    check_dispatch(&spec, &ia, &ga, "small call in flight");
+    check_dispatch(&spec, &ib, &gb, "large call in flight");
+    ll.set_expert_outputs(&a, &expert_outputs(&spec, &ga))
+        .unwrap();
+    ll.set_expert_outputs(&b, &expert_outputs(&spec, &gb))
+        .unwrap();
+    ll.combine_send(&a).unwrap();
+    ll.combine_send(&b).unwrap();
+    ll.combine_recv(&mut b).unwrap();
+    ll.combine_recv(&mut a).unwrap();
+    check_combine(
+        &spec,
+        &ia,
+        &ll.combined(&a).unwrap(),
+        "small call in flight",
+    );
+    check_combine(
+        &spec,
+        &ib,
+        &ll.combined(&b).unwrap(),
+        "large call in flight",
+    );
+    eprintln!("{test}: buckets 1-8, 9-16 and 17-32 match the reference");
+}
+
+/// The bucket test's spec with another hidden size.
+fn spec_with_other_hidden() -> Spec {
+    spec(8, 4096, 8, 64, "fp8_e4m3", "i64")
+}

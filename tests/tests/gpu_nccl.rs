@@ -100,6 +100,22 @@ fn inputs(spec: &Spec, round: usize) -> Vec<RankInput> {
         .collect()
 }
 
+/// Gives `group` kernels of its own (4 warps per block, a quarter of the GPU) for calls of up to
+/// 8 tokens per rank, as a tuned bucket would: ranks of one round then run different kernels
+/// (their token counts differ), which must work together.
+fn add_small_bucket(group: &mut LlGroup, jit: &ep_runtime::Jit, spec: &Spec) {
+    let small = spec
+        .with_tuning(ep_codegen::Tuning {
+            warps_per_block: Some(4),
+            sms: Some((group.gpu().sms() / 4).max(1)),
+            ..spec.tuning()
+        })
+        .unwrap();
+    group
+        .add_bucket(jit, 8, &small, &renderer().render(&small).unwrap())
+        .unwrap();
+}
+
 /// Runs `ROUNDS` calls over the given groups (each driven by this process, on its own GPU) and
 /// checks every rank's dispatch and combine against the reference.
 fn run_rounds(spec: &Spec, lls: &mut [LowLatency], what: &str) {
@@ -336,7 +352,10 @@ fn one_process_for_all(n: usize) {
     let mut lls: Vec<LowLatency> = LlGroup::nccl(&members, &jit, &spec, &kernels)
         .unwrap()
         .into_iter()
-        .map(LowLatency::from_group)
+        .map(|mut g| {
+            add_small_bucket(&mut g, &jit, &spec);
+            LowLatency::from_group(g)
+        })
         .collect();
     run_rounds(&spec, &mut lls, &test);
     // One process closes its GPUs' groups together (each meets the others once more).
@@ -459,11 +478,12 @@ fn rank_process() {
     let spec = spec(ranks as u32, "");
     let kernels = renderer().render(&spec).unwrap();
     let comm = NcclComm::init_rank(&gpu, &id, rank, ranks).unwrap();
-    let group = LlGroup::nccl(&[(&gpu, &comm)], &jit, &spec, &kernels)
+    let mut group = LlGroup::nccl(&[(&gpu, &comm)], &jit, &spec, &kernels)
         .unwrap()
         .pop()
         .unwrap();
     assert_eq!(group.ranks(), vec![rank]);
+    add_small_bucket(&mut group, &jit, &spec);
     let mut ll = [LowLatency::from_group(group)];
     run_rounds(&spec, &mut ll, &format!("rank {rank} of {ranks}"));
     let [ll] = ll;

@@ -3,7 +3,9 @@
 //! (every combination, the defaults always first) that a spec's pinned fields leave.
 //!
 //! Low latency: `warps_per_block` (block size of send and receive) and `sms` (the SMs a launch's
-//! ranks share). High throughput: none yet (its block sizes are fixed by its kernels).
+//! ranks share), tuned per token-count bucket ([`token_buckets`]: a decode step of 4 tokens and
+//! one of 128 want different grids). High throughput: `sms` (the SMs the ranks' data kernels
+//! spread over; its block size is fixed by its kernels), tuned at the spec's token count.
 //! Variants that break a static limit (more than 1024 threads, more SMs than the GPU has) are
 //! pruned here; those that cannot be co-resident or fail to compile are the tuner's to score.
 
@@ -25,28 +27,40 @@ pub struct Knob {
 pub fn knobs(spec: &Spec, gpu_sms: u32) -> Vec<Knob> {
     let t = spec.tuning();
     let mut out = Vec::new();
-    if spec.mode() == Mode::LowLatency {
-        if t.warps_per_block.is_none() {
-            out.push(Knob {
-                name: "warps_per_block",
-                values: vec![4, 8, 16, 32],
-            });
-        }
-        if t.sms.is_none() && gpu_sms > 0 {
-            let mut values: Vec<u32> = [4, 2, 1]
-                .iter()
-                .map(|&d| (gpu_sms / d).max(1))
-                .chain([gpu_sms * 3 / 4])
-                .collect();
-            values.sort_unstable();
-            values.dedup();
-            out.push(Knob {
-                name: "sms",
-                values,
-            });
-        }
+    if spec.mode() == Mode::LowLatency && t.warps_per_block.is_none() {
+        out.push(Knob {
+            name: "warps_per_block",
+            values: vec![4, 8, 16, 32],
+        });
+    }
+    if t.sms.is_none() && gpu_sms > 0 {
+        // A quarter, half, three quarters and all of the GPU.
+        let mut values: Vec<u32> = [4, 2, 1]
+            .iter()
+            .map(|&d| (gpu_sms / d).max(1))
+            .chain([gpu_sms * 3 / 4])
+            .collect();
+        values.sort_unstable();
+        values.dedup();
+        out.push(Knob {
+            name: "sms",
+            values,
+        });
     }
     out
+}
+
+/// Upper ends of the token-count buckets a low-latency spec is tuned for, ascending: 1-16,
+/// 17-64 and 65-M, cut at `max_tokens_per_rank` (M). A call of T tokens per rank runs the
+/// winner of the first bucket whose end is at least T. High throughput: one bucket, M.
+pub fn token_buckets(spec: &Spec) -> Vec<u32> {
+    let m = spec.max_tokens_per_rank();
+    let mut ends: Vec<u32> = match spec.mode() {
+        Mode::LowLatency => [16, 64].into_iter().filter(|&e| e < m).collect(),
+        Mode::HighThroughput => Vec::new(),
+    };
+    ends.push(m);
+    ends
 }
 
 /// The tuning a knob assignment gives (the spec's own fields kept).
@@ -143,7 +157,7 @@ mod tests {
     }
 
     #[test]
-    fn pinned_knobs_are_not_tuned_and_high_throughput_has_none() {
+    fn pinned_knobs_are_not_tuned_and_high_throughput_tunes_its_sms() {
         let pinned = spec("tuning:\n  warps_per_block: 8\n");
         let k = knobs(&pinned, 132);
         assert_eq!(k.iter().map(|k| k.name).collect::<Vec<_>>(), ["sms"]);
@@ -158,8 +172,35 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(knobs(&ht, 132).is_empty());
-        assert_eq!(variants(&ht, &[]), vec![ht.tuning()]);
+        let k = knobs(&ht, 132);
+        assert_eq!(k.iter().map(|k| k.name).collect::<Vec<_>>(), ["sms"]);
+        assert_eq!(variants(&ht, &k).len(), 5);
+        let pinned = Spec::from_yaml(
+            "name: h\nmode: high_throughput\nhidden: 2048\nexperts: 64\ntop_k: 4\nranks: 8\n\
+             max_tokens_per_rank: 128\nmax_recv_tokens_per_rank: 1024\ntuning:\n  sms: 66\n",
+            None,
+        )
+        .unwrap();
+        assert!(knobs(&pinned, 132).is_empty());
+        assert_eq!(variants(&pinned, &[]), vec![pinned.tuning()]);
+    }
+
+    #[test]
+    fn low_latency_tunes_three_token_buckets_and_high_throughput_one() {
+        assert_eq!(token_buckets(&spec("")), [16, 64, 128]);
+        let with_m = |m: u32| {
+            Spec::from_yaml(
+                &format!(
+                    "name: t\nmode: low_latency\nhidden: 2048\nexperts: 64\ntop_k: 4\n\
+                     ranks: 8\nmax_tokens_per_rank: {m}\n"
+                ),
+                None,
+            )
+            .unwrap()
+        };
+        assert_eq!(token_buckets(&with_m(32)), [16, 32]);
+        assert_eq!(token_buckets(&with_m(16)), [16]);
+        assert_eq!(token_buckets(&with_m(3)), [3]);
     }
 
     #[test]

@@ -56,6 +56,12 @@ const _: () = assert!(std::mem::size_of::<HtArgs>() == HT_ARGS_BYTES);
 const COMBINE_BLOCKS: u32 = 64;
 const COMBINE_BLOCKS_MAX: u32 = 1024;
 
+/// The SMs the data kernels of a GPU's ranks spread over: `tuning.sms`, at most the GPU's, else
+/// all of them.
+fn sms_of(spec: &Spec, gpu: &Gpu) -> u32 {
+    spec.tuning().sms.map_or(gpu.sms(), |s| s.min(gpu.sms()))
+}
+
 /// One rank's inputs of a dispatch: `x [T, H]` (the activation dtype), `topk_idx [T, K]` (the
 /// spec's index dtype, `-1` = no expert) and `topk_weights [T, K]` (f32), with
 /// `T <= max_tokens_per_rank` chosen per rank.
@@ -220,13 +226,14 @@ impl HtGroup {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let local = maps.len();
-        // As many send blocks as fit on the GPU at once, shared by the ranks it runs.
+        // As many send blocks as fit at once on the SMs the spec allows (tuning.sms, default
+        // the whole GPU), shared by the ranks the GPU runs.
         let resident = dispatch[0]
             .occupancy_max_active_blocks_per_multiprocessor(DATA_THREADS, 0, None)
             .cuda("asking the dispatch send's occupancy")?
             .max(1);
         let send_blocks =
-            (resident * gpu.sms() / local.max(1) as u32).clamp(1, MAX_DISPATCH_BLOCKS);
+            (resident * sms_of(spec, gpu) / local.max(1) as u32).clamp(1, MAX_DISPATCH_BLOCKS);
         Ok(HtGroup {
             notify,
             spec: spec.clone(),
@@ -629,10 +636,16 @@ impl HtGroup {
         }
     }
 
-    /// Blocks per rank of the combine receive (see [`COMBINE_BLOCKS`]).
+    /// Blocks per rank of the combine receive (see [`COMBINE_BLOCKS`]; a tuned `sms` sets the
+    /// SMs they spread over, with no floor).
     pub(super) fn combine_blocks(&self) -> u32 {
         let local = self.maps.len().max(1) as u32;
-        (2 * self.gpu().sms() / local).clamp(COMBINE_BLOCKS, COMBINE_BLOCKS_MAX)
+        let floor = if self.spec.tuning().sms.is_some() {
+            1
+        } else {
+            COMBINE_BLOCKS
+        };
+        (2 * sms_of(&self.spec, self.gpu()) / local).clamp(floor, COMBINE_BLOCKS_MAX)
     }
 
     /// Launches `f` for every local rank (`blocks` per rank), in chunks of at most

@@ -34,8 +34,11 @@ pub struct LlGroup {
     spec: Spec,
     window: Window,
     call_layout: CallLayout,
-    dispatch: [CudaFunction; 2],
-    combine: [CudaFunction; 2],
+    /// The compiled kernels of calls up to `max_tokens_per_rank` tokens per rank.
+    main: Kernels,
+    /// Kernels of smaller token-count buckets (tuned apart), ascending: a call runs the first
+    /// whose bucket holds its tokens, else `main`.
+    buckets: Vec<Kernels>,
     _transport: Transport,
     ranks: Vec<LocalRank>,
     workspace: CudaSlice<i32>,
@@ -43,8 +46,6 @@ pub struct LlGroup {
     _staging: Option<CudaSlice<u8>>,
     workspace_ptr: CUdeviceptr,
     staging_ptr: CUdeviceptr,
-    blocks_per_rank: u32,
-    threads: u32,
     timeout_ns: u64,
     calls_made: u32,
     id: u64,
@@ -78,40 +79,8 @@ impl LlGroup {
         ranks: Vec<LocalRank>,
     ) -> Result<LlGroup, Error> {
         check_mode(spec)?;
-        let find = |name: &str| {
-            kernels.iter().find(|k| k.name == name).ok_or_else(|| {
-                Error::Input(format!("no {name} kernel rendered for {}", spec.name()))
-            })
-        };
-        let dispatch_src = find("ll_dispatch")?;
-        let pair = |functions: Vec<CudaFunction>, name: &str| -> Result<[CudaFunction; 2], Error> {
-            <[CudaFunction; 2]>::try_from(functions)
-                .map_err(|_| Error::Input(format!("{name} must have a send and a receive entry")))
-        };
-        let dispatch = pair(jit.load(gpu, dispatch_src)?.functions, "ll_dispatch")?;
-        let combine = pair(jit.load(gpu, find("ll_combine")?)?.functions, "ll_combine")?;
-        let threads = dispatch_src.launch.block_threads;
-        // The blocks of each rank's send meet once, so a launch's whole grid must be
-        // co-resident: the SMs are split between the ranks of one launch.
-        let per_sm = dispatch[0]
-            .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
-            .cuda("querying occupancy")?;
-        let per_launch = (launch_ranks(spec) as usize).min(ranks.len()).max(1) as u32;
-        // tuning.sms: the SMs a launch's ranks may occupy together (default: the whole GPU).
-        let sms = spec
-            .tuning()
-            .sms
-            .unwrap_or(gpu.sms())
-            .min(gpu.sms() * per_sm.max(1));
-        let blocks_per_rank = (sms / per_launch).max(1);
-        if per_sm == 0 || blocks_per_rank * per_launch > gpu.sms() * per_sm {
-            return Err(Error::Input(format!(
-                "{per_launch} ranks per launch need {per_launch} co-resident blocks of {threads} \
-                 threads, more than this GPU's {} SMs x {per_sm} can hold; use fewer warps per \
-                 block",
-                gpu.sms()
-            )));
-        }
+        let max_tokens = spec.max_tokens_per_rank() as usize;
+        let main = Kernels::load(gpu, jit, spec, kernels, ranks.len(), max_tokens)?;
         let stream = gpu.stream();
         let g = ranks.len();
         let workspace = stream
@@ -140,21 +109,73 @@ impl LlGroup {
             spec: spec.clone(),
             window,
             call_layout: CallLayout::of(spec),
-            dispatch,
-            combine,
+            main,
+            buckets: Vec::new(),
             _transport: transport,
             ranks,
             workspace,
             _staging: staging,
             workspace_ptr,
             staging_ptr,
-            blocks_per_rank,
-            threads,
             timeout_ns: DEFAULT_TIMEOUT.as_nanos() as u64,
             calls_made: 0,
             id: next_group_id(),
             closed: false,
         })
+    }
+
+    /// Adds the kernels calls of at most `max_tokens` tokens per rank run (a token-count
+    /// bucket's tuned knobs, [`crate::tuning::bucket_specs`]): `spec` is the group's spec with
+    /// another `tuning` section, `kernels` its rendered sources. Windows and protocol do not
+    /// depend on the knobs, so ranks running different buckets' kernels work together.
+    pub fn add_bucket(
+        &mut self,
+        jit: &Jit,
+        max_tokens: usize,
+        spec: &Spec,
+        kernels: &[KernelSource],
+    ) -> Result<(), Error> {
+        let m = self.spec.max_tokens_per_rank() as usize;
+        if max_tokens == 0 || max_tokens >= m {
+            return Err(Error::Input(format!(
+                "a token-count bucket ends between 1 and max_tokens_per_rank - 1 = {}, not at \
+                 {max_tokens}",
+                m - 1
+            )));
+        }
+        if spec.with_tuning(self.spec.tuning()).as_ref().ok() != Some(&self.spec) {
+            return Err(Error::Input(format!(
+                "the kernels of bucket 1..={max_tokens} are for {}, which differs from the \
+                 group's {} in more than its tuning",
+                spec.name(),
+                self.spec.name()
+            )));
+        }
+        let k = Kernels::load(&self.gpu, jit, spec, kernels, self.ranks.len(), max_tokens)?;
+        self.buckets.retain(|old| old.max_tokens != max_tokens);
+        let at = self
+            .buckets
+            .partition_point(|old| old.max_tokens < max_tokens);
+        self.buckets.insert(at, k);
+        Ok(())
+    }
+
+    /// The token-count buckets' ends, ascending (the last is `max_tokens_per_rank`), and the
+    /// warps per block and blocks per rank of each.
+    pub fn buckets(&self) -> Vec<(usize, u32, u32)> {
+        self.buckets
+            .iter()
+            .chain([&self.main])
+            .map(|k| (k.max_tokens, k.threads / 32, k.blocks_per_rank))
+            .collect()
+    }
+
+    /// The kernels of a call whose ranks have at most `tokens` tokens.
+    fn kernels_for(&self, tokens: usize) -> &Kernels {
+        self.buckets
+            .iter()
+            .find(|k| k.max_tokens >= tokens)
+            .unwrap_or(&self.main)
     }
 
     /// The spec.
@@ -248,7 +269,8 @@ impl LlGroup {
             tokens: inputs[i].x.shape()[0] as i32,
             ..self.rank_args(call, i, lr)
         };
-        self.launch_all(&self.dispatch[0], self.send_grid(), &args, stream)?;
+        let k = self.kernels_for(inputs.iter().map(|i| i.x.shape()[0]).max().unwrap_or(0));
+        self.launch_all(&k.dispatch[0], k.send_grid(), &args, stream)?;
         call.sent(inputs.iter().map(|i| i.x.shape()[0]));
         Ok(())
     }
@@ -259,7 +281,8 @@ impl LlGroup {
         call.belongs_to(self)?;
         call.require_sent("dispatch_recv")?;
         let args = |i: usize, lr: &LocalRank| self.rank_args(call, i, lr);
-        self.launch_all(&self.dispatch[1], self.recv_grid(), &args, stream)
+        let k = self.call_kernels(call);
+        self.launch_all(&k.dispatch[1], k.recv_grid(), &args, stream)
     }
 
     /// Announces that this group's experts have written the call's `y` (on `stream`).
@@ -267,7 +290,8 @@ impl LlGroup {
         call.belongs_to(self)?;
         call.require_sent("combine_send")?;
         let args = |i: usize, lr: &LocalRank| self.rank_args(call, i, lr);
-        self.launch_all(&self.combine[0], self.recv_grid(), &args, stream)
+        let k = self.call_kernels(call);
+        self.launch_all(&k.combine[0], k.recv_grid(), &args, stream)
     }
 
     /// Pulls the experts' rows of each rank's tokens and reduces them into `out [T, H]`:
@@ -296,7 +320,8 @@ impl LlGroup {
             out: inputs[i].out.ptr(),
             ..self.rank_args(call, i, lr)
         };
-        self.launch_all(&self.combine[1], self.send_grid(), &args, stream)
+        let k = self.call_kernels(call);
+        self.launch_all(&k.combine[1], k.send_grid(), &args, stream)
     }
 
     /// Waits for `stream`, then reports the first error the kernels recorded (the lowest rank's)
@@ -343,20 +368,9 @@ impl LlGroup {
         }
     }
 
-    fn send_grid(&self) -> Grid {
-        Grid {
-            blocks: self.blocks_per_rank,
-            threads: self.threads,
-            cooperative: true,
-        }
-    }
-
-    fn recv_grid(&self) -> Grid {
-        Grid {
-            blocks: 1,
-            threads: self.threads,
-            cooperative: false,
-        }
+    /// The kernels of a call's dispatch (the bucket of its largest rank's tokens).
+    fn call_kernels(&self, call: &LlCall) -> &Kernels {
+        self.kernels_for(call.tokens().iter().copied().max().unwrap_or(0))
     }
 
     /// Launches `f` for every local rank, [`launch_ranks`] ranks at a time.
@@ -455,6 +469,87 @@ impl LlGroup {
             }
         }
         first
+    }
+}
+
+/// One compiled variant of a group's kernels, with its launch geometry.
+struct Kernels {
+    /// Calls of at most this many tokens per rank run it.
+    max_tokens: usize,
+    /// Send and receive entries.
+    dispatch: [CudaFunction; 2],
+    combine: [CudaFunction; 2],
+    blocks_per_rank: u32,
+    threads: u32,
+}
+
+impl Kernels {
+    /// Loads `spec`'s kernels (`sources`) for a group of `local` ranks on `gpu`.
+    fn load(
+        gpu: &Gpu,
+        jit: &Jit,
+        spec: &Spec,
+        sources: &[KernelSource],
+        local: usize,
+        max_tokens: usize,
+    ) -> Result<Kernels, Error> {
+        let find = |name: &str| {
+            sources.iter().find(|k| k.name == name).ok_or_else(|| {
+                Error::Input(format!("no {name} kernel rendered for {}", spec.name()))
+            })
+        };
+        let dispatch_src = find("ll_dispatch")?;
+        let pair = |functions: Vec<CudaFunction>, name: &str| -> Result<[CudaFunction; 2], Error> {
+            <[CudaFunction; 2]>::try_from(functions)
+                .map_err(|_| Error::Input(format!("{name} must have a send and a receive entry")))
+        };
+        let dispatch = pair(jit.load(gpu, dispatch_src)?.functions, "ll_dispatch")?;
+        let combine = pair(jit.load(gpu, find("ll_combine")?)?.functions, "ll_combine")?;
+        let threads = dispatch_src.launch.block_threads;
+        // The blocks of each rank's send meet once, so a launch's whole grid must be
+        // co-resident: the SMs are split between the ranks of one launch.
+        let per_sm = dispatch[0]
+            .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
+            .cuda("querying occupancy")?;
+        let per_launch = (launch_ranks(spec) as usize).min(local).max(1) as u32;
+        // tuning.sms: the SMs a launch's ranks may occupy together (default: the whole GPU).
+        let sms = spec
+            .tuning()
+            .sms
+            .unwrap_or(gpu.sms())
+            .min(gpu.sms() * per_sm.max(1));
+        let blocks_per_rank = (sms / per_launch).max(1);
+        if per_sm == 0 || blocks_per_rank * per_launch > gpu.sms() * per_sm {
+            return Err(Error::Input(format!(
+                "{per_launch} ranks per launch need {per_launch} co-resident blocks of {threads} \
+                 threads, more than this GPU's {} SMs x {per_sm} can hold; use fewer warps per \
+                 block",
+                gpu.sms()
+            )));
+        }
+        Ok(Kernels {
+            max_tokens,
+            dispatch,
+            combine,
+            blocks_per_rank,
+            threads,
+        })
+    }
+
+    fn send_grid(&self) -> Grid {
+        Grid {
+            blocks: self.blocks_per_rank,
+            threads: self.threads,
+            cooperative: true,
+        }
+    }
+
+    fn recv_grid(&self) -> Grid {
+        Grid {
+            blocks: 1,
+            threads: self.threads,
+            cooperative: false,
+        }
     }
 }
 

@@ -166,7 +166,7 @@ fn edited(spec: &Spec, name: &str, edit: impl FnOnce(&mut serde_json::Value)) ->
 /// The standard workloads of DESIGN.md, derived from the built-in specs: LL DeepSeek-V3 with FP8
 /// and BF16 dispatch, Qwen3-235B and gpt-oss-120b; HT DeepSeek-V3 with BF16 and FP8 dispatch,
 /// Qwen3-235B (expert-major, the grouped GEMM's layout) and the gpt-oss-120b shape.
-fn standard() -> Result<Vec<Spec>> {
+pub(super) fn standard() -> Result<Vec<Spec>> {
     let fp8 = builtin(LL_STANDARD[0])?;
     let bf16 = edited(&fp8, "deepseek-v3-ll-bf16", |f| {
         f["dispatch_dtype"] = Dtype::Bf16.as_str().into();
