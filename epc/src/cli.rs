@@ -66,6 +66,9 @@ pub struct TuneArgs {
     /// Run every spec with this many virtual ranks instead of its own.
     #[arg(long, conflicts_with_all = ["export", "import"])]
     pub ranks: Option<u32>,
+    /// Where the ranks run while timing (the tuning database keeps the transport in its key).
+    #[command(flatten)]
+    pub transport: TransportArgs,
     /// Seconds of GPU timing per spec, at most (the defaults are always timed).
     #[arg(long, default_value_t = 120.0)]
     pub budget: f64,

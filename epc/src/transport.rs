@@ -176,7 +176,7 @@ impl Ranks {
     }
 
     /// The LL group of `spec` on this process's ranks: all virtual ranks, or its NCCL rank
-    /// (collective: every rank sets up the same specs in the same order).
+    /// (collective: every rank sets up the same specs in the same order), with its tuned knobs.
     pub fn ll_group(
         &self,
         gpu: &Gpu,
@@ -184,11 +184,39 @@ impl Ranks {
         renderer: &Renderer,
         spec: &Spec,
     ) -> Result<LowLatency> {
-        match ModeGroup::new(gpu, jit, renderer, spec, self.comm.as_ref())? {
+        self.ll_group_of(ModeGroup::new(
+            gpu,
+            jit,
+            renderer,
+            spec,
+            self.comm.as_ref(),
+        )?)
+    }
+
+    /// [`Ranks::ll_group`] with exactly the spec's knobs (no tuning database): what
+    /// `epc tune` times.
+    pub fn ll_group_as_spec_says(
+        &self,
+        gpu: &Gpu,
+        jit: &Jit,
+        renderer: &Renderer,
+        spec: &Spec,
+    ) -> Result<LowLatency> {
+        self.ll_group_of(ModeGroup::as_spec_says(
+            gpu,
+            jit,
+            renderer,
+            spec,
+            self.comm.as_ref(),
+        )?)
+    }
+
+    fn ll_group_of(&self, group: ModeGroup) -> Result<LowLatency> {
+        match group {
             ModeGroup::Ll(group) => Ok(LowLatency::from_group(group)),
-            ModeGroup::Ht(_) => bail!(
+            ModeGroup::Ht(h) => bail!(
                 "{} is a high_throughput spec, not a low_latency one",
-                spec.name()
+                h.spec().name()
             ),
         }
     }
@@ -204,12 +232,38 @@ impl Ranks {
         renderer: &Renderer,
         spec: &Spec,
     ) -> Result<HtGroup> {
-        match ModeGroup::new(gpu, jit, renderer, spec, self.comm.as_ref())? {
-            ModeGroup::Ht(group) => Ok(group),
-            ModeGroup::Ll(_) => bail!(
-                "{} is a low_latency spec, not a high_throughput one",
-                spec.name()
-            ),
+        ht_group_of(ModeGroup::new(
+            gpu,
+            jit,
+            renderer,
+            spec,
+            self.comm.as_ref(),
+        )?)
+    }
+
+    /// [`Ranks::ht_group`] with exactly the spec's knobs (no tuning database).
+    pub fn ht_group_as_spec_says(
+        &self,
+        gpu: &Gpu,
+        jit: &Jit,
+        renderer: &Renderer,
+        spec: &Spec,
+    ) -> Result<HtGroup> {
+        ht_group_of(ModeGroup::as_spec_says(
+            gpu,
+            jit,
+            renderer,
+            spec,
+            self.comm.as_ref(),
+        )?)
+    }
+
+    /// The transport's name in tuning keys: `virtual` or `nccl`.
+    pub fn transport(&self) -> &'static str {
+        if self.comm.is_some() {
+            "nccl"
+        } else {
+            "virtual"
         }
     }
 
@@ -230,6 +284,16 @@ impl Ranks {
                 .map(<[f64]>::to_vec)
                 .collect()),
         }
+    }
+}
+
+fn ht_group_of(group: ModeGroup) -> Result<HtGroup> {
+    match group {
+        ModeGroup::Ht(group) => Ok(group),
+        ModeGroup::Ll(l) => bail!(
+            "{} is a low_latency spec, not a high_throughput one",
+            l.spec().name()
+        ),
     }
 }
 

@@ -509,3 +509,50 @@ fn dump_call(
     }
     Ok(())
 }
+
+/// [`verify_ht`] on the ranks of any group (all virtual ranks, or this process's NCCL rank):
+/// `routings` calls of `tokens` tokens per rank, every rank's inputs and returned rows made from
+/// the seed, so each process checks its own ranks' dispatch and combine bit for bit.
+pub fn verify_ht_on(group: &mut HtGroup, spec: &Spec, plan: &Plan) -> Result<()> {
+    let d = spec.dims();
+    let mine = group.ranks();
+    for call in 0..plan.routings.max(1) {
+        let pattern = Pattern::ALL[(plan.pattern as usize + call) % Pattern::ALL.len()];
+        let seed = plan.seed.wrapping_add((call * d.ranks) as u64);
+        let all: Vec<RankInput> = (0..d.ranks)
+            .map(|r| RankInput {
+                routing: generate(
+                    pattern,
+                    plan.tokens,
+                    d.top_k,
+                    d.experts,
+                    d.ranks,
+                    seed + r as u64,
+                ),
+                x: random_activations(spec, plan.tokens, seed ^ ((r as u64) << 20)),
+            })
+            .collect();
+        let what = || {
+            format!(
+                "{}: HT call {call} (T={}, pattern {pattern:?})",
+                spec.name(),
+                plan.tokens
+            )
+        };
+        let Ok(want) = check::ht::Expected::of(spec, &all) else {
+            continue; // a routing this spec's buffer cannot hold
+        };
+        let local: Vec<RankInput> = mine.iter().map(|&r| all[r].clone()).collect();
+        let got = group.dispatch(&local).with_context(what)?;
+        check::ht::check_dispatch_of(spec, &all, &want, &mine, &got)
+            .map_err(|e| anyhow!("{}: dispatch: {e}", what()))?;
+        let y: Vec<Vec<u16>> = (0..d.ranks)
+            .map(|r| random_activations(spec, want.rows(r), seed ^ 0xc0 ^ r as u64))
+            .collect();
+        let local_y: Vec<Vec<u16>> = mine.iter().map(|&r| y[r].clone()).collect();
+        let out = group.combine(&local_y).with_context(what)?;
+        check::ht::check_combine_of(spec, &all, &want, &y, &mine, &out)
+            .map_err(|e| anyhow!("{}: {e}", what()))?;
+    }
+    Ok(())
+}

@@ -2,12 +2,14 @@
 
 use anyhow::Result;
 use ep_codegen::{Mode, Renderer, Spec, Tuning};
-use ep_runtime::{Arch, Gpu, HtGroup, Jit, LowLatency};
+use ep_runtime::reference::ll::RankInput;
+use ep_runtime::{Arch, Gpu, Jit};
 
 use super::report::label;
 use crate::cli::TuneArgs;
 use crate::commands::bench::ll_inputs;
 use crate::progress::bar;
+use crate::transport::Ranks;
 
 /// The median time of one variant's two phases at one token count, microseconds (infinite:
 /// it failed to run).
@@ -110,27 +112,33 @@ fn compile_one(
     Ok(registers)
 }
 
-/// What timing needs.
+/// What timing needs: the GPU, the compiler and this process's ranks (all virtual ranks, or
+/// its NCCL rank).
 pub struct Timer<'a> {
     pub gpu: &'a Gpu,
     pub jit: &'a Jit,
     pub renderer: &'a Renderer,
+    pub ranks: &'a Ranks,
     pub args: &'a TuneArgs,
 }
 
 impl Timer<'_> {
     /// Times every compiled variant at each bucket's last token count, the defaults first,
-    /// within the budget; the bar says the best so far.
-    pub fn time_all(&self, spec: &Spec, found: &mut [Variant], tokens: &[usize]) {
+    /// within the budget; the bar says the best so far. Over NCCL the ranks decide together
+    /// (collective): the budget by the longest any rank has spent, each time by the slowest
+    /// rank's.
+    pub fn time_all(&self, spec: &Spec, found: &mut [Variant], tokens: &[usize]) -> Result<()> {
         let start = std::time::Instant::now();
         let progress = bar(found.len(), "timing variants");
         let mut best: Option<(String, f64)> = None;
         for (i, v) in found.iter_mut().enumerate() {
             progress.inc(1);
-            if i > 0 && start.elapsed().as_secs_f64() > self.args.budget {
+            let spent = self.slowest(&[start.elapsed().as_secs_f64()])?;
+            if i > 0 && spent[0] > self.args.budget {
                 continue;
             }
             if v.compiled.is_err() {
+                // Every rank compiled the same sources: all skip it.
                 v.times = vec![Some(Phases::FAILED); tokens.len()];
                 continue;
             }
@@ -138,13 +146,24 @@ impl Timer<'_> {
                 .with_tuning(v.tuning)
                 .map_err(anyhow::Error::from)
                 .and_then(|variant| self.time_variant(&variant, tokens));
-            v.times = match timed {
-                Ok(t) => t.into_iter().map(Some).collect(),
+            let mine = match timed {
+                Ok(t) => t,
                 Err(e) => {
                     tracing::info!("{}: {} does not run: {e:#}", spec.name(), label(&v.tuning));
-                    vec![Some(Phases::FAILED); tokens.len()]
+                    vec![Phases::FAILED; tokens.len()]
                 }
             };
+            let flat: Vec<f64> = mine.iter().flat_map(|p| [p.dispatch, p.combine]).collect();
+            v.times = self
+                .slowest(&flat)?
+                .chunks(2)
+                .map(|p| {
+                    Some(Phases {
+                        dispatch: p[0],
+                        combine: p[1],
+                    })
+                })
+                .collect();
             let sum: f64 = v.times.iter().flatten().map(Phases::total).sum();
             if sum.is_finite() && best.as_ref().is_none_or(|(_, b)| sum < *b) {
                 best = Some((label(&v.tuning), sum));
@@ -152,6 +171,25 @@ impl Timer<'_> {
             }
         }
         progress.finish_and_clear();
+        Ok(())
+    }
+
+    /// The largest of every rank's `values`, element by element (NCCL: an all-gather).
+    fn slowest(&self, values: &[f64]) -> Result<Vec<f64>> {
+        let all = self.ranks.gather(self.gpu, values)?;
+        Ok((0..values.len())
+            .map(|i| {
+                all.iter()
+                    .filter_map(|r| r.get(i).copied())
+                    .fold(f64::NEG_INFINITY, f64::max)
+            })
+            .collect())
+    }
+
+    /// This process's ranks' inputs at `t` tokens per rank.
+    fn mine(&self, spec: &Spec, ranks: &[usize], t: usize) -> Vec<RankInput> {
+        let all = ll_inputs(spec, t);
+        ranks.iter().map(|&r| all[r].clone()).collect()
     }
 
     /// One variant's phases at each token count.
@@ -172,11 +210,14 @@ impl Timer<'_> {
     }
 
     fn time_ll(&self, spec: &Spec, tokens: &[usize]) -> Result<Vec<Phases>> {
-        let mut ll = LowLatency::new(self.gpu, self.jit, self.renderer, spec)?;
+        let mut ll = self
+            .ranks
+            .ll_group_as_spec_says(self.gpu, self.jit, self.renderer, spec)?;
+        let ranks = ll.group().ranks();
         let mut call = ll.new_call()?;
         let mut out = Vec::with_capacity(tokens.len());
         for &t in tokens {
-            call.set_inputs(self.gpu, &ll_inputs(spec, t))?;
+            call.set_inputs(self.gpu, &self.mine(spec, &ranks, t))?;
             out.push(self.median(|| {
                 let p = ll.time_phases(&mut call, self.args.warmup, self.args.iters)?;
                 Ok(Phases {
@@ -189,9 +230,10 @@ impl Timer<'_> {
     }
 
     fn time_ht(&self, spec: &Spec, t: usize) -> Result<Phases> {
-        let kernels = self.renderer.render(spec)?;
-        let mut group = HtGroup::virtual_ranks(self.gpu, self.jit, spec, &kernels)?;
-        let got = group.dispatch(&ll_inputs(spec, t))?;
+        let mut group =
+            self.ranks
+                .ht_group_as_spec_says(self.gpu, self.jit, self.renderer, spec)?;
+        let got = group.dispatch(&self.mine(spec, &group.ranks(), t))?;
         // The rows' values do not change the time; each rank returns zeros.
         let h = spec.hidden() as usize;
         let y: Vec<Vec<u16>> = got.iter().map(|g| vec![0; g.recv_src.len() * h]).collect();

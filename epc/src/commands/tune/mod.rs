@@ -11,6 +11,11 @@
 //! candidate, so a winner is never slower than them as measured); every winner is checked
 //! against the CPU reference and the result stored. A table lists every variant; `--csv` and
 //! `--svg` keep them.
+//!
+//! With `--transport nccl` the variants run over NCCL, one rank per GPU, as `epc bench` runs
+//! them: every rank times its own GPU, the ranks agree on the budget and take the slowest
+//! rank's time of each variant, and every rank stores the same winners under the `nccl` key.
+//! Only rank 0 prints.
 
 mod measure;
 mod report;
@@ -23,23 +28,24 @@ use anyhow::{Context, Result};
 use ep_codegen::Spec;
 use ep_codegen::kernels::knobs::{knobs, token_buckets, variants};
 use ep_runtime::tuning::TuningDb;
-use ep_runtime::{Arch, Jit, KernelCache};
+use ep_runtime::{Arch, Gpu, Jit, KernelCache};
 
 use self::measure::{Timer, compile_all};
-use crate::cli::TuneArgs;
+use crate::cli::{TransportArg, TuneArgs};
 use crate::inputs::{load_specs, optional_gpu, renderer};
 use crate::svg;
+use crate::transport::{Placement, Ranks, Role};
 
 /// "entry" or "entries".
 fn entries(n: usize) -> &'static str {
     if n == 1 { "entry" } else { "entries" }
 }
 
-/// The specs to tune: the standard workloads (`--standard`, on 8 ranks unless `--ranks`) and
-/// the named ones (on `--ranks` when given).
-fn selected(args: &TuneArgs) -> Result<Vec<Spec>> {
+/// The specs to tune: the standard workloads (`--standard`, on 8 ranks unless `ranks`) and
+/// the named ones (on `ranks` when given: `--ranks`, or the NCCL job's).
+fn selected(args: &TuneArgs, ranks: Option<u32>) -> Result<Vec<Spec>> {
     let mut specs = if args.standard {
-        let r = args.ranks.unwrap_or(8);
+        let r = ranks.unwrap_or(8);
         super::bench::standard()?
             .iter()
             .map(|s| s.with_ranks(r))
@@ -49,7 +55,7 @@ fn selected(args: &TuneArgs) -> Result<Vec<Spec>> {
     };
     if !args.specs.is_empty() || !args.standard {
         for loaded in load_specs(&args.specs)? {
-            specs.push(match args.ranks {
+            specs.push(match ranks {
                 Some(r) => loaded.spec.with_ranks(r)?,
                 None => loaded.spec,
             });
@@ -81,10 +87,27 @@ pub fn tune(args: &TuneArgs, templates: Option<&Path>) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let specs = selected(args)?;
+    let placement = match Placement::for_command(&args.transport, args.ranks)? {
+        Role::Here(p) => p,
+        Role::Launched(code) => return Ok(code),
+    };
+    let specs = selected(args, placement.ranks().or(args.ranks))?;
     let renderer = renderer(templates)?;
     let jit = Jit::nvrtc().context("epc tune compiles every variant with NVRTC")?;
-    let gpu = optional_gpu()?;
+    let gpu = match args.transport.transport {
+        TransportArg::Virtual => optional_gpu()?,
+        TransportArg::Nccl => Ok(Gpu::open(placement.device())?),
+    };
+    let ranks = match &gpu {
+        Ok(g) => Some(Ranks::join(&placement, &args.transport, g)?),
+        Err(_) => None,
+    };
+    let lead = ranks.as_ref().is_none_or(Ranks::lead);
+    let say = |line: String| {
+        if lead {
+            println!("{line}");
+        }
+    };
     let (sms, arch) = match &gpu {
         Ok(g) => (g.sms(), g.arch()),
         Err(_) => (132, Arch::SM90),
@@ -95,10 +118,10 @@ pub fn tune(args: &TuneArgs, templates: Option<&Path>) -> Result<ExitCode> {
         let started = std::time::Instant::now();
         let space = knobs(spec, sms);
         if space.is_empty() {
-            println!(
+            say(format!(
                 "{}: every knob is pinned by the spec; nothing to tune",
                 spec.name()
-            );
+            ));
             continue;
         }
         let tokens: Vec<usize> = token_buckets(spec).iter().map(|&t| t as usize).collect();
@@ -110,7 +133,7 @@ pub fn tune(args: &TuneArgs, templates: Option<&Path>) -> Result<ExitCode> {
             arch,
             tokens.len(),
         );
-        println!(
+        say(format!(
             "{}: {} variants of {} ({}), compiled for {arch}",
             spec.name(),
             found.len(),
@@ -120,34 +143,44 @@ pub fn tune(args: &TuneArgs, templates: Option<&Path>) -> Result<ExitCode> {
             } else {
                 "some failed"
             }
-        );
-        if let Ok(g) = &gpu {
-            let timer = Timer {
+        ));
+        let timer = match (&gpu, &ranks) {
+            (Ok(g), Some(r)) => Some(Timer {
                 gpu: g,
                 jit: &jit,
                 renderer: &renderer,
+                ranks: r,
                 args,
-            };
-            timer.time_all(spec, &mut found, &tokens);
+            }),
+            _ => None,
+        };
+        if let Some(t) = &timer {
+            t.time_all(spec, &mut found, &tokens)?;
         }
-        report::print_table(&found, &tokens);
+        if lead {
+            report::print_table(&found, &tokens);
+        }
         csv.push_str(&report::csv_rows(spec.name(), &found, &tokens));
         plots.extend(report::series(spec.name(), &found, &tokens));
-        match &gpu {
-            Ok(g) => match winners::choose(&found, &tokens) {
-                Some(won) => winners::store(g, &jit, &renderer, &db, spec, &won)?,
-                None => println!(
+        match (&timer, &gpu) {
+            (Some(t), _) => match winners::choose(&found, &tokens) {
+                Some(won) => winners::store(t, &db, spec, &won, lead)?,
+                None => say(format!(
                     "  {}: the defaults could not be timed; nothing stored",
                     spec.name()
-                ),
+                )),
             },
-            Err(why) => println!("  nothing timed or stored: {why}"),
+            (None, Err(why)) => say(format!("  nothing timed or stored: {why}")),
+            (None, Ok(_)) => {}
         }
-        println!(
+        say(format!(
             "  {}: tuned in {:.1} s",
             spec.name(),
             started.elapsed().as_secs_f64()
-        );
+        ));
+    }
+    if !lead {
+        return Ok(ExitCode::SUCCESS);
     }
     if let Some(path) = &args.csv {
         std::fs::write(path, &csv).with_context(|| format!("writing {}", path.display()))?;

@@ -5,15 +5,16 @@ use ep_codegen::Tuning;
 use super::measure::Variant;
 use crate::svg;
 
-/// The label of a tuning: the knobs it sets (`defaults` when none).
+/// The label of a tuning: the knobs it sets (`warps 8 sms 66`; `defaults` when none).
 pub fn label(t: &Tuning) -> String {
-    match (t.warps_per_block, t.sms) {
-        (None, None) => "defaults".to_owned(),
-        (w, s) => format!(
-            "warps {} sms {}",
-            w.map_or("auto".into(), |v| v.to_string()),
-            s.map_or("auto".into(), |v| v.to_string())
-        ),
+    let set: Vec<String> = [("warps", t.warps_per_block), ("sms", t.sms)]
+        .iter()
+        .filter_map(|(name, v)| v.map(|v| format!("{name} {v}")))
+        .collect();
+    if set.is_empty() {
+        "defaults".to_owned()
+    } else {
+        set.join(" ")
     }
 }
 

@@ -3,22 +3,24 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result};
-use ep_codegen::{Mode, Renderer, Spec, Tuning};
+use anyhow::{Context, Result, bail};
+use ep_codegen::{Mode, Spec, Tuning};
 use ep_runtime::routing::Pattern;
 use ep_runtime::tuning::{BucketKnobs, TuningDb, TuningEntry, TuningKey};
-use ep_runtime::{Gpu, Jit};
 
-use super::measure::Variant;
+use super::measure::{Timer, Variant};
 use super::report::label;
-use crate::commands::verify::{LlPlan, Plan, verify_ht, verify_ll};
+use crate::commands::verify::{LlPlan, Plan, verify_ht_on, verify_ll_on};
 
 /// One bucket's result: the winner (the defaults when nothing beats them) and both times.
 pub struct Won {
     /// The bucket's last token count.
     pub tokens: usize,
+    /// The winning knobs.
     pub tuning: Tuning,
+    /// Its dispatch + combine time there, microseconds.
     pub time_us: f64,
+    /// The defaults' time there, microseconds.
     pub default_us: f64,
 }
 
@@ -55,16 +57,41 @@ fn knobs_of(t: &Tuning) -> BTreeMap<String, u32> {
     knobs
 }
 
-/// Checks every distinct winner against the CPU reference, then stores the entry (the last
-/// bucket's knobs as the main ones, the smaller buckets' beside them).
-pub fn store(
-    gpu: &Gpu,
-    jit: &Jit,
-    renderer: &Renderer,
-    db: &TuningDb,
-    spec: &Spec,
-    won: &[Won],
-) -> Result<()> {
+/// Checks `tuned` on this process's ranks against the CPU reference.
+fn check(t: &Timer<'_>, tuned: &Spec) -> Result<()> {
+    match tuned.mode() {
+        Mode::LowLatency => {
+            let plan = LlPlan {
+                seed: 7,
+                routings: 3,
+                iters: 1,
+                dump: None,
+            };
+            let mut ll = t
+                .ranks
+                .ll_group_as_spec_says(t.gpu, t.jit, t.renderer, tuned)?;
+            verify_ll_on(&mut ll, tuned, &plan).map(|_| ())
+        }
+        Mode::HighThroughput => {
+            let plan = Plan {
+                seed: 7,
+                tokens: (tuned.max_tokens_per_rank() as usize).min(512),
+                pattern: Pattern::Uniform,
+                routings: 2,
+                iters: 1,
+            };
+            let mut group = t
+                .ranks
+                .ht_group_as_spec_says(t.gpu, t.jit, t.renderer, tuned)?;
+            verify_ht_on(&mut group, tuned, &plan)
+        }
+    }
+}
+
+/// Checks every distinct winner against the CPU reference on every rank (collective: a
+/// mismatch on any rank stops all), then stores the entry (the last bucket's knobs as the main
+/// ones, the smaller buckets' beside them); rank 0 (`lead`) says what won.
+pub fn store(t: &Timer<'_>, db: &TuningDb, spec: &Spec, won: &[Won], lead: bool) -> Result<()> {
     let Some(main) = won.last() else {
         return Ok(());
     };
@@ -73,38 +100,30 @@ pub fn store(
         if checked.contains(&w.tuning) {
             continue;
         }
-        let tuned = spec.with_tuning(w.tuning)?;
-        match spec.mode() {
-            Mode::LowLatency => {
-                let plan = LlPlan {
-                    seed: 7,
-                    routings: 3,
-                    iters: 1,
-                    dump: None,
-                };
-                verify_ll(gpu, jit, renderer, &tuned, &plan).map(|_| ())
-            }
-            Mode::HighThroughput => {
-                let plan = Plan {
-                    seed: 7,
-                    tokens: (tuned.max_tokens_per_rank() as usize).min(512),
-                    pattern: Pattern::Uniform,
-                    routings: 2,
-                    iters: 1,
-                };
-                verify_ht(gpu, jit, &tuned, &renderer.render(&tuned)?, &plan, None).map(|_| ())
-            }
-        }
-        .with_context(|| {
+        let here = spec
+            .with_tuning(w.tuning)
+            .map_err(anyhow::Error::from)
+            .and_then(|tuned| check(t, &tuned));
+        // Every rank learns whether any failed before one stops.
+        let failed = t
+            .ranks
+            .gather(t.gpu, &[f64::from(u8::from(here.is_err()))])?;
+        here.with_context(|| {
             format!(
                 "the winner {} does not match the reference",
                 label(&w.tuning)
             )
         })?;
+        if let Some(rank) = failed.iter().position(|f| f.first() != Some(&0.0)) {
+            bail!(
+                "the winner {} does not match the reference on NCCL rank {rank}",
+                label(&w.tuning)
+            );
+        }
         checked.push(w.tuning);
     }
     let entry = TuningEntry {
-        key: TuningKey::on(spec, gpu, jit, "virtual"),
+        key: TuningKey::on(spec, t.gpu, t.jit, t.ranks.transport()),
         knobs: knobs_of(&main.tuning),
         time_us: main.time_us,
         default_us: main.default_us,
@@ -123,6 +142,9 @@ pub fn store(
         epc_version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     db.put(&entry)?;
+    if !lead {
+        return Ok(());
+    }
     for w in won {
         println!(
             "  {}: T <= {}: {} wins ({:.1} us, defaults {:.1} us, {:.2}x)",
@@ -135,9 +157,10 @@ pub fn store(
         );
     }
     println!(
-        "  {}: every winner matches the reference; stored in {}",
+        "  {}: every winner matches the reference; stored in {} under `{}`",
         spec.name(),
-        db.dir().display()
+        db.dir().display(),
+        t.ranks.transport()
     );
     Ok(())
 }
