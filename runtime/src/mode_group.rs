@@ -46,26 +46,37 @@ impl ModeGroup {
     ) -> Result<ModeGroup, Error> {
         let transport = if comm.is_some() { "nccl" } else { "virtual" };
         let (tuned, source) = tuned_spec(spec, gpu, jit, transport);
-        let kernels = renderer.render(&tuned)?;
-        let with_buckets = |mut group: LlGroup| -> Result<ModeGroup, Error> {
+        let mut group = ModeGroup::as_spec_says(gpu, jit, renderer, &tuned, comm)?;
+        if let ModeGroup::Ll(ll) = &mut group {
             for (max_tokens, s) in bucket_specs(spec, &source) {
-                group.add_bucket(jit, max_tokens, &s, &renderer.render(&s)?)?;
+                ll.add_bucket(jit, max_tokens, &s, &renderer.render(&s)?)?;
             }
-            Ok(ModeGroup::Ll(group))
-        };
-        let spec = tuned;
+        }
+        Ok(group)
+    }
+
+    /// The group of `spec` with exactly the knobs it names (`auto` gives the analytic
+    /// defaults; the tuning database is not read): what `epc tune` times.
+    pub fn as_spec_says(
+        gpu: &Gpu,
+        jit: &Jit,
+        renderer: &Renderer,
+        spec: &Spec,
+        comm: Option<&NcclComm>,
+    ) -> Result<ModeGroup, Error> {
+        let kernels = renderer.render(spec)?;
         Ok(match (spec.mode(), comm) {
             (Mode::LowLatency, None) => {
-                with_buckets(LlGroup::virtual_ranks(gpu, jit, &spec, &kernels)?)?
+                ModeGroup::Ll(LlGroup::virtual_ranks(gpu, jit, spec, &kernels)?)
             }
             (Mode::LowLatency, Some(c)) => {
-                with_buckets(one(LlGroup::nccl(&[(gpu, c)], jit, &spec, &kernels)?)?)?
+                ModeGroup::Ll(one(LlGroup::nccl(&[(gpu, c)], jit, spec, &kernels)?)?)
             }
             (Mode::HighThroughput, None) => {
-                ModeGroup::Ht(HtGroup::virtual_ranks(gpu, jit, &spec, &kernels)?)
+                ModeGroup::Ht(HtGroup::virtual_ranks(gpu, jit, spec, &kernels)?)
             }
             (Mode::HighThroughput, Some(c)) => {
-                ModeGroup::Ht(one(HtGroup::nccl(&[(gpu, c)], jit, &spec, &kernels)?)?)
+                ModeGroup::Ht(one(HtGroup::nccl(&[(gpu, c)], jit, spec, &kernels)?)?)
             }
         })
     }
