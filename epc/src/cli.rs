@@ -49,9 +49,33 @@ pub enum Command {
     /// Measure the variants of each spec's kernel knobs on this GPU and store the fastest in the
     /// tuning database, which the runtime uses where a spec says `auto`; or export / import it.
     Tune(TuneArgs),
+    /// Run many low-latency calls with fresh routings on the GPU: every call's counts checked,
+    /// a sample bit for bit, throughput and a hash of the outputs reported.
+    Soak(SoakArgs),
     /// Report the GPUs, the driver, NVRTC, NCCL and the cache folder epc would use, with the fix
     /// for each missing piece. Exits 0 when everything needed here is present.
     Doctor,
+}
+
+/// `epc soak`.
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// Low-latency specs to soak.
+    #[command(flatten)]
+    pub specs: SpecArgs,
+    /// Calls per spec.
+    #[arg(long, default_value_t = 10_000)]
+    pub calls: usize,
+    /// Stop a spec's soak after this many seconds, whatever the calls left.
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Check every Nth call (and the last) bit for bit against the CPU reference; the others'
+    /// received counts are checked against their routing.
+    #[arg(long, default_value_t = 100)]
+    pub every: usize,
+    /// Seed of the routings and activations (the same seed gives the same hash).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// `epc tune`.

@@ -802,24 +802,26 @@ fn tune_compiles_every_variant_and_keeps_a_fleet_file() {
 
 /// On a GPU: a short `epc tune` stores a winner that matches the reference, and `epc run` then
 /// runs with it (said under EPC_LOG=info). Skipped with the reason where there is no GPU.
-#[test]
-fn a_tuned_spec_is_stored_checked_and_used() {
+/// Whether a GPU is present, said past the harness's capture (`GPU test: ...` or
+/// `SKIP test: no GPU`, lines the test command counts); no GPU fails under EPC_REQUIRE_GPU=1.
+fn gpu_or_skip(test: &str) -> bool {
     if !ep_runtime::Gpu::probe().is_ok_and(|d| !d.devices.is_empty()) {
         assert!(
             std::env::var("EPC_REQUIRE_GPU").as_deref() != Ok("1"),
             "EPC_REQUIRE_GPU=1 but no GPU"
         );
-        // Written past the harness's capture: the test command counts these lines.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP a_tuned_spec_is_stored_checked_and_used: no GPU"
-        );
+        let _ = writeln!(std::io::stderr(), "SKIP {test}: no GPU");
+        return false;
+    }
+    let _ = writeln!(std::io::stderr(), "GPU {test}: on GPU 0");
+    true
+}
+
+#[test]
+fn a_tuned_spec_is_stored_checked_and_used() {
+    if !gpu_or_skip("a_tuned_spec_is_stored_checked_and_used") {
         return;
     }
-    let _ = writeln!(
-        std::io::stderr(),
-        "GPU a_tuned_spec_is_stored_checked_and_used: on GPU 0"
-    );
     let cache = tempfile::tempdir().unwrap();
     let o = epc(
         &[
@@ -855,4 +857,51 @@ fn a_tuned_spec_is_stored_checked_and_used() {
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("tuned knobs"), "{out}");
+}
+
+/// `epc soak` refuses a zero count, and on a GPU checks every call, reports no error and gives
+/// the same hash for the same seed (another seed, another hash).
+#[test]
+fn soak_checks_its_calls_and_repeats_its_hash() {
+    let cache = tempfile::tempdir().unwrap();
+    let o = epc(&["soak", "gpt-oss-120b-ll", "--calls", "0"], cache.path());
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("--calls and --every must be at least 1"),
+        "{}",
+        text(&o)
+    );
+    if !gpu_or_skip("soak_checks_its_calls_and_repeats_its_hash") {
+        return;
+    }
+    let hash = |seed: &str| -> String {
+        let o = epc(
+            &[
+                "soak",
+                "gpt-oss-120b-ll",
+                "--calls",
+                "60",
+                "--every",
+                "20",
+                "--seed",
+                seed,
+            ],
+            cache.path(),
+        );
+        let out = text(&o);
+        assert!(o.status.success(), "{out}");
+        assert!(
+            out.contains("60 calls") && out.contains("4 checked bit for bit, 0 errors"),
+            "{out}"
+        );
+        out.split("hash ")
+            .nth(1)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let first = hash("3");
+    assert_eq!(first.len(), 32, "{first}");
+    assert_eq!(hash("3"), first);
+    assert_ne!(hash("4"), first);
 }

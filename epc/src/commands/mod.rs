@@ -7,6 +7,7 @@ mod compile;
 mod doctor;
 mod export;
 mod run;
+mod soak;
 mod tune;
 mod verify;
 
@@ -31,6 +32,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run::run(&args, templates),
         Command::Bench(args) => bench::bench(&args, templates),
         Command::Tune(args) => tune::tune(&args, templates),
+        Command::Soak(args) => soak::soak(&args, templates),
         Command::Doctor => doctor::doctor(),
     }
 }

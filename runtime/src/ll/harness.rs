@@ -264,6 +264,19 @@ impl LowLatency {
         Ok(out)
     }
 
+    /// Waits, checks for errors and copies every rank's received row counts (`[L]` per rank)
+    /// to the host: the cheap part of [`LowLatency::dispatched`].
+    pub fn received_counts(&mut self, call: &HostCall) -> Result<Vec<Vec<i32>>, Error> {
+        call.call.require_sent("received_counts")?;
+        self.check()?;
+        (0..self.group.local_ranks())
+            .map(|i| {
+                let got = call.call.received(&self.group, i)?;
+                self.read_i32(&got.recv_count)
+            })
+            .collect()
+    }
+
     /// Waits, checks for errors and copies every rank's combined `out [T, H]` to the host.
     pub fn combined(&mut self, call: &HostCall) -> Result<Vec<Vec<u16>>, Error> {
         self.check()?;

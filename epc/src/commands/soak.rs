@@ -1,0 +1,286 @@
+//! `epc soak`: many low-latency calls with fresh routings on the spec's virtual ranks (as many
+//! as fit on the GPU), as a serving loop makes them: every call's received counts checked
+//! against the routing, every `--every`-th call (and the last) checked bit for bit against the
+//! CPU reference, and a SHA-256 over every call's counts and the checked calls' received rows
+//! and outputs, so that two runs with the same seed can be compared by one line. The group is
+//! the one a user gets (tuned knobs and token buckets from the database).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Result, anyhow, bail};
+use ep_codegen::{Mode, Renderer, Spec};
+use ep_runtime::check::ll::{check_combine, check_dispatch, expert_outputs};
+use ep_runtime::reference::ll::{RankInput, random_activations};
+use ep_runtime::routing::{Pattern, SplitMix64, generate};
+use ep_runtime::{Gpu, HostCall, Jit, LowLatency, ModeGroup};
+use sha2::{Digest, Sha256};
+
+use super::verify::fitting;
+use crate::cli::SoakArgs;
+use crate::inputs::{load_specs, renderer};
+use crate::progress::bar;
+
+/// Errors kept for the report (the count goes on).
+const ERRORS_SHOWN: usize = 5;
+
+/// What one spec's soak found.
+struct Soaked {
+    /// Ranks it ran with.
+    ranks: u32,
+    calls: usize,
+    /// Calls checked bit for bit.
+    checked: usize,
+    tokens: u64,
+    seconds: f64,
+    errors: usize,
+    first_errors: Vec<String>,
+    hash: String,
+}
+
+/// Runs `epc soak`.
+pub fn soak(args: &SoakArgs, templates: Option<&Path>) -> Result<ExitCode> {
+    if args.calls == 0 || args.every == 0 {
+        bail!("--calls and --every must be at least 1");
+    }
+    let specs = load_specs(&args.specs.specs)?;
+    let renderer = renderer(templates)?;
+    let gpu = Gpu::open(0)?;
+    let jit = Jit::nvrtc()?;
+    println!("GPU {} ({}, {} SMs)", gpu.name(), gpu.arch(), gpu.sms());
+    let mut clean = true;
+    for loaded in &specs {
+        let spec = &loaded.spec;
+        if spec.mode() != Mode::LowLatency {
+            println!(
+                "{}: a high_throughput spec; epc soak runs low-latency ones",
+                spec.name()
+            );
+            continue;
+        }
+        let runnable = fitting(&gpu, spec)?;
+        let s = soak_one(&gpu, &jit, &renderer, &runnable, args)?;
+        println!(
+            "{}: {} calls on {} ranks in {:.1} s ({:.0} calls/s, {:.0} tokens/s), {} checked \
+             bit for bit, {} errors; hash {}",
+            spec.name(),
+            s.calls,
+            s.ranks,
+            s.seconds,
+            s.calls as f64 / s.seconds.max(1e-9),
+            s.tokens as f64 / s.seconds.max(1e-9),
+            s.checked,
+            s.errors,
+            s.hash
+        );
+        for e in &s.first_errors {
+            println!("  {e}");
+        }
+        clean &= s.errors == 0;
+    }
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Every rank's inputs of call `i`: a routing pattern in turn, T between 0 and M per rank (M
+/// for all ranks every eighth call), rows taken from each rank's pool of M random rows.
+fn inputs(spec: &Spec, pools: &[Vec<u16>], seed: u64, i: usize) -> Vec<RankInput> {
+    let d = spec.dims();
+    let mut rng = SplitMix64::new(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let pattern = Pattern::ALL[i % Pattern::ALL.len()];
+    (0..d.ranks)
+        .map(|rank| {
+            let t = if i.is_multiple_of(8) {
+                d.tokens
+            } else {
+                (rng.next_u64() % (d.tokens as u64 + 1)) as usize
+            };
+            RankInput {
+                routing: generate(pattern, t, d.top_k, d.experts, d.ranks, rng.next_u64()),
+                x: pools[rank][..t * d.hidden].to_vec(),
+            }
+        })
+        .collect()
+}
+
+/// Rows each rank's local experts receive: one per token and distinct valid expert.
+fn expected_counts(spec: &Spec, inputs: &[RankInput]) -> Vec<Vec<i32>> {
+    let d = spec.dims();
+    let local = d.experts / d.ranks;
+    let mut counts = vec![vec![0i32; local]; d.ranks];
+    for input in inputs {
+        let r = &input.routing;
+        for t in 0..r.num_tokens {
+            let slots = &r.topk_idx[t * r.top_k..][..r.top_k];
+            for (k, &e) in slots.iter().enumerate() {
+                if e < 0 || e as usize >= d.experts || slots[..k].contains(&e) {
+                    continue;
+                }
+                counts[e as usize / local][e as usize % local] += 1;
+            }
+        }
+    }
+    counts
+}
+
+fn soak_one(
+    gpu: &Gpu,
+    jit: &Jit,
+    renderer: &Renderer,
+    spec: &Spec,
+    args: &SoakArgs,
+) -> Result<Soaked> {
+    let mut ll = match ModeGroup::new(gpu, jit, renderer, spec, None)? {
+        ModeGroup::Ll(group) => LowLatency::from_group(group),
+        ModeGroup::Ht(_) => bail!("{} is not a low_latency spec", spec.name()),
+    };
+    let d = spec.dims();
+    let pools: Vec<Vec<u16>> = (0..d.ranks)
+        .map(|r| random_activations(spec, d.tokens, args.seed ^ ((r as u64 + 1) << 32)))
+        .collect();
+    let mut call = ll.new_call()?;
+    let mut hash = Sha256::new();
+    let mut s = Soaked {
+        ranks: spec.ranks(),
+        calls: 0,
+        checked: 0,
+        tokens: 0,
+        seconds: 0.0,
+        errors: 0,
+        first_errors: Vec::new(),
+        hash: String::new(),
+    };
+    let progress = bar(args.calls, spec.name());
+    let start = Instant::now();
+    for i in 0..args.calls {
+        if args
+            .seconds
+            .is_some_and(|limit| start.elapsed().as_secs_f64() > limit)
+        {
+            break;
+        }
+        let inputs = inputs(spec, &pools, args.seed, i);
+        let full = i.is_multiple_of(args.every) || i + 1 == args.calls;
+        match one_call(&mut ll, &mut call, gpu, spec, &inputs, full, &mut hash) {
+            Ok(()) => {}
+            Err(e) => {
+                s.errors += 1;
+                if s.first_errors.len() < ERRORS_SHOWN {
+                    s.first_errors.push(format!("call {i}: {e:#}"));
+                }
+            }
+        }
+        s.calls += 1;
+        s.checked += usize::from(full);
+        s.tokens += inputs
+            .iter()
+            .map(|r| r.routing.num_tokens as u64)
+            .sum::<u64>();
+        progress.inc(1);
+    }
+    // The last call's combine, unless it was checked, reports its errors here.
+    if let Err(e) = ll.check() {
+        s.errors += 1;
+        s.first_errors.push(format!("after the last call: {e}"));
+    }
+    progress.finish_and_clear();
+    s.seconds = start.elapsed().as_secs_f64();
+    s.hash = hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(s)
+}
+
+/// One call: dispatch, the counts (or everything, when `full`) checked, combine (checked when
+/// `full`); what was read goes into `hash`.
+fn one_call(
+    ll: &mut LowLatency,
+    call: &mut HostCall,
+    gpu: &Gpu,
+    spec: &Spec,
+    inputs: &[RankInput],
+    full: bool,
+    hash: &mut Sha256,
+) -> Result<()> {
+    call.set_inputs(gpu, inputs)?;
+    ll.dispatch_send(call)?;
+    ll.dispatch_recv(call)?;
+    let want = expected_counts(spec, inputs);
+    if !full {
+        let counts = ll.received_counts(call)?;
+        for c in counts.iter().flatten() {
+            hash.update(c.to_le_bytes());
+        }
+        if counts != want {
+            return Err(anyhow!(
+                "received counts differ from the routing's: {counts:?} != {want:?}"
+            ));
+        }
+        ll.combine_send(call)?;
+        return Ok(ll.combine_recv(call)?);
+    }
+    let got = ll.dispatched(call)?;
+    for g in &got {
+        for c in &g.recv_count {
+            hash.update(c.to_le_bytes());
+        }
+        hash.update(&g.recv_x);
+    }
+    if got.iter().map(|g| g.recv_count.clone()).collect::<Vec<_>>() != want {
+        return Err(anyhow!("received counts differ from the routing's"));
+    }
+    check_dispatch(spec, inputs, &got).map_err(|e| anyhow!("dispatch: {e}"))?;
+    ll.set_expert_outputs(call, &expert_outputs(spec, &got))?;
+    ll.combine_send(call)?;
+    ll.combine_recv(call)?;
+    let out = ll.combined(call)?;
+    for rank in &out {
+        for v in rank {
+            hash.update(v.to_le_bytes());
+        }
+    }
+    check_combine(spec, inputs, &out).map_err(|e| anyhow!("combine: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_follow_the_routing_and_inputs_repeat_with_the_seed() {
+        let spec: Spec = Spec::from_yaml(
+            "name: s\nmode: low_latency\nhidden: 256\nexperts: 16\ntop_k: 4\nranks: 4\n\
+             max_tokens_per_rank: 32\n",
+            None,
+        )
+        .unwrap();
+        let pools: Vec<Vec<u16>> = (0..4).map(|r| random_activations(&spec, 32, r)).collect();
+        for i in 0..20 {
+            let a = inputs(&spec, &pools, 5, i);
+            let b = inputs(&spec, &pools, 5, i);
+            assert_eq!(
+                a.iter().map(|r| &r.routing.topk_idx).collect::<Vec<_>>(),
+                b.iter().map(|r| &r.routing.topk_idx).collect::<Vec<_>>()
+            );
+            if i.is_multiple_of(8) {
+                assert!(a.iter().all(|r| r.routing.num_tokens == 32));
+            }
+            let counts = expected_counts(&spec, &a);
+            let slots: usize = a
+                .iter()
+                .map(|r| r.routing.topk_idx.iter().filter(|&&e| e >= 0).count())
+                .sum();
+            // Distinct experts per token: every valid slot is one row.
+            assert_eq!(counts.iter().flatten().sum::<i32>() as usize, slots);
+        }
+        assert_ne!(
+            inputs(&spec, &pools, 5, 1)[0].routing.topk_idx,
+            inputs(&spec, &pools, 6, 1)[0].routing.topk_idx
+        );
+    }
+}
