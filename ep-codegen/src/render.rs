@@ -49,6 +49,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         "ll_combine.cu",
         include_str!("../templates/ll_combine.cu.hbs"),
     ),
+    ("ll_empty.cu", include_str!("../templates/ll_empty.cu.hbs")),
     (
         "partials/convert",
         include_str!("../templates/partials/convert.hbs"),

@@ -45,8 +45,9 @@ pub use jit::nvrtc::{Nvrtc, NvrtcLibrary, NvrtcSearch};
 pub use jit::{Jit, LoadedKernel};
 pub use libsearch::{Candidate, CandidateSource};
 pub use ll::{
-    CombineInput, DEFAULT_TIMEOUT, DispatchInput, Elem, HostCall, LlCall, LlGraphs, LlGroup,
-    LlKernels, LowLatency, PhaseTimes, RankDispatch, Received, SpecCall, Stream, Tensor,
+    CombineInput, DEFAULT_TIMEOUT, DispatchInput, Elem, GraphTimes, HostCall, LaunchFloor, LlCall,
+    LlGraphs, LlGroup, LlKernels, LowLatency, PhaseTimes, RankDispatch, Received, SpecCall, Stream,
+    Tensor,
 };
 pub use mode_group::ModeGroup;
 pub use transport::VirtualRanks;

@@ -335,6 +335,17 @@ pub fn combine_plan(spec: &Spec) -> KernelPlan {
     plan(spec, "ll_combine", "ll_combine.cu", title)
 }
 
+/// Empty kernels with the LL kernels' parameter and block size (`ll_empty.cu`), for
+/// `epc bench`: not one of a call's kernels. A call's four launches made with them, on the same
+/// grids, are the launch floor under each phase.
+pub fn empty_plan(spec: &Spec) -> KernelPlan {
+    let title = format!(
+        "Empty kernels shaped like the low-latency ones (a benchmark's launch floor): R={} ranks.",
+        spec.ranks
+    );
+    plan(spec, "ll_empty", "ll_empty.cu", title)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,16 @@
-//! CUDA-graph capture and timing of whole calls of a [`LowLatency`] group.
+//! CUDA-graph capture and timing of whole calls of a [`LowLatency`] group, and of the launch
+//! floor under them.
 
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaGraph, CudaStream};
+use ep_codegen::KernelSource;
+
+use super::group::LlLaunch;
 use super::harness::{HostCall, LowLatency};
+use super::tensor::Stream;
 use crate::error::CudaContextExt;
-use crate::{Error, timing};
+use crate::{Error, Gpu, Jit, timing};
 
 /// A call captured as CUDA graphs (see [`LowLatency::capture`]).
 pub struct LlGraphs {
@@ -49,7 +57,76 @@ impl PhaseTimes {
     }
 }
 
-type Step = dyn Fn(&mut LowLatency, &mut HostCall) -> Result<(), Error>;
+/// Mean time of each phase of a call replayed as CUDA graphs, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GraphTimes {
+    /// The dispatch graph (send and receive).
+    pub dispatch: f64,
+    /// The combine graph (send and receive).
+    pub combine: f64,
+}
+
+/// The launch floor under a call ([`LowLatency::time_launch_floor`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LaunchFloor {
+    /// The four empty launches, each timed as a call's launch is.
+    pub launches: PhaseTimes,
+    /// The empty launches of each phase replayed as a graph.
+    pub graphs: GraphTimes,
+}
+
+/// Mean time of each of `n` steps over `iters` rounds (after `warmup` untimed rounds), with an
+/// event recorded on the GPU's stream between steps, in microseconds.
+fn time_steps(
+    gpu: &Gpu,
+    warmup: usize,
+    iters: usize,
+    n: usize,
+    step: &mut dyn FnMut(usize) -> Result<(), Error>,
+) -> Result<Vec<f64>, Error> {
+    for _ in 0..warmup {
+        for j in 0..n {
+            step(j)?;
+        }
+    }
+    let iters = iters.max(1);
+    let events = (0..(n + 1) * iters)
+        .map(|_| timing::timing_event(gpu))
+        .collect::<Result<Vec<_>, _>>()?;
+    for i in 0..iters {
+        let ev = &events[(n + 1) * i..][..n + 1];
+        timing::record(gpu, &ev[0])?;
+        for j in 0..n {
+            step(j)?;
+            timing::record(gpu, &ev[j + 1])?;
+        }
+    }
+    let mut sums = vec![0f64; n];
+    for i in 0..iters {
+        let ev = &events[(n + 1) * i..][..n + 1];
+        for (j, sum) in sums.iter_mut().enumerate() {
+            *sum += timing::elapsed_us(&ev[j], &ev[j + 1])?;
+        }
+    }
+    Ok(sums.into_iter().map(|s| s / iters as f64).collect())
+}
+
+/// The launches `f` makes on `stream`, captured as one instantiated graph.
+fn capture_graph(
+    stream: &Arc<CudaStream>,
+    what: &str,
+    f: impl FnOnce() -> Result<(), Error>,
+) -> Result<CudaGraph, Error> {
+    let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+    let flags = cudarc::driver::sys::CUgraphInstantiate_flags(0);
+    stream
+        .begin_capture(mode)
+        .cuda("beginning a graph capture")?;
+    let captured = f();
+    let graph = stream.end_capture(flags).cuda("ending a graph capture")?;
+    captured?;
+    graph.ok_or_else(|| Error::Input(format!("capturing the {what} produced an empty graph")))
+}
 
 impl LowLatency {
     /// Captures a call's launches into two CUDA graphs on the GPU's stream: dispatch (send and
@@ -58,26 +135,13 @@ impl LowLatency {
     /// replay starts a new call on the same window half.
     pub fn capture(&mut self, call: &mut HostCall) -> Result<LlGraphs, Error> {
         let stream = self.gpu().stream().clone();
-        let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
-        let flags = cudarc::driver::sys::CUgraphInstantiate_flags(0);
-        let mut graph = |what: &str, f: &Step| {
-            stream
-                .begin_capture(mode)
-                .cuda("beginning a graph capture")?;
-            let captured = f(self, call);
-            let graph = stream.end_capture(flags).cuda("ending a graph capture")?;
-            captured?;
-            graph.ok_or_else(|| {
-                Error::Input(format!("capturing the {what} produced an empty graph"))
-            })
-        };
-        let dispatch = graph("dispatch", &|ll, call| {
-            ll.dispatch_send(call)?;
-            ll.dispatch_recv(call)
+        let dispatch = capture_graph(&stream, "dispatch", || {
+            self.dispatch_send(call)?;
+            self.dispatch_recv(call)
         })?;
-        let combine = graph("combine", &|ll, call| {
-            ll.combine_send(call)?;
-            ll.combine_recv(call)
+        let combine = capture_graph(&stream, "combine", || {
+            self.combine_send(call)?;
+            self.combine_recv(call)
         })?;
         Ok(LlGraphs { dispatch, combine })
     }
@@ -91,44 +155,105 @@ impl LowLatency {
         warmup: usize,
         iters: usize,
     ) -> Result<PhaseTimes, Error> {
-        for _ in 0..warmup {
-            self.dispatch_send(call)?;
-            self.dispatch_recv(call)?;
-            self.combine_send(call)?;
-            self.combine_recv(call)?;
-        }
-        let iters = iters.max(1);
         let gpu = self.gpu().clone();
-        let mut events = Vec::with_capacity(5 * iters);
-        for _ in 0..5 * iters {
-            events.push(timing::timing_event(&gpu)?);
-        }
-        for i in 0..iters {
-            let ev = &events[5 * i..5 * i + 5];
-            timing::record(&gpu, &ev[0])?;
-            self.dispatch_send(call)?;
-            timing::record(&gpu, &ev[1])?;
-            self.dispatch_recv(call)?;
-            timing::record(&gpu, &ev[2])?;
-            self.combine_send(call)?;
-            timing::record(&gpu, &ev[3])?;
-            self.combine_recv(call)?;
-            timing::record(&gpu, &ev[4])?;
-        }
-        let mut sums = [0f64; 4];
-        for i in 0..iters {
-            let ev = &events[5 * i..5 * i + 5];
-            for (j, sum) in sums.iter_mut().enumerate() {
-                *sum += timing::elapsed_us(&ev[j], &ev[j + 1])?;
-            }
-        }
+        let t = time_steps(&gpu, warmup, iters, 4, &mut |step| match step {
+            0 => self.dispatch_send(call),
+            1 => self.dispatch_recv(call),
+            2 => self.combine_send(call),
+            _ => self.combine_recv(call),
+        })?;
         self.check()?;
-        let n = iters as f64;
         Ok(PhaseTimes {
-            dispatch_send: sums[0] / n,
-            dispatch_recv: sums[1] / n,
-            combine_send: sums[2] / n,
-            combine_recv: sums[3] / n,
+            dispatch_send: t[0],
+            dispatch_recv: t[1],
+            combine_send: t[2],
+            combine_recv: t[3],
+        })
+    }
+
+    /// Captures `call` ([`LowLatency::capture`]) and times replays of its two graphs: `warmup`
+    /// replays, then `iters` with an event between dispatch and combine. Means in microseconds;
+    /// checks for errors. Use a call of its own: its replays reuse one window half.
+    pub fn time_graphs(
+        &mut self,
+        call: &mut HostCall,
+        warmup: usize,
+        iters: usize,
+    ) -> Result<GraphTimes, Error> {
+        let graphs = self.capture(call)?;
+        let gpu = self.gpu().clone();
+        let t = time_steps(&gpu, warmup, iters, 2, &mut |step| match step {
+            0 => graphs.dispatch(),
+            _ => graphs.combine(),
+        })?;
+        self.check()?;
+        Ok(GraphTimes {
+            dispatch: t[0],
+            combine: t[1],
+        })
+    }
+
+    /// The launch floor under `call`'s phases: its four launches made with empty kernels of
+    /// the same parameter on the same grids (`empty`: the spec's rendered
+    /// [`ep_codegen::kernels::ll::empty_plan`]), timed as [`LowLatency::time_phases`] times
+    /// the real ones, and as CUDA graphs as [`LowLatency::time_graphs`] replays them. Needs a
+    /// dispatch of `call` first (its tokens pick the grids).
+    pub fn time_launch_floor(
+        &mut self,
+        jit: &Jit,
+        empty: &KernelSource,
+        call: &HostCall,
+        warmup: usize,
+        iters: usize,
+    ) -> Result<LaunchFloor, Error> {
+        if empty.name != "ll_empty" {
+            return Err(Error::Input(format!(
+                "{} is not the empty kernels of `empty_plan`",
+                empty.name
+            )));
+        }
+        let gpu = self.gpu().clone();
+        let [send, recv] = <[CudaFunction; 2]>::try_from(jit.load(&gpu, empty)?.functions)
+            .map_err(|_| {
+                Error::Input("the empty kernels need a send and a receive entry".into())
+            })?;
+        let cuda = gpu.stream().clone();
+        let stream = Stream::from(&*cuda);
+        let group = &*self.group();
+        let llcall = call.call();
+        let launch = |step: usize| -> Result<(), Error> {
+            let (f, which) = match step {
+                0 => (&send, LlLaunch::DispatchSend),
+                1 => (&recv, LlLaunch::DispatchRecv),
+                2 => (&recv, LlLaunch::CombineSend),
+                _ => (&send, LlLaunch::CombineRecv),
+            };
+            group.launch_like(f, llcall, which, stream)
+        };
+        let t = time_steps(&gpu, warmup, iters, 4, &mut |step| launch(step))?;
+        let graph = |first: usize| {
+            capture_graph(&cuda, "empty launches", || {
+                launch(first)?;
+                launch(first + 1)
+            })
+        };
+        let (dispatch, combine) = (graph(0)?, graph(2)?);
+        let g = time_steps(&gpu, warmup, iters, 2, &mut |step| {
+            if step == 0 { &dispatch } else { &combine }
+                .launch()
+                .cuda("replaying an empty graph")
+        })?;
+        Ok(LaunchFloor {
+            launches: PhaseTimes {
+                dispatch_send: t[0],
+                dispatch_recv: t[1],
+                combine_send: t[2],
+                combine_recv: t[3],
+            },
+            graphs: GraphTimes {
+                dispatch: g[0],
+                combine: g[1],
+            },
         })
     }
 }

@@ -368,6 +368,27 @@ impl LlGroup {
         }
     }
 
+    /// Launches `f`, a kernel taking the LL kernels' `LaunchArgs` (the benchmark's empty
+    /// kernels, [`ep_codegen::kernels::ll::empty_plan`]), on the grid and with the rank
+    /// arguments that `launch` of `call` has.
+    pub(crate) fn launch_like(
+        &self,
+        f: &CudaFunction,
+        call: &LlCall,
+        launch: LlLaunch,
+        stream: Stream<'_>,
+    ) -> Result<(), Error> {
+        call.belongs_to(self)?;
+        call.require_sent("a launch like the call's")?;
+        let k = self.call_kernels(call);
+        let grid = match launch {
+            LlLaunch::DispatchSend | LlLaunch::CombineRecv => k.send_grid(),
+            LlLaunch::DispatchRecv | LlLaunch::CombineSend => k.recv_grid(),
+        };
+        let args = |i: usize, lr: &LocalRank| self.rank_args(call, i, lr);
+        self.launch_all(f, grid, &args, stream)
+    }
+
     /// The kernels of a call's dispatch (the bucket of its largest rank's tokens).
     fn call_kernels(&self, call: &LlCall) -> &Kernels {
         self.kernels_for(call.tokens().iter().copied().max().unwrap_or(0))
@@ -391,7 +412,8 @@ impl LlGroup {
             for (j, lr) in ranks.iter().enumerate() {
                 chunk[j] = args(c * per + j, lr);
             }
-            // SAFETY: `f` is an entry point of this spec's kernels; the caller's tensors were
+            // SAFETY: `f` is an entry point of this spec's kernels (or an empty kernel with
+            // their `LaunchArgs` parameter, `launch_like`); the caller's tensors were
             // checked against the spec's shapes, and the group's memory (workspace, staging,
             // call state, windows) was allocated for it and lives as long as the group and call.
             unsafe { launch(f, grid, &chunk[..ranks.len()], self.timeout_ns, stream)? };
@@ -470,6 +492,19 @@ impl LlGroup {
         }
         first
     }
+}
+
+/// One of a call's four launches, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LlLaunch {
+    /// Dispatch send (cooperative).
+    DispatchSend,
+    /// Dispatch receive.
+    DispatchRecv,
+    /// Combine send.
+    CombineSend,
+    /// Combine receive (cooperative).
+    CombineRecv,
 }
 
 /// One compiled variant of a group's kernels, with its launch geometry.

@@ -61,6 +61,7 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
                 counts,
                 row_bytes,
                 fanout_us,
+                floor: None,
             });
         }
     }

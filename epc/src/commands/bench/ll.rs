@@ -1,12 +1,13 @@
 //! Timing low-latency dispatch and combine.
 
 use anyhow::Result;
+use ep_codegen::kernels::ll::empty_plan;
 use ep_codegen::{Mode, Spec};
 use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::routing::{Pattern, generate};
 
 use super::bytes::{Counts, ll_combine, ll_dispatch, returned_row_bytes, sent_row_bytes};
-use super::{Bench, Measured};
+use super::{Bench, Floor, Measured};
 
 /// Every rank's inputs at `tokens` tokens: NCCL EP's LL routing (top-k of random scores, a few
 /// slots dropped), seeded by the rank, so every process makes the same.
@@ -27,10 +28,15 @@ pub fn inputs(spec: &Spec, tokens: usize) -> Vec<RankInput> {
         .collect()
 }
 
-/// Dispatch and combine of `spec` at each of `tokens` tokens per rank.
+/// Dispatch and combine of `spec` at each of `tokens` tokens per rank; each phase also as CUDA
+/// graph replays (a call of its own), and the launch floor under both (empty kernels on the
+/// same grids).
 pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Measured>> {
     let mut ll = ctx.ranks.ll_group(ctx.gpu, ctx.jit, ctx.renderer, spec)?;
+    let empty = ctx.renderer.render_plan(spec, empty_plan(spec))?;
     let mut call = ll.new_call()?;
+    let mut graphed = ll.new_call()?;
+    let (warmup, iters) = (ctx.args.warmup, ctx.args.iters);
     let mut out = Vec::with_capacity(2 * tokens.len());
     for &t in tokens {
         let all = inputs(spec, t);
@@ -42,7 +48,10 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
             .map(|&rank| all[rank].clone())
             .collect();
         call.set_inputs(ctx.gpu, &mine)?;
-        let times = ll.time_phases(&mut call, ctx.args.warmup, ctx.args.iters)?;
+        let times = ll.time_phases(&mut call, warmup, iters)?;
+        let floor = ll.time_launch_floor(ctx.jit, &empty, &call, warmup, iters)?;
+        graphed.set_inputs(ctx.gpu, &mine)?;
+        let graphs = ll.time_graphs(&mut graphed, warmup, iters)?;
         // Every LL count has NCCL EP's figure, so the sum starts from Some(0).
         let zero = Counts {
             nccl_ep: Some(0),
@@ -54,13 +63,24 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
                 .fold(zero, Counts::add)
         };
         let (dispatch, combine) = (sum(ll_dispatch), sum(ll_combine));
-        for (phase, time_us, parts, counts, row_bytes) in [
+        let dispatch_floor = Floor {
+            launches_us: floor.launches.dispatch(),
+            graph_us: graphs.dispatch,
+            graph_launches_us: floor.graphs.dispatch,
+        };
+        let combine_floor = Floor {
+            launches_us: floor.launches.combine(),
+            graph_us: graphs.combine,
+            graph_launches_us: floor.graphs.combine,
+        };
+        for (phase, time_us, parts, counts, row_bytes, floor) in [
             (
                 "dispatch",
                 times.dispatch(),
                 (times.dispatch_send, times.dispatch_recv),
                 dispatch,
                 sent_row_bytes(spec),
+                dispatch_floor,
             ),
             (
                 "combine",
@@ -68,6 +88,7 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
                 (times.combine_send, times.combine_recv),
                 combine,
                 returned_row_bytes(spec),
+                combine_floor,
             ),
         ] {
             out.push(Measured {
@@ -80,6 +101,7 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
                 counts,
                 row_bytes,
                 fanout_us: None,
+                floor: Some(floor),
             });
         }
     }

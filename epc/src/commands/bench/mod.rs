@@ -50,6 +50,19 @@ pub struct Measured {
     row_bytes: u64,
     /// HT dispatch: its row copies alone (the fan-out copy, see `ht::measure`).
     fanout_us: Option<f64>,
+    /// LL: the launch floor and the CUDA-graph figures (see `ll::measure`).
+    floor: Option<Floor>,
+}
+
+/// An LL phase's launch floor and CUDA-graph replay, microseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Floor {
+    /// The phase's launches made with empty kernels on the same grids.
+    pub launches_us: f64,
+    /// The phase replayed as a CUDA graph.
+    pub graph_us: f64,
+    /// The empty launches replayed as a CUDA graph.
+    pub graph_launches_us: f64,
 }
 
 /// What every measurement needs.
@@ -101,8 +114,12 @@ impl Bench<'_> {
                 m.time_us,
                 m.counts.deepep as f64,
                 m.fanout_us.unwrap_or(f64::NAN),
+                m.floor.map_or(f64::NAN, |f| f.launches_us),
+                m.floor.map_or(f64::NAN, |f| f.graph_us),
+                m.floor.map_or(f64::NAN, |f| f.graph_launches_us),
             ],
         )?;
+        let mean_of = |i: usize| ranks.iter().map(|v| v[i]).sum::<f64>() / ranks.len() as f64;
         let times: Vec<f64> = ranks.iter().map(|v| v[0]).collect();
         let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
         // DeepEP reports each rank's own bytes over its own time; the mean of those.
@@ -131,9 +148,12 @@ impl Bench<'_> {
             parts: m.parts,
             counts: m.counts,
             row_bytes: m.row_bytes,
-            fanout_us: m
-                .fanout_us
-                .map(|_| ranks.iter().map(|v| v[2]).sum::<f64>() / ranks.len() as f64),
+            fanout_us: m.fanout_us.map(|_| mean_of(2)),
+            floor: m.floor.map(|_| Floor {
+                launches_us: mean_of(3),
+                graph_us: mean_of(4),
+                graph_launches_us: mean_of(5),
+            }),
             copy_us,
             same_traffic_us,
             // NCCL EP: rank 0's bytes over the mean per-rank time.

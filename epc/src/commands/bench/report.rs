@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use ep_codegen::Mode;
 
+use super::Floor;
 use super::bytes::Counts;
 use crate::svg;
 
@@ -36,6 +37,9 @@ pub struct Row {
     /// HT dispatch: its row copies alone, the same rows to the same places with nothing else
     /// (mean over the ranks).
     pub fanout_us: Option<f64>,
+    /// LL: the launch floor, and the phase and its floor as CUDA-graph replays (means over the
+    /// ranks).
+    pub floor: Option<Floor>,
     pub nccl_ep_gbps: Option<f64>,
     pub deepep_gbps: f64,
 }
@@ -114,6 +118,49 @@ pub fn print_table(rows: &[Row]) {
          places with nothing else. NCCL-EP and DeepEP: GB/s per GPU as their benchmarks count \
          bytes."
     );
+    if rows.iter().any(|r| r.floor.is_some()) {
+        print_floors(rows);
+    }
+}
+
+/// The LL rows' launch floors and CUDA-graph replays.
+fn print_floors(rows: &[Row]) {
+    println!(
+        "\n{:<28} {:>5} {:<9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6}",
+        "workload",
+        "T",
+        "phase",
+        "time us",
+        "floor us",
+        "x",
+        "graph us",
+        "floor us",
+        "x",
+        "same-tr us",
+        "x"
+    );
+    for r in rows {
+        let Some(f) = r.floor else { continue };
+        println!(
+            "{:<28} {:>5} {:<9} {:>9.1} {:>9.1} {:>6.2} {:>9.1} {:>9.1} {:>6.2} {:>9.1} {:>6.2}",
+            r.workload,
+            r.tokens,
+            r.phase,
+            r.time_us,
+            f.launches_us,
+            r.time_us / f.launches_us,
+            f.graph_us,
+            f.graph_launches_us,
+            f.graph_us / f.graph_launches_us,
+            r.same_traffic_us,
+            f.graph_us / r.same_traffic_us
+        );
+    }
+    println!(
+        "floor: the phase's launches made with empty kernels on the same grids, timed the same \
+         way (launches, then replayed as a CUDA graph); graph: the phase captured once and \
+         replayed; the last x is the graph replay over the same-traffic copy."
+    );
 }
 
 /// Every measurement as CSV (the columns the baseline scripts in `scripts/bench/` read).
@@ -122,12 +169,13 @@ pub fn csv(rows: &[Row]) -> String {
         "workload,mode,layout,ranks,hidden,top_k,experts,tokens_per_rank,phase,time_us,min_us,max_us,\
          parts,part1_us,part2_us,row_bytes,unique_bytes,traffic_bytes,written_bytes,gbps,copy_us,ratio_to_copy,\
          same_traffic_us,ratio_to_same_traffic,nccl_ep_bytes,nccl_ep_gbps,deepep_bytes,deepep_gbps,\
-         fanout_us,ratio_to_fanout\n",
+         fanout_us,ratio_to_fanout,launch_floor_us,ratio_to_launch_floor,graph_us,\
+         graph_launch_floor_us,graph_ratio_to_launch_floor,graph_ratio_to_same_traffic\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{},{:.3},{:.3},{},{},{},{},{:.2},{:.3},{:.4},{:.3},{:.4},{},{},{},{:.2},{},{}",
+            "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{},{:.3},{:.3},{},{},{},{},{:.2},{:.3},{:.4},{:.3},{:.4},{},{},{},{:.2},{},{},{}",
             r.workload,
             r.mode.as_str(),
             match r.layout {
@@ -163,22 +211,41 @@ pub fn csv(rows: &[Row]) -> String {
             r.fanout_us.map_or(String::new(), |f| format!("{f:.3}")),
             r.fanout_us
                 .map_or(String::new(), |f| format!("{:.4}", r.time_us / f)),
+            r.floor.map_or_else(
+                || ",,,,,".to_owned(),
+                |f| format!(
+                    "{:.3},{:.4},{:.3},{:.3},{:.4},{:.4}",
+                    f.launches_us,
+                    r.time_us / f.launches_us,
+                    f.graph_us,
+                    f.graph_launches_us,
+                    f.graph_us / f.graph_launches_us,
+                    f.graph_us / r.same_traffic_us
+                )
+            ),
         );
     }
     out
 }
 
-/// Time against tokens per rank, each phase with its same-traffic copy dashed.
+/// Time against tokens per rank, each phase (and, LL, its CUDA-graph replay) with its
+/// same-traffic copy dashed.
 pub fn plot(rows: &[Row]) -> String {
     let mut series: Vec<svg::Series> = Vec::new();
     for r in rows {
+        let graph = r
+            .floor
+            .map(|f| (format!("{} {} graph", r.workload, r.phase), f.graph_us));
         for (label, y) in [
             (format!("{} {}", r.workload, r.phase), r.time_us),
             (
                 format!("{} {} same-traffic copy", r.workload, r.phase),
                 r.same_traffic_us,
             ),
-        ] {
+        ]
+        .into_iter()
+        .chain(graph)
+        {
             match series.iter_mut().find(|s| s.label == label) {
                 Some(s) => s.points.push((r.tokens as f64, y)),
                 None => series.push(svg::Series {
