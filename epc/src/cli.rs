@@ -71,7 +71,7 @@ pub struct SoakArgs {
     pub seconds: Option<f64>,
     /// Check every Nth call (and the last) bit for bit against the CPU reference; the others'
     /// received counts are checked against their routing.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 1000)]
     pub every: usize,
     /// Seed of the routings and activations (the same seed gives the same hash).
     #[arg(long, default_value_t = 0)]

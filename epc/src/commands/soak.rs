@@ -13,7 +13,7 @@ use anyhow::{Result, anyhow, bail};
 use ep_codegen::{Mode, Renderer, Spec};
 use ep_runtime::check::ll::{check_combine, check_dispatch, expert_outputs};
 use ep_runtime::reference::ll::{RankInput, random_activations};
-use ep_runtime::routing::{Pattern, SplitMix64, generate};
+use ep_runtime::routing::{Pattern, Routing, SplitMix64, generate};
 use ep_runtime::{Gpu, HostCall, Jit, LowLatency, ModeGroup};
 use sha2::{Digest, Sha256};
 
@@ -86,34 +86,42 @@ pub fn soak(args: &SoakArgs, templates: Option<&Path>) -> Result<ExitCode> {
     })
 }
 
-/// Every rank's inputs of call `i`: a routing pattern in turn, T between 0 and M per rank (M
-/// for all ranks every eighth call), rows taken from each rank's pool of M random rows.
-fn inputs(spec: &Spec, pools: &[Vec<u16>], seed: u64, i: usize) -> Vec<RankInput> {
+/// Every rank's routing of call `i`: a routing pattern in turn, T between 0 and M per rank (M
+/// for all ranks every eighth call).
+fn routings(spec: &Spec, seed: u64, i: usize) -> Vec<Routing> {
     let d = spec.dims();
     let mut rng = SplitMix64::new(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let pattern = Pattern::ALL[i % Pattern::ALL.len()];
     (0..d.ranks)
-        .map(|rank| {
+        .map(|_| {
             let t = if i.is_multiple_of(8) {
                 d.tokens
             } else {
                 (rng.next_u64() % (d.tokens as u64 + 1)) as usize
             };
-            RankInput {
-                routing: generate(pattern, t, d.top_k, d.experts, d.ranks, rng.next_u64()),
-                x: pools[rank][..t * d.hidden].to_vec(),
-            }
+            generate(pattern, t, d.top_k, d.experts, d.ranks, rng.next_u64())
+        })
+        .collect()
+}
+
+/// The reference's inputs of a call: each rank's routing and the first T rows of its pool.
+fn with_rows(spec: &Spec, pools: &[Vec<u16>], routings: &[Routing]) -> Vec<RankInput> {
+    routings
+        .iter()
+        .zip(pools)
+        .map(|(r, pool)| RankInput {
+            routing: r.clone(),
+            x: pool[..r.num_tokens * spec.hidden() as usize].to_vec(),
         })
         .collect()
 }
 
 /// Rows each rank's local experts receive: one per token and distinct valid expert.
-fn expected_counts(spec: &Spec, inputs: &[RankInput]) -> Vec<Vec<i32>> {
+fn expected_counts(spec: &Spec, routings: &[Routing]) -> Vec<Vec<i32>> {
     let d = spec.dims();
     let local = d.experts / d.ranks;
     let mut counts = vec![vec![0i32; local]; d.ranks];
-    for input in inputs {
-        let r = &input.routing;
+    for r in routings {
         for t in 0..r.num_tokens {
             let slots = &r.topk_idx[t * r.top_k..][..r.top_k];
             for (k, &e) in slots.iter().enumerate() {
@@ -143,6 +151,11 @@ fn soak_one(
         .map(|r| random_activations(spec, d.tokens, args.seed ^ ((r as u64 + 1) << 32)))
         .collect();
     let mut call = ll.new_call()?;
+    // The activations go up once (M rows per rank); each call uploads its routing alone.
+    let all_rows: Vec<Routing> = (0..d.ranks)
+        .map(|_| generate(Pattern::Uniform, d.tokens, d.top_k, d.experts, d.ranks, 0))
+        .collect();
+    call.set_inputs(gpu, &with_rows(spec, &pools, &all_rows))?;
     let mut hash = Sha256::new();
     let mut s = Soaked {
         ranks: spec.ranks(),
@@ -163,23 +176,24 @@ fn soak_one(
         {
             break;
         }
-        let inputs = inputs(spec, &pools, args.seed, i);
+        let routings = routings(spec, args.seed, i);
         let full = i.is_multiple_of(args.every) || i + 1 == args.calls;
-        match one_call(&mut ll, &mut call, gpu, spec, &inputs, full, &mut hash) {
-            Ok(()) => {}
-            Err(e) => {
-                s.errors += 1;
-                if s.first_errors.len() < ERRORS_SHOWN {
-                    s.first_errors.push(format!("call {i}: {e:#}"));
-                }
+        let inputs = full.then(|| with_rows(spec, &pools, &routings));
+        let one = Call {
+            gpu,
+            spec,
+            routings: &routings,
+            inputs: inputs.as_deref(),
+        };
+        if let Err(e) = one.run(&mut ll, &mut call, &mut hash) {
+            s.errors += 1;
+            if s.first_errors.len() < ERRORS_SHOWN {
+                s.first_errors.push(format!("call {i}: {e:#}"));
             }
         }
         s.calls += 1;
         s.checked += usize::from(full);
-        s.tokens += inputs
-            .iter()
-            .map(|r| r.routing.num_tokens as u64)
-            .sum::<u64>();
+        s.tokens += routings.iter().map(|r| r.num_tokens as u64).sum::<u64>();
         progress.inc(1);
     }
     // The last call's combine, unless it was checked, reports its errors here.
@@ -196,55 +210,59 @@ fn soak_one(
     Ok(s)
 }
 
-/// One call: dispatch, the counts (or everything, when `full`) checked, combine (checked when
-/// `full`); what was read goes into `hash`.
-fn one_call(
-    ll: &mut LowLatency,
-    call: &mut HostCall,
-    gpu: &Gpu,
-    spec: &Spec,
-    inputs: &[RankInput],
-    full: bool,
-    hash: &mut Sha256,
-) -> Result<()> {
-    call.set_inputs(gpu, inputs)?;
-    ll.dispatch_send(call)?;
-    ll.dispatch_recv(call)?;
-    let want = expected_counts(spec, inputs);
-    if !full {
-        let counts = ll.received_counts(call)?;
-        for c in counts.iter().flatten() {
-            hash.update(c.to_le_bytes());
+/// One call of the soak.
+struct Call<'a> {
+    gpu: &'a Gpu,
+    spec: &'a Spec,
+    routings: &'a [Routing],
+    /// The reference's inputs when the call is checked bit for bit.
+    inputs: Option<&'a [RankInput]>,
+}
+
+impl Call<'_> {
+    /// Dispatch, the counts (or everything, when checked) compared, combine (compared when
+    /// checked); what was read goes into `hash`.
+    fn run(&self, ll: &mut LowLatency, call: &mut HostCall, hash: &mut Sha256) -> Result<()> {
+        let spec = self.spec;
+        call.set_routings(self.gpu, self.routings)?;
+        ll.dispatch_send(call)?;
+        ll.dispatch_recv(call)?;
+        let want = expected_counts(spec, self.routings);
+        let Some(inputs) = self.inputs else {
+            let counts = ll.received_counts(call)?;
+            for c in counts.iter().flatten() {
+                hash.update(c.to_le_bytes());
+            }
+            if counts != want {
+                return Err(anyhow!(
+                    "received counts differ from the routing's: {counts:?} != {want:?}"
+                ));
+            }
+            ll.combine_send(call)?;
+            return Ok(ll.combine_recv(call)?);
+        };
+        let got = ll.dispatched(call)?;
+        for g in &got {
+            for c in &g.recv_count {
+                hash.update(c.to_le_bytes());
+            }
+            hash.update(&g.recv_x);
         }
-        if counts != want {
-            return Err(anyhow!(
-                "received counts differ from the routing's: {counts:?} != {want:?}"
-            ));
+        if got.iter().map(|g| g.recv_count.clone()).collect::<Vec<_>>() != want {
+            return Err(anyhow!("received counts differ from the routing's"));
         }
+        check_dispatch(spec, inputs, &got).map_err(|e| anyhow!("dispatch: {e}"))?;
+        ll.set_expert_outputs(call, &expert_outputs(spec, &got))?;
         ll.combine_send(call)?;
-        return Ok(ll.combine_recv(call)?);
-    }
-    let got = ll.dispatched(call)?;
-    for g in &got {
-        for c in &g.recv_count {
-            hash.update(c.to_le_bytes());
+        ll.combine_recv(call)?;
+        let out = ll.combined(call)?;
+        for rank in &out {
+            for v in rank {
+                hash.update(v.to_le_bytes());
+            }
         }
-        hash.update(&g.recv_x);
+        check_combine(spec, inputs, &out).map_err(|e| anyhow!("combine: {e}"))
     }
-    if got.iter().map(|g| g.recv_count.clone()).collect::<Vec<_>>() != want {
-        return Err(anyhow!("received counts differ from the routing's"));
-    }
-    check_dispatch(spec, inputs, &got).map_err(|e| anyhow!("dispatch: {e}"))?;
-    ll.set_expert_outputs(call, &expert_outputs(spec, &got))?;
-    ll.combine_send(call)?;
-    ll.combine_recv(call)?;
-    let out = ll.combined(call)?;
-    for rank in &out {
-        for v in rank {
-            hash.update(v.to_le_bytes());
-        }
-    }
-    check_combine(spec, inputs, &out).map_err(|e| anyhow!("combine: {e}"))
 }
 
 #[cfg(test)]
@@ -252,7 +270,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_follow_the_routing_and_inputs_repeat_with_the_seed() {
+    fn counts_follow_the_routing_and_routings_repeat_with_the_seed() {
         let spec: Spec = Spec::from_yaml(
             "name: s\nmode: low_latency\nhidden: 256\nexperts: 16\ntop_k: 4\nranks: 4\n\
              max_tokens_per_rank: 32\n",
@@ -261,26 +279,22 @@ mod tests {
         .unwrap();
         let pools: Vec<Vec<u16>> = (0..4).map(|r| random_activations(&spec, 32, r)).collect();
         for i in 0..20 {
-            let a = inputs(&spec, &pools, 5, i);
-            let b = inputs(&spec, &pools, 5, i);
-            assert_eq!(
-                a.iter().map(|r| &r.routing.topk_idx).collect::<Vec<_>>(),
-                b.iter().map(|r| &r.routing.topk_idx).collect::<Vec<_>>()
-            );
+            let a = routings(&spec, 5, i);
+            assert_eq!(a, routings(&spec, 5, i));
             if i.is_multiple_of(8) {
-                assert!(a.iter().all(|r| r.routing.num_tokens == 32));
+                assert!(a.iter().all(|r| r.num_tokens == 32));
             }
             let counts = expected_counts(&spec, &a);
             let slots: usize = a
                 .iter()
-                .map(|r| r.routing.topk_idx.iter().filter(|&&e| e >= 0).count())
+                .map(|r| r.topk_idx.iter().filter(|&&e| e >= 0).count())
                 .sum();
             // Distinct experts per token: every valid slot is one row.
             assert_eq!(counts.iter().flatten().sum::<i32>() as usize, slots);
+            for (input, r) in with_rows(&spec, &pools, &a).iter().zip(&a) {
+                assert_eq!(input.x.len(), r.num_tokens * 256);
+            }
         }
-        assert_ne!(
-            inputs(&spec, &pools, 5, 1)[0].routing.topk_idx,
-            inputs(&spec, &pools, 6, 1)[0].routing.topk_idx
-        );
+        assert_ne!(routings(&spec, 5, 1), routings(&spec, 6, 1));
     }
 }

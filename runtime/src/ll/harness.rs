@@ -12,6 +12,7 @@ use super::tensor::{Elem, Stream, Tensor};
 use crate::device_index::DeviceIndex;
 use crate::error::CudaContextExt;
 use crate::reference::ll::RankInput;
+use crate::routing::Routing;
 use crate::{Error, Gpu, Jit};
 
 /// What one rank received in dispatch (host copies).
@@ -327,29 +328,49 @@ impl LowLatency {
 impl HostCall {
     /// Uploads every local rank's tokens, ids and weights (one [`RankInput`] per rank).
     pub fn set_inputs(&mut self, gpu: &Gpu, inputs: &[RankInput]) -> Result<(), Error> {
-        if inputs.len() != self.x.len() {
+        let routings: Vec<&Routing> = inputs.iter().map(|i| &i.routing).collect();
+        let xs: Vec<&[u16]> = inputs.iter().map(|i| i.x.as_slice()).collect();
+        self.upload(gpu, &routings, Some(&xs))
+    }
+
+    /// Uploads every local rank's ids and weights, keeping the activations uploaded last: a
+    /// rank's call of T tokens reads their first T rows. For loops of many routings over the
+    /// same activations (`epc soak`).
+    pub fn set_routings(&mut self, gpu: &Gpu, routings: &[Routing]) -> Result<(), Error> {
+        let routings: Vec<&Routing> = routings.iter().collect();
+        self.upload(gpu, &routings, None)
+    }
+
+    fn upload(
+        &mut self,
+        gpu: &Gpu,
+        routings: &[&Routing],
+        xs: Option<&[&[u16]]>,
+    ) -> Result<(), Error> {
+        if routings.len() != self.x.len() {
             return Err(Error::Input(format!(
                 "{} rank inputs for {} ranks",
-                inputs.len(),
+                routings.len(),
                 self.x.len()
             )));
         }
         let (m, h, k) = self.dims;
         let stream = gpu.stream();
-        for (rank, input) in inputs.iter().enumerate() {
-            let t = input.routing.num_tokens;
-            let shape_ok = input.routing.top_k == k
-                && input.routing.topk_idx.len() == t * k
-                && input.routing.topk_weights.len() == t * k
-                && input.x.len() == t * h;
+        for (rank, routing) in routings.iter().enumerate() {
+            let t = routing.num_tokens;
+            let x = xs.map(|xs| xs[rank]);
+            let shape_ok = routing.top_k == k
+                && routing.topk_idx.len() == t * k
+                && routing.topk_weights.len() == t * k
+                && x.is_none_or(|x| x.len() == t * h);
             if !shape_ok {
                 return Err(Error::Input(format!(
                     "rank {rank}: expected x [T, {h}] and topk_idx, topk_weights [T, {k}] with \
                      T = {t}; got {} x values, {} ids, {} weights, top-k {}",
-                    input.x.len(),
-                    input.routing.topk_idx.len(),
-                    input.routing.topk_weights.len(),
-                    input.routing.top_k
+                    x.map_or(t * h, <[u16]>::len),
+                    routing.topk_idx.len(),
+                    routing.topk_weights.len(),
+                    routing.top_k
                 )));
             }
             if t > m {
@@ -358,13 +379,15 @@ impl HostCall {
                 )));
             }
             if t > 0 {
-                stream
-                    .memcpy_htod(&input.x, &mut self.x[rank].slice_mut(..t * h))
-                    .cuda("uploading x")?;
-                self.topk_idx[rank].write(stream, &input.routing.topk_idx)?;
+                if let Some(x) = x {
+                    stream
+                        .memcpy_htod(x, &mut self.x[rank].slice_mut(..t * h))
+                        .cuda("uploading x")?;
+                }
+                self.topk_idx[rank].write(stream, &routing.topk_idx)?;
                 stream
                     .memcpy_htod(
-                        &input.routing.topk_weights,
+                        &routing.topk_weights,
                         &mut self.topk_weights[rank].slice_mut(..t * k),
                     )
                     .cuda("uploading topk_weights")?;
