@@ -896,8 +896,8 @@ fn soak_checks_its_calls_and_repeats_its_hash() {
         );
         out.split("hash ")
             .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_default()
-            .trim()
             .to_owned()
     };
     let first = hash("3");

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::Instant;
 
 use anyhow::{Result, anyhow, bail};
@@ -14,7 +15,7 @@ use ep_codegen::{Mode, Renderer, Spec};
 use ep_runtime::check::ll::{check_combine, check_dispatch, expert_outputs};
 use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::routing::{Pattern, Routing, SplitMix64, generate};
-use ep_runtime::{Gpu, HostCall, Jit, LowLatency, ModeGroup};
+use ep_runtime::{Gpu, HostCall, Jit, LowLatency, ModeGroup, RankDispatch};
 use sha2::{Digest, Sha256};
 
 use super::verify::fitting;
@@ -169,33 +170,56 @@ fn soak_one(
     };
     let progress = bar(args.calls, spec.name());
     let start = Instant::now();
-    for i in 0..args.calls {
-        if args
-            .seconds
-            .is_some_and(|limit| start.elapsed().as_secs_f64() > limit)
-        {
-            break;
-        }
-        let routings = routings(spec, args.seed, i);
-        let full = i.is_multiple_of(args.every) || i + 1 == args.calls;
-        let inputs = full.then(|| with_rows(spec, &pools, &routings));
-        let one = Call {
-            gpu,
-            spec,
-            routings: &routings,
-            inputs: inputs.as_deref(),
-        };
-        if let Err(e) = one.run(&mut ll, &mut call, &mut hash) {
-            s.errors += 1;
-            if s.first_errors.len() < ERRORS_SHOWN {
-                s.first_errors.push(format!("call {i}: {e:#}"));
+    // The routings are made ahead on the other cores (a DeepSeek-V3 call's take ~10 ms on
+    // one), call i by producer i % n, each at most two calls ahead.
+    let producers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .clamp(1, 8);
+    std::thread::scope(|scope| {
+        let ahead: Vec<Receiver<Vec<Routing>>> = (0..producers)
+            .map(|j| {
+                let (tx, rx) = sync_channel(2);
+                scope.spawn(move || {
+                    for i in (j..args.calls).step_by(producers) {
+                        if tx.send(routings(spec, args.seed, i)).is_err() {
+                            return; // the soak stopped
+                        }
+                    }
+                });
+                rx
+            })
+            .collect();
+        for i in 0..args.calls {
+            if args
+                .seconds
+                .is_some_and(|limit| start.elapsed().as_secs_f64() > limit)
+            {
+                break;
             }
+            let Ok(routings) = ahead[i % producers].recv() else {
+                break;
+            };
+            let full = i.is_multiple_of(args.every) || i + 1 == args.calls;
+            let inputs = full.then(|| with_rows(spec, &pools, &routings));
+            let one = Call {
+                gpu,
+                spec,
+                routings: &routings,
+                inputs: inputs.as_deref(),
+            };
+            if let Err(e) = one.run(&mut ll, &mut call, &mut hash) {
+                s.errors += 1;
+                if s.first_errors.len() < ERRORS_SHOWN {
+                    s.first_errors.push(format!("call {i}: {e:#}"));
+                }
+            }
+            s.calls += 1;
+            s.checked += usize::from(full);
+            s.tokens += routings.iter().map(|r| r.num_tokens as u64).sum::<u64>();
+            progress.inc(1);
         }
-        s.calls += 1;
-        s.checked += usize::from(full);
-        s.tokens += routings.iter().map(|r| r.num_tokens as u64).sum::<u64>();
-        progress.inc(1);
-    }
+        drop(ahead); // ends the producers
+    });
     // The last call's combine, unless it was checked, reports its errors here.
     if let Err(e) = ll.check() {
         s.errors += 1;
@@ -243,10 +267,7 @@ impl Call<'_> {
         };
         let got = ll.dispatched(call)?;
         for g in &got {
-            for c in &g.recv_count {
-                hash.update(c.to_le_bytes());
-            }
-            hash.update(&g.recv_x);
+            hash_received(spec, g, hash);
         }
         if got.iter().map(|g| g.recv_count.clone()).collect::<Vec<_>>() != want {
             return Err(anyhow!("received counts differ from the routing's"));
@@ -262,6 +283,37 @@ impl Call<'_> {
             }
         }
         check_combine(spec, inputs, &out).map_err(|e| anyhow!("combine: {e}"))
+    }
+}
+
+/// Hashes a rank's received rows in an order that does not depend on timing: each expert's
+/// count, then its rows (payload and scales) sorted by source. The dispatch places an expert's
+/// rows in the order its senders reserved them, which varies from run to run.
+fn hash_received(spec: &Spec, got: &RankDispatch, hash: &mut Sha256) {
+    let per_expert = (spec.ranks() * spec.max_tokens_per_rank()) as usize;
+    let experts = got.recv_count.len().max(1);
+    let payload = got.recv_x.len() / (experts * per_expert).max(1);
+    let scales = got.recv_scales.len() / (experts * per_expert).max(1);
+    for (le, &n) in got.recv_count.iter().enumerate() {
+        hash.update(n.to_le_bytes());
+        let first = le * per_expert;
+        let mut rows: Vec<usize> = (first..first + (n.max(0) as usize).min(per_expert)).collect();
+        rows.sort_by_key(|&r| got.recv_src.get(r).copied().unwrap_or(-1));
+        for r in rows {
+            hash.update(got.recv_src.get(r).copied().unwrap_or(-1).to_le_bytes());
+            hash.update(
+                got.recv_x
+                    .get(r * payload..(r + 1) * payload)
+                    .unwrap_or_default(),
+            );
+            for s in got
+                .recv_scales
+                .get(r * scales..(r + 1) * scales)
+                .unwrap_or_default()
+            {
+                hash.update(s.to_le_bytes());
+            }
+        }
     }
 }
 
@@ -296,5 +348,42 @@ mod tests {
             }
         }
         assert_ne!(routings(&spec, 5, 1), routings(&spec, 6, 1));
+    }
+
+    #[test]
+    fn the_received_rows_hash_the_same_in_any_order() {
+        let spec: Spec = Spec::from_yaml(
+            "name: s\nmode: low_latency\nhidden: 8\nexperts: 2\ntop_k: 1\nranks: 1\n\
+             max_tokens_per_rank: 3\n",
+            None,
+        )
+        .unwrap();
+        // Two experts of 3 rows each, 2 bytes per row; expert 0 got sources 2 and 0.
+        let got = |src: Vec<i32>, x: Vec<u8>| RankDispatch {
+            recv_count: vec![2, 1],
+            recv_src: src,
+            recv_range: Vec::new(),
+            recv_x: x,
+            recv_scales: Vec::new(),
+        };
+        let digest = |g: &RankDispatch| {
+            let mut h = Sha256::new();
+            hash_received(&spec, g, &mut h);
+            h.finalize()
+        };
+        let a = got(
+            vec![2, 0, -1, 1, -1, -1],
+            vec![5, 5, 7, 7, 0, 0, 9, 9, 0, 0, 0, 0],
+        );
+        let b = got(
+            vec![0, 2, -1, 1, -1, -1],
+            vec![7, 7, 5, 5, 0, 0, 9, 9, 0, 0, 0, 0],
+        );
+        let c = got(
+            vec![0, 2, -1, 1, -1, -1],
+            vec![5, 5, 7, 7, 0, 0, 9, 9, 0, 0, 0, 0],
+        );
+        assert_eq!(digest(&a), digest(&b));
+        assert_ne!(digest(&a), digest(&c));
     }
 }
