@@ -151,6 +151,15 @@ impl Placement {
     }
 }
 
+/// Which knobs a group runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Knobs {
+    /// The tuning database's where the spec says `auto`, with token buckets: what users get.
+    Tuned,
+    /// Exactly the spec's (`auto`: the analytic defaults): what `epc tune` times.
+    AsSpecSays,
+}
+
 /// This process's ranks, made once per process: nothing for virtual ranks, the NCCL
 /// communicator of its rank (a unique id serves one communicator, so every spec's group is
 /// registered on this one).
@@ -176,53 +185,24 @@ impl Ranks {
     }
 
     /// The LL group of `spec` on this process's ranks: all virtual ranks, or its NCCL rank
-    /// (collective: every rank sets up the same specs in the same order), with its tuned knobs.
+    /// (collective: every rank sets up the same specs in the same order).
     pub fn ll_group(
         &self,
         gpu: &Gpu,
         jit: &Jit,
         renderer: &Renderer,
         spec: &Spec,
+        knobs: Knobs,
     ) -> Result<LowLatency> {
-        self.ll_group_of(ModeGroup::new(
-            gpu,
-            jit,
-            renderer,
-            spec,
-            self.comm.as_ref(),
-        )?)
-    }
-
-    /// [`Ranks::ll_group`] with exactly the spec's knobs (no tuning database): what
-    /// `epc tune` times.
-    pub fn ll_group_as_spec_says(
-        &self,
-        gpu: &Gpu,
-        jit: &Jit,
-        renderer: &Renderer,
-        spec: &Spec,
-    ) -> Result<LowLatency> {
-        self.ll_group_of(ModeGroup::as_spec_says(
-            gpu,
-            jit,
-            renderer,
-            spec,
-            self.comm.as_ref(),
-        )?)
-    }
-
-    fn ll_group_of(&self, group: ModeGroup) -> Result<LowLatency> {
-        match group {
+        match self.mode_group(gpu, jit, renderer, spec, knobs)? {
             ModeGroup::Ll(group) => Ok(LowLatency::from_group(group)),
-            ModeGroup::Ht(h) => bail!(
+            ModeGroup::Ht(_) => bail!(
                 "{} is a high_throughput spec, not a low_latency one",
-                h.spec().name()
+                spec.name()
             ),
         }
     }
-}
 
-impl Ranks {
     /// The high-throughput group of `spec` on this process's ranks (collective, as
     /// [`Ranks::ll_group`]).
     pub fn ht_group(
@@ -231,31 +211,30 @@ impl Ranks {
         jit: &Jit,
         renderer: &Renderer,
         spec: &Spec,
+        knobs: Knobs,
     ) -> Result<HtGroup> {
-        ht_group_of(ModeGroup::new(
-            gpu,
-            jit,
-            renderer,
-            spec,
-            self.comm.as_ref(),
-        )?)
+        match self.mode_group(gpu, jit, renderer, spec, knobs)? {
+            ModeGroup::Ht(group) => Ok(group),
+            ModeGroup::Ll(_) => bail!(
+                "{} is a low_latency spec, not a high_throughput one",
+                spec.name()
+            ),
+        }
     }
 
-    /// [`Ranks::ht_group`] with exactly the spec's knobs (no tuning database).
-    pub fn ht_group_as_spec_says(
+    fn mode_group(
         &self,
         gpu: &Gpu,
         jit: &Jit,
         renderer: &Renderer,
         spec: &Spec,
-    ) -> Result<HtGroup> {
-        ht_group_of(ModeGroup::as_spec_says(
-            gpu,
-            jit,
-            renderer,
-            spec,
-            self.comm.as_ref(),
-        )?)
+        knobs: Knobs,
+    ) -> Result<ModeGroup> {
+        let comm = self.comm.as_ref();
+        Ok(match knobs {
+            Knobs::Tuned => ModeGroup::new(gpu, jit, renderer, spec, comm)?,
+            Knobs::AsSpecSays => ModeGroup::as_spec_says(gpu, jit, renderer, spec, comm)?,
+        })
     }
 
     /// The transport's name in tuning keys: `virtual` or `nccl`.
@@ -284,16 +263,6 @@ impl Ranks {
                 .map(<[f64]>::to_vec)
                 .collect()),
         }
-    }
-}
-
-fn ht_group_of(group: ModeGroup) -> Result<HtGroup> {
-    match group {
-        ModeGroup::Ht(group) => Ok(group),
-        ModeGroup::Ll(l) => bail!(
-            "{} is a low_latency spec, not a high_throughput one",
-            l.spec().name()
-        ),
     }
 }
 

@@ -138,37 +138,43 @@ fn two_calls_in_flight_interleave() {
             inputs_for(&spec, 2 * round),
             inputs_for(&spec, 2 * round + 1),
         );
-        a.set_inputs(&gpu, &ia).unwrap();
-        b.set_inputs(&gpu, &ib).unwrap();
-        // Both sends before either receive (the hook), then the receives in order.
-        ll.dispatch_send(&mut a).unwrap();
-        ll.dispatch_send(&mut b).unwrap();
-        ll.dispatch_recv(&mut a).unwrap();
-        ll.dispatch_recv(&mut b).unwrap();
-        let (ga, gb) = (ll.dispatched(&a).unwrap(), ll.dispatched(&b).unwrap());
-        check_dispatch(&spec, &ia, &ga, &format!("round {round} call A"));
-        check_dispatch(&spec, &ib, &gb, &format!("round {round} call B"));
-        ll.set_expert_outputs(&a, &expert_outputs(&spec, &ga))
-            .unwrap();
-        ll.set_expert_outputs(&b, &expert_outputs(&spec, &gb))
-            .unwrap();
-        ll.combine_send(&a).unwrap();
-        ll.combine_send(&b).unwrap();
-        ll.combine_recv(&mut b).unwrap();
-        ll.combine_recv(&mut a).unwrap();
-        check_combine(
-            &spec,
-            &ia,
-            &ll.combined(&a).unwrap(),
-            &format!("round {round} call A"),
-        );
-        check_combine(
-            &spec,
-            &ib,
-            &ll.combined(&b).unwrap(),
-            &format!("round {round} call B"),
-        );
+        let what = [
+            format!("round {round} call A"),
+            format!("round {round} call B"),
+        ];
+        two_in_flight(&mut ll, [&mut a, &mut b], &spec, [&ia, &ib], &what);
     }
+}
+
+/// Calls `a` and `b` in flight together: both sends before either receive (the hook), the
+/// receives in order, both combine sends, the receives in reverse; each checked.
+fn two_in_flight(
+    ll: &mut LowLatency,
+    [a, b]: [&mut HostCall; 2],
+    spec: &Spec,
+    [ia, ib]: [&[RankInput]; 2],
+    what: &[String; 2],
+) {
+    let gpu = ll.gpu().clone();
+    a.set_inputs(&gpu, ia).unwrap();
+    b.set_inputs(&gpu, ib).unwrap();
+    ll.dispatch_send(a).unwrap();
+    ll.dispatch_send(b).unwrap();
+    ll.dispatch_recv(a).unwrap();
+    ll.dispatch_recv(b).unwrap();
+    let (ga, gb) = (ll.dispatched(a).unwrap(), ll.dispatched(b).unwrap());
+    check_dispatch(spec, ia, &ga, &what[0]);
+    check_dispatch(spec, ib, &gb, &what[1]);
+    ll.set_expert_outputs(a, &expert_outputs(spec, &ga))
+        .unwrap();
+    ll.set_expert_outputs(b, &expert_outputs(spec, &gb))
+        .unwrap();
+    ll.combine_send(a).unwrap();
+    ll.combine_send(b).unwrap();
+    ll.combine_recv(b).unwrap();
+    ll.combine_recv(a).unwrap();
+    check_combine(spec, ia, &ll.combined(a).unwrap(), &what[0]);
+    check_combine(spec, ib, &ll.combined(b).unwrap(), &what[1]);
 }
 
 #[test]
@@ -357,35 +363,11 @@ fn token_buckets_run_their_own_kernels_and_match_the_reference() {
         inputs_with_tokens(&spec, 50, &[4; 8]),
         inputs_with_tokens(&spec, 51, &[32; 8]),
     );
-    a.set_inputs(&gpu, &ia).unwrap();
-    b.set_inputs(&gpu, &ib).unwrap();
-    ll.dispatch_send(&mut a).unwrap();
-    ll.dispatch_send(&mut b).unwrap();
-    ll.dispatch_recv(&mut a).unwrap();
-    ll.dispatch_recv(&mut b).unwrap();
-    let (ga, gb) = (ll.dispatched(&a).unwrap(), ll.dispatched(&b).unwrap());
-    check_dispatch(&spec, &ia, &ga, "small call in flight");
-    check_dispatch(&spec, &ib, &gb, "large call in flight");
-    ll.set_expert_outputs(&a, &expert_outputs(&spec, &ga))
-        .unwrap();
-    ll.set_expert_outputs(&b, &expert_outputs(&spec, &gb))
-        .unwrap();
-    ll.combine_send(&a).unwrap();
-    ll.combine_send(&b).unwrap();
-    ll.combine_recv(&mut b).unwrap();
-    ll.combine_recv(&mut a).unwrap();
-    check_combine(
-        &spec,
-        &ia,
-        &ll.combined(&a).unwrap(),
-        "small call in flight",
-    );
-    check_combine(
-        &spec,
-        &ib,
-        &ll.combined(&b).unwrap(),
-        "large call in flight",
-    );
+    let what = [
+        "small call in flight".to_owned(),
+        "large call in flight".to_owned(),
+    ];
+    two_in_flight(&mut ll, [&mut a, &mut b], &spec, [&ia, &ib], &what);
     eprintln!("{test}: buckets 1-8, 9-16 and 17-32 match the reference");
 }
 

@@ -10,7 +10,7 @@ use ep_runtime::Jit;
 use super::verify::{LlPlan, Plan, fitting, verify_ht, verify_layout, verify_ll_on, verify_notify};
 use crate::cli::RunArgs;
 use crate::inputs::{load_specs, renderer};
-use crate::transport::{Placement, Ranks, Role};
+use crate::transport::{Knobs, Placement, Ranks, Role};
 use crate::words::count;
 
 /// Runs each spec's kernels once on the GPU, checks them, times them and prints the layout.
@@ -76,7 +76,7 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
                 iters: args.iters,
                 dump: args.dump.as_deref(),
             };
-            let mut ll = mine.ll_group(&gpu, &jit, &renderer, &runnable)?;
+            let mut ll = mine.ll_group(&gpu, &jit, &renderer, &runnable, Knobs::Tuned)?;
             let l = verify_ll_on(&mut ll, &runnable, &plan)?;
             println!(
                 "{:<24} {} of {}, {} the reference (dispatch and combine); \

@@ -179,28 +179,8 @@ pub fn verify_ht(
     let mut dispatched = false;
     let mut dumped = false;
     for call in 0..calls {
-        let pattern = Pattern::ALL[(plan.pattern as usize + call) % Pattern::ALL.len()];
-        let seed = plan.seed.wrapping_add((call * d.ranks) as u64);
-        let inputs: Vec<RankInput> = (0..d.ranks)
-            .map(|r| RankInput {
-                routing: generate(
-                    pattern,
-                    plan.tokens,
-                    d.top_k,
-                    d.experts,
-                    d.ranks,
-                    seed + r as u64,
-                ),
-                x: random_activations(spec, plan.tokens, seed ^ ((r as u64) << 20)),
-            })
-            .collect();
-        let what = || {
-            format!(
-                "{}: HT call {call} (T={}, pattern {pattern:?})",
-                spec.name(),
-                plan.tokens
-            )
-        };
+        let (inputs, seed) = ht_call_inputs(spec, plan, call);
+        let what = || ht_call_name(spec, plan, call);
         let want = match check::ht::Expected::of(spec, &inputs) {
             Ok(want) => want,
             // A routing this spec's buffer cannot hold: notify must refuse it (checked above).
@@ -236,6 +216,38 @@ pub fn verify_ht(
         times,
         received_bytes: received_rows * d.hidden * spec.dispatch_dtype().size() as usize,
     })
+}
+
+/// Every rank's inputs of high-throughput check call `call` of `plan` (the patterns in turn from
+/// the plan's), and the call's seed.
+fn ht_call_inputs(spec: &Spec, plan: &Plan, call: usize) -> (Vec<RankInput>, u64) {
+    let d = spec.dims();
+    let pattern = Pattern::ALL[(plan.pattern as usize + call) % Pattern::ALL.len()];
+    let seed = plan.seed.wrapping_add((call * d.ranks) as u64);
+    let inputs = (0..d.ranks)
+        .map(|r| RankInput {
+            routing: generate(
+                pattern,
+                plan.tokens,
+                d.top_k,
+                d.experts,
+                d.ranks,
+                seed + r as u64,
+            ),
+            x: random_activations(spec, plan.tokens, seed ^ ((r as u64) << 20)),
+        })
+        .collect();
+    (inputs, seed)
+}
+
+/// How a high-throughput check call is named in errors.
+fn ht_call_name(spec: &Spec, plan: &Plan, call: usize) -> String {
+    let pattern = Pattern::ALL[(plan.pattern as usize + call) % Pattern::ALL.len()];
+    format!(
+        "{}: HT call {call} (T={}, pattern {pattern:?})",
+        spec.name(),
+        plan.tokens
+    )
 }
 
 /// What one spec's high-throughput check found.
@@ -517,28 +529,8 @@ pub fn verify_ht_on(group: &mut HtGroup, spec: &Spec, plan: &Plan) -> Result<()>
     let d = spec.dims();
     let mine = group.ranks();
     for call in 0..plan.routings.max(1) {
-        let pattern = Pattern::ALL[(plan.pattern as usize + call) % Pattern::ALL.len()];
-        let seed = plan.seed.wrapping_add((call * d.ranks) as u64);
-        let all: Vec<RankInput> = (0..d.ranks)
-            .map(|r| RankInput {
-                routing: generate(
-                    pattern,
-                    plan.tokens,
-                    d.top_k,
-                    d.experts,
-                    d.ranks,
-                    seed + r as u64,
-                ),
-                x: random_activations(spec, plan.tokens, seed ^ ((r as u64) << 20)),
-            })
-            .collect();
-        let what = || {
-            format!(
-                "{}: HT call {call} (T={}, pattern {pattern:?})",
-                spec.name(),
-                plan.tokens
-            )
-        };
+        let (all, seed) = ht_call_inputs(spec, plan, call);
+        let what = || ht_call_name(spec, plan, call);
         let Ok(want) = check::ht::Expected::of(spec, &all) else {
             continue; // a routing this spec's buffer cannot hold
         };

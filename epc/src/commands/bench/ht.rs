@@ -7,11 +7,14 @@ use ep_runtime::reference::ll::RankInput;
 
 use super::bytes::{Counts, ht_combine, ht_dispatch, returned_row_bytes, sent_row_bytes};
 use super::{Bench, Measured, ll};
+use crate::transport::Knobs;
 
 /// Dispatch (notify and the data kernels) and combine of `spec` at each of `tokens` tokens per
 /// rank, on the same routing as LL's bench, and the dispatch's row copies alone (its floor).
 pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Measured>> {
-    let mut group = ctx.ranks.ht_group(ctx.gpu, ctx.jit, ctx.renderer, spec)?;
+    let mut group = ctx
+        .ranks
+        .ht_group(ctx.gpu, ctx.jit, ctx.renderer, spec, Knobs::Tuned)?;
     let fanout = ctx.renderer.render_plan(spec, fanout_plan(spec))?;
     let h = spec.hidden() as usize;
     let mut out = Vec::with_capacity(2 * tokens.len());

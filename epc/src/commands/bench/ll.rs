@@ -8,6 +8,7 @@ use ep_runtime::routing::{Pattern, generate};
 
 use super::bytes::{Counts, ll_combine, ll_dispatch, returned_row_bytes, sent_row_bytes};
 use super::{Bench, Floor, Measured};
+use crate::transport::Knobs;
 
 /// Every rank's inputs at `tokens` tokens: NCCL EP's LL routing (top-k of random scores, a few
 /// slots dropped), seeded by the rank, so every process makes the same.
@@ -32,7 +33,9 @@ pub fn inputs(spec: &Spec, tokens: usize) -> Vec<RankInput> {
 /// graph replays (a call of its own), and the launch floor under both (empty kernels on the
 /// same grids).
 pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Measured>> {
-    let mut ll = ctx.ranks.ll_group(ctx.gpu, ctx.jit, ctx.renderer, spec)?;
+    let mut ll = ctx
+        .ranks
+        .ll_group(ctx.gpu, ctx.jit, ctx.renderer, spec, Knobs::Tuned)?;
     let empty = ctx.renderer.render_plan(spec, empty_plan(spec))?;
     let mut call = ll.new_call()?;
     let mut graphed = ll.new_call()?;

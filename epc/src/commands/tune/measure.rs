@@ -9,7 +9,7 @@ use super::report::label;
 use crate::cli::TuneArgs;
 use crate::commands::bench::ll_inputs;
 use crate::progress::bar;
-use crate::transport::Ranks;
+use crate::transport::{Knobs, Ranks};
 
 /// The median time of one variant's two phases at one token count, microseconds (infinite:
 /// it failed to run).
@@ -210,9 +210,9 @@ impl Timer<'_> {
     }
 
     fn time_ll(&self, spec: &Spec, tokens: &[usize]) -> Result<Vec<Phases>> {
-        let mut ll = self
-            .ranks
-            .ll_group_as_spec_says(self.gpu, self.jit, self.renderer, spec)?;
+        let mut ll =
+            self.ranks
+                .ll_group(self.gpu, self.jit, self.renderer, spec, Knobs::AsSpecSays)?;
         let ranks = ll.group().ranks();
         let mut call = ll.new_call()?;
         let mut out = Vec::with_capacity(tokens.len());
@@ -232,7 +232,7 @@ impl Timer<'_> {
     fn time_ht(&self, spec: &Spec, t: usize) -> Result<Phases> {
         let mut group =
             self.ranks
-                .ht_group_as_spec_says(self.gpu, self.jit, self.renderer, spec)?;
+                .ht_group(self.gpu, self.jit, self.renderer, spec, Knobs::AsSpecSays)?;
         let got = group.dispatch(&self.mine(spec, &group.ranks(), t))?;
         // The rows' values do not change the time; each rank returns zeros.
         let h = spec.hidden() as usize;

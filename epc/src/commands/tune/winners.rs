@@ -11,6 +11,7 @@ use ep_runtime::tuning::{BucketKnobs, TuningDb, TuningEntry, TuningKey};
 use super::measure::{Timer, Variant};
 use super::report::label;
 use crate::commands::verify::{LlPlan, Plan, verify_ht_on, verify_ll_on};
+use crate::transport::Knobs;
 
 /// One bucket's result: the winner (the defaults when nothing beats them) and both times.
 pub struct Won {
@@ -69,7 +70,7 @@ fn check(t: &Timer<'_>, tuned: &Spec) -> Result<()> {
             };
             let mut ll = t
                 .ranks
-                .ll_group_as_spec_says(t.gpu, t.jit, t.renderer, tuned)?;
+                .ll_group(t.gpu, t.jit, t.renderer, tuned, Knobs::AsSpecSays)?;
             verify_ll_on(&mut ll, tuned, &plan).map(|_| ())
         }
         Mode::HighThroughput => {
@@ -82,7 +83,7 @@ fn check(t: &Timer<'_>, tuned: &Spec) -> Result<()> {
             };
             let mut group = t
                 .ranks
-                .ht_group_as_spec_says(t.gpu, t.jit, t.renderer, tuned)?;
+                .ht_group(t.gpu, t.jit, t.renderer, tuned, Knobs::AsSpecSays)?;
             verify_ht_on(&mut group, tuned, &plan)
         }
     }
