@@ -214,8 +214,13 @@ impl Spec {
 
     /// The same deployment on `ranks` ranks of one NVLink domain (name suffixed `-r<ranks>`),
     /// validated again. A high-throughput receive buffer larger than every row `ranks` ranks
-    /// can send (`ranks x max_tokens_per_rank`) is capped to that.
+    /// can send (`ranks x max_tokens_per_rank`) is capped to that. A spec that already has
+    /// `ranks` ranks in one domain is returned as it is (same name, same hash: the same tuning
+    /// entry).
     pub fn with_ranks(&self, ranks: u32) -> Result<Spec, crate::SpecErrors> {
+        if self.ranks == ranks && self.nvlink_domain == ranks {
+            return Ok(self.clone());
+        }
         let mut s = self.clone();
         s.ranks = ranks;
         s.nvlink_domain = ranks;

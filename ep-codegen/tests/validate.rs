@@ -568,3 +568,20 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn with_ranks_renames_a_new_deployment_and_keeps_the_same_one() {
+    let yaml = "name: w\nmode: low_latency\nhidden: 2048\nexperts: 64\ntop_k: 4\nranks: 8\n\
+                max_tokens_per_rank: 32\n";
+    let spec = Spec::from_yaml(yaml, None).unwrap();
+    let same = spec.with_ranks(8).unwrap();
+    assert_eq!(same, spec);
+    assert_eq!(same.hash(), spec.hash());
+    let four = spec.with_ranks(4).unwrap();
+    assert_eq!((four.name(), four.ranks()), ("w-r4", 4));
+    assert_ne!(four.hash(), spec.hash());
+    assert!(
+        spec.with_ranks(3).is_err(),
+        "64 experts do not split over 3 ranks"
+    );
+}
