@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "epc.h"
 
@@ -65,5 +66,39 @@ static int load_driver_on(struct driver* d, int ordinal) {
 
 /* Loads the driver and makes GPU 0's primary context current. */
 static inline int load_driver(struct driver* d) { return load_driver_on(d, 0); }
+
+/* The bf16 bits of a small integer (exact). */
+static inline uint16_t bf16_of(int v) {
+  float f = (float)v;
+  uint32_t bits;
+  memcpy(&bits, &f, sizeof bits);
+  return (uint16_t)(bits >> 16);
+}
+
+/* One rank's device buffers of `t` tokens: x and out [t, h] bf16, topk_idx [t, k] int64 and
+ * topk_weights [t, k] f32, with x, the ids and the weights uploaded from the host arrays. */
+static inline int upload_rank(struct driver* cu, uint64_t t, uint64_t h, uint64_t k, const uint16_t* x_host,
+                              const int64_t* ids_host, const float* w_host, epcTensor_t* x, epcTensor_t* ids,
+                              epcTensor_t* w, epcTensor_t* out) {
+  uint64_t px, pi, pw, po;
+  if (cu->alloc(&px, t * h * 2) || cu->alloc(&pi, t * k * 8) || cu->alloc(&pw, t * k * 4) ||
+      cu->alloc(&po, t * h * 2) || cu->htod(px, x_host, t * h * 2) || cu->htod(pi, ids_host, t * k * 8) ||
+      cu->htod(pw, w_host, t * k * 4))
+    return 1;
+  *x = (epcTensor_t){(void*)(uintptr_t)px, 2, {t, h, 0}, epcBfloat16};
+  *ids = (epcTensor_t){(void*)(uintptr_t)pi, 2, {t, k, 0}, epcInt64};
+  *w = (epcTensor_t){(void*)(uintptr_t)pw, 2, {t, k, 0}, epcFloat32};
+  *out = (epcTensor_t){(void*)(uintptr_t)po, 2, {t, h, 0}, epcBfloat16};
+  return 0;
+}
+
+/* Frees the buffers of `upload_rank`. */
+static inline void free_rank(struct driver* cu, const epcTensor_t* x, const epcTensor_t* ids, const epcTensor_t* w,
+                             const epcTensor_t* out) {
+  cu->free((uint64_t)(uintptr_t)x->data);
+  cu->free((uint64_t)(uintptr_t)ids->data);
+  cu->free((uint64_t)(uintptr_t)w->data);
+  cu->free((uint64_t)(uintptr_t)out->data);
+}
 
 #endif /* EPC_EXAMPLE_H */

@@ -31,13 +31,6 @@ static const char* kSpec =
     "layout: flat\n";
 
 /* bf16 of a small whole number. */
-static uint16_t bf16_of(int v) {
-  float f = (float)v;
-  uint32_t bits;
-  memcpy(&bits, &f, sizeof bits);
-  return (uint16_t)(bits >> 16);
-}
-
 int main(void) {
   epcGroupConfig_t config;
   memset(&config, 0, sizeof config);
@@ -86,15 +79,7 @@ int main(void) {
       }
       ranks_of[r][tok] = distinct;
     }
-    uint64_t px, pi, pw, po;
-    if (cu.alloc(&px, t * h * 2) || cu.alloc(&pi, t * k * 8) || cu.alloc(&pw, t * k * 4) ||
-        cu.alloc(&po, t * h * 2) || cu.htod(px, ones, t * h * 2) || cu.htod(pi, experts, t * k * 8) ||
-        cu.htod(pw, weights, t * k * 4))
-      return 1;
-    x[r] = (epcTensor_t){(void*)(uintptr_t)px, 2, {t, h, 0}, epcBfloat16};
-    ids[r] = (epcTensor_t){(void*)(uintptr_t)pi, 2, {t, k, 0}, epcInt64};
-    w[r] = (epcTensor_t){(void*)(uintptr_t)pw, 2, {t, k, 0}, epcFloat32};
-    out[r] = (epcTensor_t){(void*)(uintptr_t)po, 2, {t, h, 0}, epcBfloat16};
+    if (upload_rank(&cu, t, h, k, ones, experts, weights, &x[r], &ids[r], &w[r], &out[r])) return 1;
   }
 
   /* A wrong shape is refused before anything runs. */
@@ -137,10 +122,7 @@ int main(void) {
   printf("HT dispatch (%llu rows received) and combine on %d ranks: every output is its token's rank count\n",
          (unsigned long long)rows_total, RANKS);
   for (uint32_t r = 0; r < RANKS; ++r) {
-    cu.free((uint64_t)(uintptr_t)x[r].data);
-    cu.free((uint64_t)(uintptr_t)ids[r].data);
-    cu.free((uint64_t)(uintptr_t)w[r].data);
-    cu.free((uint64_t)(uintptr_t)out[r].data);
+    free_rank(&cu, &x[r], &ids[r], &w[r], &out[r]);
   }
   free(ones);
   free(experts);

@@ -108,15 +108,7 @@ int main(void) {
       experts[i] = (int64_t)((i / k * 7 + r * 13 + (i % k) * (info.experts / k)) % info.experts);
       weights[i] = 1.0f / (float)k;
     }
-    uint64_t px, pi, pw, po;
-    if (cu.alloc(&px, t * h * 2) || cu.alloc(&pi, t * k * 8) || cu.alloc(&pw, t * k * 4) ||
-        cu.alloc(&po, t * h * 2) || cu.htod(px, ones, t * h * 2) || cu.htod(pi, experts, t * k * 8) ||
-        cu.htod(pw, weights, t * k * 4))
-      return 1;
-    x[r] = (epcTensor_t){(void*)(uintptr_t)px, 2, {t, h, 0}, epcBfloat16};
-    ids[r] = (epcTensor_t){(void*)(uintptr_t)pi, 2, {t, k, 0}, epcInt64};
-    w[r] = (epcTensor_t){(void*)(uintptr_t)pw, 2, {t, k, 0}, epcFloat32};
-    out[r] = (epcTensor_t){(void*)(uintptr_t)po, 2, {t, h, 0}, epcBfloat16};
+    if (upload_rank(&cu, t, h, k, ones, experts, weights, &x[r], &ids[r], &w[r], &out[r])) return 1;
   }
 
   epcCall_t call = NULL;
@@ -155,10 +147,7 @@ int main(void) {
 
   EXPECT(epcCallDestroy(call), epcSuccess);
   for (uint32_t r = 0; r < n; ++r) {
-    cu.free((uint64_t)(uintptr_t)x[r].data);
-    cu.free((uint64_t)(uintptr_t)ids[r].data);
-    cu.free((uint64_t)(uintptr_t)w[r].data);
-    cu.free((uint64_t)(uintptr_t)out[r].data);
+    free_rank(&cu, &x[r], &ids[r], &w[r], &out[r]);
   }
   free(ones);
   free(experts);

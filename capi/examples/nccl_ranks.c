@@ -60,32 +60,10 @@ struct shared {
 
 enum { TOKENS = 64, HIDDEN = 1024, TOP_K = 4, EXPERTS_PER_RANK = 8 };
 
-static uint16_t bf16_of(int v) {
-  float f = (float)v;
-  uint32_t bits;
-  memcpy(&bits, &f, sizeof bits);
-  return (uint16_t)(bits >> 16); /* exact for small integers */
-}
-
 /* Device copies of one rank's inputs and output. */
 struct buffers {
   epcTensor_t x, ids, w, out;
 };
-
-static int make_buffers(struct driver* cu, struct buffers* b, const int64_t* experts, const float* weights,
-                        const uint16_t* ones) {
-  const uint64_t t = TOKENS, h = HIDDEN, k = TOP_K;
-  uint64_t px, pi, pw, po;
-  if (cu->alloc(&px, t * h * 2) || cu->alloc(&pi, t * k * 8) || cu->alloc(&pw, t * k * 4) ||
-      cu->alloc(&po, t * h * 2) || cu->htod(px, ones, t * h * 2) || cu->htod(pi, experts, t * k * 8) ||
-      cu->htod(pw, weights, t * k * 4))
-    return 1;
-  b->x = (epcTensor_t){(void*)(uintptr_t)px, 2, {t, h, 0}, epcBfloat16};
-  b->ids = (epcTensor_t){(void*)(uintptr_t)pi, 2, {t, k, 0}, epcInt64};
-  b->w = (epcTensor_t){(void*)(uintptr_t)pw, 2, {t, k, 0}, epcFloat32};
-  b->out = (epcTensor_t){(void*)(uintptr_t)po, 2, {t, h, 0}, epcBfloat16};
-  return 0;
-}
 
 /* Every output element must be `want[token]`. */
 static int check_out(struct driver* cu, const struct buffers* b, const uint16_t* want, int rank, const char* what) {
@@ -169,7 +147,7 @@ static int run_rank(struct shared* shared, int rank, int ranks) {
     want_ht[t] = bf16_of(reached);
   }
   struct buffers b;
-  if (make_buffers(&cu, &b, ids, weights, ones)) return 1;
+  if (upload_rank(&cu, TOKENS, HIDDEN, TOP_K, ones, ids, weights, &b.x, &b.ids, &b.w, &b.out)) return 1;
 
   /* Low latency. */
   epcGroup_t group = NULL;
@@ -209,10 +187,7 @@ static int run_rank(struct shared* shared, int rank, int ranks) {
   if (check_out(&cu, &b, want_ht, rank, "high throughput")) return 1;
   EXPECT(epcGroupDestroy(group), epcSuccess);
 
-  cu.free((uint64_t)(uintptr_t)b.x.data);
-  cu.free((uint64_t)(uintptr_t)b.ids.data);
-  cu.free((uint64_t)(uintptr_t)b.w.data);
-  cu.free((uint64_t)(uintptr_t)b.out.data);
+  free_rank(&cu, &b.x, &b.ids, &b.w, &b.out);
   if (nccl.destroy(comm)) return 1;
   printf("rank %d of %d: low latency (3 calls) and high throughput match over the caller's ncclComm_t "
          "(%d rows received)\n",
