@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{Result, anyhow, bail};
 use ep_codegen::{Mode, Renderer, Spec};
 use ep_runtime::check::ll::{check_combine, check_dispatch, expert_outputs};
+use ep_runtime::reference::layout;
 use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::routing::{Pattern, Routing, SplitMix64, generate};
 use ep_runtime::{Gpu, HostCall, Jit, LowLatency, ModeGroup, RankDispatch};
@@ -117,23 +118,18 @@ fn with_rows(spec: &Spec, pools: &[Vec<u16>], routings: &[Routing]) -> Vec<RankI
         .collect()
 }
 
-/// Rows each rank's local experts receive: one per token and distinct valid expert.
+/// Rows each rank's local experts receive, `[rank][local expert]`: one per (token, slot) routed
+/// to the expert from any rank, the reference layout's per-expert counts summed over the sources.
 fn expected_counts(spec: &Spec, routings: &[Routing]) -> Vec<Vec<i32>> {
     let d = spec.dims();
-    let local = d.experts / d.ranks;
-    let mut counts = vec![vec![0i32; local]; d.ranks];
+    let mut per_expert = vec![0i32; d.experts];
     for r in routings {
-        for t in 0..r.num_tokens {
-            let slots = &r.topk_idx[t * r.top_k..][..r.top_k];
-            for (k, &e) in slots.iter().enumerate() {
-                if e < 0 || e as usize >= d.experts || slots[..k].contains(&e) {
-                    continue;
-                }
-                counts[e as usize / local][e as usize % local] += 1;
-            }
+        let (sent, _) = layout(r, d.experts, d.ranks);
+        for (total, n) in per_expert.iter_mut().zip(sent.num_tokens_per_expert) {
+            *total += n;
         }
     }
-    counts
+    per_expert.chunks(d.local).map(<[i32]>::to_vec).collect()
 }
 
 fn soak_one(
@@ -341,7 +337,7 @@ mod tests {
                 .iter()
                 .map(|r| r.topk_idx.iter().filter(|&&e| e >= 0).count())
                 .sum();
-            // Distinct experts per token: every valid slot is one row.
+            // Every valid slot is one row.
             assert_eq!(counts.iter().flatten().sum::<i32>() as usize, slots);
             for (input, r) in with_rows(&spec, &pools, &a).iter().zip(&a) {
                 assert_eq!(input.x.len(), r.num_tokens * 256);
