@@ -130,7 +130,7 @@ impl Timer<'_> {
     pub fn time_all(&self, spec: &Spec, found: &mut [Variant], tokens: &[usize]) -> Result<()> {
         let start = std::time::Instant::now();
         let progress = bar(found.len(), "timing variants");
-        let mut best: Option<(String, f64)> = None;
+        let mut best = f64::INFINITY;
         for (i, v) in found.iter_mut().enumerate() {
             progress.inc(1);
             let spent = self.slowest(&[start.elapsed().as_secs_f64()])?;
@@ -165,8 +165,8 @@ impl Timer<'_> {
                 })
                 .collect();
             let sum: f64 = v.times.iter().flatten().map(Phases::total).sum();
-            if sum.is_finite() && best.as_ref().is_none_or(|(_, b)| sum < *b) {
-                best = Some((label(&v.tuning), sum));
+            if sum < best {
+                best = sum;
                 progress.set_message(format!("best so far: {} ({sum:.1} us)", label(&v.tuning)));
             }
         }
