@@ -871,6 +871,31 @@ fn soak_checks_its_calls_and_repeats_its_hash() {
         "{}",
         text(&o)
     );
+    // Seconds that bound nothing, and budgets that are no number of seconds, are refused.
+    for bad in ["-1", "0", "NaN", "inf"] {
+        let o = epc(
+            &["soak", "gpt-oss-120b-ll", &format!("--seconds={bad}")],
+            cache.path(),
+        );
+        assert!(!o.status.success(), "--seconds {bad}");
+        assert!(
+            text(&o).contains("positive, finite number of seconds"),
+            "{}",
+            text(&o)
+        );
+    }
+    for bad in ["-1", "NaN", "inf"] {
+        let o = epc(
+            &["tune", "gpt-oss-120b-ll", &format!("--budget={bad}")],
+            cache.path(),
+        );
+        assert!(!o.status.success(), "--budget {bad}");
+        assert!(
+            text(&o).contains("the timing budget is a finite number of seconds"),
+            "{}",
+            text(&o)
+        );
+    }
     if !gpu_or_skip("soak_checks_its_calls_and_repeats_its_hash") {
         return;
     }

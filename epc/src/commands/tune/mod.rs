@@ -24,7 +24,7 @@ mod winners;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use ep_codegen::Spec;
 use ep_codegen::kernels::knobs::{knobs, token_buckets, variants};
 use ep_runtime::tuning::TuningDb;
@@ -86,6 +86,18 @@ pub fn tune(args: &TuneArgs, templates: Option<&Path>) -> Result<ExitCode> {
             db.dir().display()
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    if !(args.budget.is_finite() && args.budget >= 0.0) {
+        bail!(
+            "--budget {}: the timing budget is a finite number of seconds, 0 or more",
+            args.budget
+        );
+    }
+    if !(args.budget.is_finite() && args.budget >= 0.0) {
+        bail!(
+            "--budget {}: the timing budget is a finite number of seconds, 0 or more",
+            args.budget
+        );
     }
     let placement = match Placement::for_command(&args.transport, args.ranks)? {
         Role::Here(p) => p,
