@@ -8,7 +8,8 @@
  * Without a GPU it checks the error paths and says why it skips the call (exit 0). With one,
  * it makes the built-in gpt-oss-120b-ll spec's 8 ranks on GPU 0, dispatches 64 tokens per rank
  * of x = 1, lets the "experts" return their rows unchanged, combines with weights 1/K, and
- * checks that every output element is 1 (exit 1 otherwise). Device memory comes from the CUDA
+ * checks that every output element is 1 (exit 1 otherwise); once with the hook's separate
+ * send and receive launches, once with each phase in one launch. Device memory comes from the CUDA
  * driver (libcuda, loaded at run time), so no CUDA header is needed to build it.
  */
 #include <stdint.h>
@@ -113,35 +114,50 @@ int main(void) {
 
   epcCall_t call = NULL;
   EXPECT(epcCallCreate(group, &call), epcSuccess);
-  EXPECT(epcDispatchSend(group, call, x, ids, n, NULL), epcSuccess);
-  EXPECT(epcDispatchRecv(group, call, NULL), epcSuccess);
-  /* The "experts": y = the received rows, unchanged. */
-  for (uint32_t r = 0; r < n; ++r) {
-    epcReceived_t got;
-    EXPECT(epcGetReceived(group, call, r, &got), epcSuccess);
-    size_t bytes = got.recv_x.sizes[0] * got.recv_x.sizes[1] * got.recv_x.sizes[2] * 2;
-    if (cu.dtod((uint64_t)(uintptr_t)got.y.data, (uint64_t)(uintptr_t)got.recv_x.data, bytes)) return 1;
-  }
-  EXPECT(epcCombineSend(group, call, NULL), epcSuccess);
-  EXPECT(epcCombineRecv(group, call, w, out, n, NULL), epcSuccess);
-  EXPECT(epcCheck(group, NULL), epcSuccess);
-  for (uint32_t r = 0; r < n; ++r) {
-    if (cu.dtoh(result, (uint64_t)(uintptr_t)out[r].data, t * h * 2)) return 1;
-    for (uint64_t i = 0; i < t * h; ++i) {
-      if (result[i] != 0x3F80) {
-        fprintf(stderr, "rank %u element %llu is 0x%04x, not 1.0\n", r, (unsigned long long)i, result[i]);
-        return 1;
+  /* Twice: with the hook (send, then receive), then each phase in one launch. */
+  for (int hook = 1; hook >= 0; --hook) {
+    if (hook) {
+      EXPECT(epcDispatchSend(group, call, x, ids, n, NULL), epcSuccess);
+      EXPECT(epcDispatchRecv(group, call, NULL), epcSuccess);
+    } else {
+      EXPECT(epcDispatch(group, call, x, ids, n, NULL), epcSuccess);
+    }
+    /* The "experts": y = the received rows, unchanged. */
+    for (uint32_t r = 0; r < n; ++r) {
+      epcReceived_t got;
+      EXPECT(epcGetReceived(group, call, r, &got), epcSuccess);
+      size_t bytes = got.recv_x.sizes[0] * got.recv_x.sizes[1] * got.recv_x.sizes[2] * 2;
+      if (cu.dtod((uint64_t)(uintptr_t)got.y.data, (uint64_t)(uintptr_t)got.recv_x.data, bytes)) return 1;
+    }
+    if (hook) {
+      EXPECT(epcCombineSend(group, call, NULL), epcSuccess);
+      EXPECT(epcCombineRecv(group, call, w, out, n, NULL), epcSuccess);
+    } else {
+      EXPECT(epcCombine(group, call, w, out, n, NULL), epcSuccess);
+    }
+    EXPECT(epcCheck(group, NULL), epcSuccess);
+    for (uint32_t r = 0; r < n; ++r) {
+      if (cu.dtoh(result, (uint64_t)(uintptr_t)out[r].data, t * h * 2)) return 1;
+      for (uint64_t i = 0; i < t * h; ++i) {
+        if (result[i] != 0x3F80) {
+          fprintf(stderr, "rank %u element %llu is 0x%04x, not 1.0\n", r, (unsigned long long)i, result[i]);
+          return 1;
+        }
       }
     }
+    /* Clear the outputs, so that the next round's are its own. */
+    memset(result, 0, t * h * sizeof(uint16_t));
+    for (uint32_t r = 0; r < n; ++r) {
+      if (cu.htod((uint64_t)(uintptr_t)out[r].data, result, t * h * 2)) return 1;
+    }
+    printf("dispatch and combine (%s) of %llu tokens on each of %u ranks: every output is 1\n",
+           hook ? "with the hook" : "one launch each", (unsigned long long)t, n);
   }
-  printf("dispatch and combine of %llu tokens on each of %u ranks: every output is 1\n",
-         (unsigned long long)t, n);
 
   /* A bad id is reported by epcCheck, with where it was. */
   experts[3] = (int64_t)info.experts + 5;
   if (cu.htod((uint64_t)(uintptr_t)ids[0].data, experts, t * k * 8)) return 1;
-  EXPECT(epcDispatchSend(group, call, x, ids, n, NULL), epcSuccess);
-  EXPECT(epcDispatchRecv(group, call, NULL), epcSuccess);
+  EXPECT(epcDispatch(group, call, x, ids, n, NULL), epcSuccess);
   EXPECT(epcCheck(group, NULL), epcDeviceError);
   printf("bad id: %s\n", epcGetLastError());
 

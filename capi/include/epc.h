@@ -306,6 +306,19 @@ enum epcResult_t epcDispatchSend(struct epcGroup_st *group,
                                  uint32_t n,
                                  void *stream);
 
+// A call's whole dispatch on `stream` (`epcDispatchSend` then `epcDispatchRecv`, in one
+// launch where the group's ranks fit one); the views of `epcGetReceived` are then valid on the
+// stream.
+//
+// # Safety
+// As `epcDispatchSend`.
+enum epcResult_t epcDispatch(struct epcGroup_st *group,
+                             struct epcCall_st *call,
+                             const struct epcTensor_t *x,
+                             const struct epcTensor_t *topk_idx,
+                             uint32_t n,
+                             void *stream);
+
 // Completes a call's dispatch on `stream`: waits for every rank's rows; the views of
 // `epcGetReceived` are then valid on the stream.
 //
@@ -341,6 +354,18 @@ enum epcResult_t epcCombineRecv(struct epcGroup_st *group,
                                 const struct epcTensor_t *out,
                                 uint32_t n,
                                 void *stream);
+
+// A call's whole combine on `stream` (`epcCombineSend` then `epcCombineRecv`, in one launch
+// where the group's ranks fit one).
+//
+// # Safety
+// As `epcCombineRecv`.
+enum epcResult_t epcCombine(struct epcGroup_st *group,
+                            struct epcCall_st *call,
+                            const struct epcTensor_t *topk_weights,
+                            const struct epcTensor_t *out,
+                            uint32_t n,
+                            void *stream);
 
 // Waits for `stream`, then reports the first error the group's kernels recorded (as
 // `epcDeviceError`, with the rank, token and slot in the message) and clears them. The one call

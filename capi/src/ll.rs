@@ -124,6 +124,30 @@ pub unsafe extern "C" fn epcDispatchSend(
     })
 }
 
+/// A call's whole dispatch on `stream` (`epcDispatchSend` then `epcDispatchRecv`, in one
+/// launch where the group's ranks fit one); the views of `epcGetReceived` are then valid on the
+/// stream.
+///
+/// # Safety
+/// As `epcDispatchSend`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epcDispatch(
+    group: *mut epcGroup,
+    call: *mut epcCall,
+    x: *const epcTensor_t,
+    topk_idx: *const epcTensor_t,
+    n: u32,
+    stream: *mut c_void,
+) -> epcResult_t {
+    boundary("epcDispatch", || {
+        let g = ll(group)?;
+        let c = call_mut(call)?;
+        let inputs =
+            DispatchInput::per_rank(tensors(x, n, "x")?, tensors(topk_idx, n, "topk_idx")?)?;
+        Ok(g.dispatch(c, &inputs, caller_stream(stream))?)
+    })
+}
+
 /// Completes a call's dispatch on `stream`: waits for every rank's rows; the views of
 /// `epcGetReceived` are then valid on the stream.
 ///
@@ -218,6 +242,31 @@ pub unsafe extern "C" fn epcCombineRecv(
             tensors(out, n, "out")?,
         )?;
         Ok(g.combine_recv(c, &inputs, caller_stream(stream))?)
+    })
+}
+
+/// A call's whole combine on `stream` (`epcCombineSend` then `epcCombineRecv`, in one launch
+/// where the group's ranks fit one).
+///
+/// # Safety
+/// As `epcCombineRecv`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epcCombine(
+    group: *mut epcGroup,
+    call: *mut epcCall,
+    topk_weights: *const epcTensor_t,
+    out: *const epcTensor_t,
+    n: u32,
+    stream: *mut c_void,
+) -> epcResult_t {
+    boundary("epcCombine", || {
+        let g = ll(group)?;
+        let c = call_mut(call)?;
+        let inputs = CombineInput::per_rank(
+            tensors(topk_weights, n, "topk_weights")?,
+            tensors(out, n, "out")?,
+        )?;
+        Ok(g.combine(c, &inputs, caller_stream(stream))?)
     })
 }
 

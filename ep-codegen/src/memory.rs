@@ -472,7 +472,7 @@ mod tests {
         assert_eq!(p.window, 2 * half);
         assert_eq!(p.window, Window::of(&s).bytes());
         assert_eq!(p.staging, 0);
-        assert_eq!(p.workspace, 4 * (2 * 16 + 4 + 8 + 32 * 2));
+        assert_eq!(p.workspace, 4 * (2 + 8 + 2 * 32 * 2));
         assert_eq!(p.workspace, 4 * u64::from(workspace_ints(&s)));
         // call state: 16 bytes, recv_count [4] at 16, dispatch_row [32 x 2] int2 at 32.
         assert_eq!(p.call_state, 2 * (32u64 + 8 * 64).div_ceil(256) * 256);

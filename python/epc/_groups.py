@@ -100,6 +100,13 @@ class _GroupBase:
         n = len(self.ranks)
         self._raw.dispatch_send(call._raw, _list(x, n, "x"), _list(topk_idx, n, "topk_idx"), _stream(stream))
 
+    def dispatch(self, call: Call, x: Sequence[Any], topk_idx: Sequence[Any], stream: Any = None) -> List[Dict[str, Any]]:
+        """A whole low-latency dispatch (send and receive in one launch where the ranks fit
+        one); returns each local rank's received views, as ``dispatch_recv`` does."""
+        n = len(self.ranks)
+        self._raw.dispatch(call._raw, _list(x, n, "x"), _list(topk_idx, n, "topk_idx"), _stream(stream))
+        return [self._views(self._raw.received(call._raw, i)) for i in range(n)]
+
     def dispatch_recv(self, call: Call, stream: Any = None) -> List[Dict[str, Any]]:
         """Completes the dispatch; returns each local rank's received views: ``recv_x
         [L, R*M, H]``, ``recv_scales`` (FP8) , ``recv_count [L]``, ``recv_src [L, R*M]``,
@@ -116,6 +123,14 @@ class _GroupBase:
         [T, K]`` (f32) in slot order."""
         n = len(self.ranks)
         self._raw.combine_recv(
+            call._raw, _list(topk_weights, n, "topk_weights"), _list(out, n, "out"), _stream(stream)
+        )
+
+    def combine(self, call: Call, topk_weights: Sequence[Any], out: Sequence[Any], stream: Any = None) -> None:
+        """A whole low-latency combine (``combine_send`` and ``combine_recv`` in one launch where
+        the ranks fit one)."""
+        n = len(self.ranks)
+        self._raw.combine(
             call._raw, _list(topk_weights, n, "topk_weights"), _list(out, n, "out"), _stream(stream)
         )
 

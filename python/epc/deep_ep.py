@@ -294,16 +294,21 @@ class Buffer:
                                 _index_name(topk_idx.dtype), use_fp8, use_ue8m0 or round_scale)
         group = self._group(spec)
         call = self._call(group)
-        group.dispatch_send(call, x, topk_idx)
-        views = group._views(group._raw.received(call._raw, 0))
 
-        def receive() -> None:
-            group._raw.dispatch_recv(call._raw, _torch().cuda.current_stream().cuda_stream)
+        def stats() -> None:
             if cumulative_local_expert_recv_stats is not None:
                 cumulative_local_expert_recv_stats.add_(views["recv_count"])
 
-        if not return_recv_hook:
-            receive()
+        def receive() -> None:
+            group._raw.dispatch_recv(call._raw, _torch().cuda.current_stream().cuda_stream)
+            stats()
+
+        if return_recv_hook:
+            group.dispatch_send(call, x, topk_idx)
+            views = group._views(group._raw.received(call._raw, 0))
+        else:
+            views = group.dispatch(call, [x], [topk_idx])[0]
+            stats()
         recv_x = (views["recv_x"], views["recv_scales"]) if use_fp8 else views["recv_x"]
         handle = _LowLatencyHandle(group, call, views, x.shape[0])
         return recv_x, views["recv_count"], handle, _event(), (receive if return_recv_hook else (lambda: None))
@@ -324,13 +329,14 @@ class Buffer:
         group, call = handle.group, handle.call
         if not zero_copy and x.data_ptr() != handle.views["y"].data_ptr():
             handle.views["y"].copy_(x)
-        group.combine_send(call)
         if out is None:
             out = torch.empty(handle.tokens, x.shape[2], dtype=x.dtype, device=x.device)
 
         def receive() -> None:
             group.combine_recv(call, topk_weights.float(), out)
 
-        if not return_recv_hook:
-            receive()
+        if return_recv_hook:
+            group.combine_send(call)
+        else:
+            group.combine(call, topk_weights.float(), out)
         return out, _event(), (receive if return_recv_hook else (lambda: None))

@@ -83,6 +83,32 @@ impl PyGroup {
         }
     }
 
+    /// Each local rank's dispatch inputs from lists of tensors.
+    fn dispatch_inputs(
+        &self,
+        x: &Bound<'_, PyAny>,
+        topk_idx: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<DispatchInput>> {
+        DispatchInput::per_rank(
+            tensors(x, "x", self.device)?,
+            tensors(topk_idx, "topk_idx", self.device)?,
+        )
+        .map_err(to_py)
+    }
+
+    /// Each local rank's combine inputs from lists of tensors.
+    fn combine_inputs(
+        &self,
+        topk_weights: &Bound<'_, PyAny>,
+        out: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<CombineInput>> {
+        CombineInput::per_rank(
+            tensors(topk_weights, "topk_weights", self.device)?,
+            tensors(out, "out", self.device)?,
+        )
+        .map_err(to_py)
+    }
+
     fn views<'py>(
         slf: &Bound<'py, PyGroup>,
         views: Vec<(&'static str, Option<Tensor>)>,
@@ -184,14 +210,23 @@ impl PyGroup {
         topk_idx: &Bound<'_, PyAny>,
         stream_: usize,
     ) -> PyResult<()> {
-        let device = self.device;
-        let inputs = DispatchInput::per_rank(
-            tensors(x, "x", device)?,
-            tensors(topk_idx, "topk_idx", device)?,
-        )
-        .map_err(to_py)?;
+        let inputs = self.dispatch_inputs(x, topk_idx)?;
         self.ll()?
             .dispatch_send(&mut call.call, &inputs, stream(stream_))
+            .map_err(to_py)
+    }
+
+    /// Low-latency dispatch, send and receive in one launch.
+    fn dispatch(
+        &mut self,
+        call: &mut PyCall,
+        x: &Bound<'_, PyAny>,
+        topk_idx: &Bound<'_, PyAny>,
+        stream_: usize,
+    ) -> PyResult<()> {
+        let inputs = self.dispatch_inputs(x, topk_idx)?;
+        self.ll()?
+            .dispatch(&mut call.call, &inputs, stream(stream_))
             .map_err(to_py)
     }
 
@@ -241,14 +276,23 @@ impl PyGroup {
         out: &Bound<'_, PyAny>,
         stream_: usize,
     ) -> PyResult<()> {
-        let device = self.device;
-        let inputs = CombineInput::per_rank(
-            tensors(topk_weights, "topk_weights", device)?,
-            tensors(out, "out", device)?,
-        )
-        .map_err(to_py)?;
+        let inputs = self.combine_inputs(topk_weights, out)?;
         self.ll()?
             .combine_recv(&call.call, &inputs, stream(stream_))
+            .map_err(to_py)
+    }
+
+    /// Low-latency combine, send and receive in one launch.
+    fn combine(
+        &mut self,
+        call: &PyCall,
+        topk_weights: &Bound<'_, PyAny>,
+        out: &Bound<'_, PyAny>,
+        stream_: usize,
+    ) -> PyResult<()> {
+        let inputs = self.combine_inputs(topk_weights, out)?;
+        self.ll()?
+            .combine(&call.call, &inputs, stream(stream_))
             .map_err(to_py)
     }
 

@@ -80,6 +80,15 @@ fn inputs_with_tokens(spec: &Spec, i: usize, tokens: &[usize]) -> Vec<RankInput>
 }
 
 /// One whole call through `ll`, checked against the reference.
+/// How a call's phases are launched.
+#[derive(Clone, Copy, PartialEq)]
+enum Launches {
+    /// Each phase in one launch (`LowLatency::dispatch`, `combine`).
+    OnePerPhase,
+    /// The hook's separate send and receive launches.
+    Hook,
+}
+
 fn run_and_check(
     ll: &mut LowLatency,
     call: &mut HostCall,
@@ -87,17 +96,36 @@ fn run_and_check(
     inputs: &[RankInput],
     what: &str,
 ) {
+    run_and_check_as(ll, call, spec, inputs, what, Launches::OnePerPhase);
+}
+
+fn run_and_check_as(
+    ll: &mut LowLatency,
+    call: &mut HostCall,
+    spec: &Spec,
+    inputs: &[RankInput],
+    what: &str,
+    launches: Launches,
+) {
     call.set_inputs(ll.gpu(), inputs).unwrap();
-    ll.dispatch_send(call).unwrap();
-    ll.dispatch_recv(call).unwrap();
+    if launches == Launches::Hook {
+        ll.dispatch_send(call).unwrap();
+        ll.dispatch_recv(call).unwrap();
+    } else {
+        ll.dispatch(call).unwrap();
+    }
     let got = ll
         .dispatched(call)
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     check_dispatch(spec, inputs, &got, what);
     ll.set_expert_outputs(call, &expert_outputs(spec, &got))
         .unwrap();
-    ll.combine_send(call).unwrap();
-    ll.combine_recv(call).unwrap();
+    if launches == Launches::Hook {
+        ll.combine_send(call).unwrap();
+        ll.combine_recv(call).unwrap();
+    } else {
+        ll.combine(call).unwrap();
+    }
     let out = ll.combined(call).unwrap_or_else(|e| panic!("{what}: {e}"));
     check_combine(spec, inputs, &out, what);
 }
@@ -119,10 +147,34 @@ fn ll_dispatch_and_combine_match_the_reference() {
         for i in 0..routings {
             let inputs = inputs_for(&spec, i);
             let what = format!("{} routing {i}", spec.name());
-            run_and_check(&mut ll, &mut call, &spec, &inputs, &what);
+            // Odd routings with the hook's launches, even ones a launch per phase.
+            let launches = [Launches::OnePerPhase, Launches::Hook][i % 2];
+            run_and_check_as(&mut ll, &mut call, &spec, &inputs, &what, launches);
         }
         eprintln!("{}: {routings} routings match", spec.name());
     }
+}
+
+#[test]
+fn more_ranks_than_one_launch_holds_take_two_launches_per_phase() {
+    let test = "more_ranks_than_one_launch_holds_take_two_launches_per_phase";
+    let Some((gpu, jit, _dir)) = gpu_jit_or_skip(test) else {
+        return;
+    };
+    // 128 virtual ranks: two launches of 64 per step, so a phase cannot wait inside one
+    // launch for every rank and runs as send, then receive.
+    let spec = spec(128, 256, 2, 128, "bf16", "i64");
+    if gpu.sms() < ep_codegen::kernels::ll::MAX_LAUNCH_RANKS {
+        eprintln!("SKIP {test}: fewer SMs than ranks in one launch");
+        return;
+    }
+    let mut ll = LowLatency::new(&gpu, &jit, &renderer(), &spec).unwrap();
+    let mut call = ll.new_call().unwrap();
+    for i in 0..4 {
+        let inputs = inputs_for(&spec, i);
+        run_and_check(&mut ll, &mut call, &spec, &inputs, &format!("routing {i}"));
+    }
+    eprintln!("{test}: 4 routings on 128 ranks match");
 }
 
 #[test]

@@ -7,9 +7,13 @@
 //!   `recv_src [L][R*M]` (int: source `s * M + t`): dispatch's outputs;
 //! - `y [L][R*M][H]`: the experts' outputs, which combine reads from the peers (pull);
 //! - `counter [L]`: rows reserved so far per local expert (senders add with system atomics,
-//!   the receive reads and resets it);
+//!   the receive resets it);
 //! - `range [L][R]` (int2: first row, rows) written by each sender;
-//! - dispatch flags `[R]` and combine flags `[R]` (u64: epoch << 32 | 1), one per peer.
+//! - dispatch flags `[L][R]` (u64: epoch << 32 | rows), one per (local expert, source), raised
+//!   by the source's block that owns the expert once it has reserved the rows;
+//! - dispatch done counters `[L][R]` (int): 256-channel chunks of rows landed, one added per
+//!   chunk by the source's warps (the receive waits for rows x chunks per row, then resets it);
+//! - combine flags `[R]` (u64: epoch << 32 | 1), one per peer.
 //!
 //! Which half a call uses is a property of the call (its [`CallLayout`] state says so to the
 //! kernels), not of its epoch, so the views a caller holds into a call's half keep their
@@ -56,6 +60,8 @@ pub struct Window {
     pub range_offset: u64,
     /// Dispatch flags.
     pub dispatch_flags_offset: u64,
+    /// Dispatch done counters.
+    pub dispatch_done_offset: u64,
     /// Combine flags.
     pub combine_flags_offset: u64,
     /// Bytes of one half.
@@ -88,7 +94,8 @@ impl Window {
         );
         let range_offset = align(counter_offset + l * 4, 256);
         let dispatch_flags_offset = align(range_offset + l * r * 8, 256);
-        let combine_flags_offset = align(dispatch_flags_offset + r * 8, 256);
+        let dispatch_done_offset = align(dispatch_flags_offset + l * r * 8, 256);
+        let combine_flags_offset = align(dispatch_done_offset + l * r * 4, 256);
         let half_bytes = align(combine_flags_offset + r * 8, 4096);
         let staged_scales_offset = align(payload_bytes, 16);
         let staged_bytes = if scale_count == 0 {
@@ -109,6 +116,7 @@ impl Window {
             counter_offset,
             range_offset,
             dispatch_flags_offset,
+            dispatch_done_offset,
             combine_flags_offset,
             half_bytes,
         }
@@ -183,17 +191,15 @@ pub fn launch_args_bytes(spec: &Spec) -> usize {
 /// Error words per rank (see [`error_code`] for what they hold).
 pub const ERROR_WORDS: u32 = 8;
 
-/// Ints of per-rank workspace: per-expert counts and bases `[E]` each, the last epoch, the
-/// bases-ready epoch, two done counters, [`ERROR_WORDS`] error words and each selection's slot
-/// `[M * K]`.
+/// Ints of per-rank workspace: the last epoch, the send's done counter, [`ERROR_WORDS`] error
+/// words, then each selection's row `[M * K]` (u64: epoch << 32 | row + 1, 0 for none; the
+/// owner of its expert writes it, the warps that copy the token read it).
 pub fn workspace_ints(spec: &Spec) -> u32 {
-    2 * spec.experts + 4 + ERROR_WORDS + spec.max_tokens_per_rank * spec.top_k
+    2 + ERROR_WORDS + 2 * spec.max_tokens_per_rank * spec.top_k
 }
 
 /// Index of the error words inside a rank's workspace.
-pub fn errors_offset(spec: &Spec) -> u32 {
-    2 * spec.experts + 4
-}
+pub const ERRORS_OFFSET: u32 = 2;
 
 /// Error codes the kernels write into `errors[0]` (the first error of a rank wins); `errors[1]`
 /// holds its detail. Bad expert ids also keep, whatever came first: `errors[2]` how many slots
@@ -208,8 +214,9 @@ pub mod error_code {
     pub const BAD_EXPERT: i32 = 3;
     /// A receive region overflowed (a previous call was never received); detail = expert.
     pub const OVERFLOW: i32 = 4;
-    /// The blocks of a rank did not meet in time (not co-resident); detail = rank.
-    pub const BARRIER_TIMEOUT: i32 = 5;
+    /// A selection's row, reserved by the block that owns its expert, did not reach the warps
+    /// that copy the token in time (the blocks are not co-resident); detail = rank.
+    pub const ROW_TIMEOUT: i32 = 5;
 }
 
 /// Constants, strings, flags and threads shared by the LL kernels.
@@ -242,6 +249,7 @@ fn common(spec: &Spec) -> Common {
         ("counter_offset", as_i64(w.counter_offset)),
         ("range_offset", as_i64(w.range_offset)),
         ("dispatch_flags_offset", as_i64(w.dispatch_flags_offset)),
+        ("dispatch_done_offset", as_i64(w.dispatch_done_offset)),
         ("combine_flags_offset", as_i64(w.combine_flags_offset)),
         ("half_bytes", as_i64(w.half_bytes)),
         ("staged_scales_offset", as_i64(w.staged_scales_offset)),
@@ -282,17 +290,24 @@ fn args_param(entry: &str) -> Param {
     }
 }
 
-/// A plan of the LL family `name` (`ll_dispatch`, `ll_combine`) with send and receive entries.
+/// A plan of the LL family `name` (`ll_dispatch`, `ll_combine`) with three entries: send and
+/// receive (two launches, for a caller that runs work between them: the hook), and both in one
+/// launch (`epc_{name}`).
 fn plan(spec: &Spec, name: &'static str, template: &'static str, title: String) -> KernelPlan {
     let (constants, strings, flags, threads) = common(spec);
     let send = format!("epc_{name}_send");
     let recv = format!("epc_{name}_recv");
-    let params = vec![args_param(&send), args_param(&recv)];
+    let fused = format!("epc_{name}");
+    let params = vec![args_param(&send), args_param(&recv), args_param(&fused)];
     KernelPlan {
         name,
         title,
         template,
-        entries: vec![("entry_send", send), ("entry_recv", recv)],
+        entries: vec![
+            ("entry_send", send),
+            ("entry_recv", recv),
+            ("entry_fused", fused),
+        ],
         constants,
         strings,
         flags,
@@ -378,7 +393,10 @@ mod tests {
                 (w.y_offset, rows * u64::from(s.hidden) * 2),
                 (w.counter_offset, u64::from(s.local_experts()) * 4),
                 (w.range_offset, u64::from(s.local_experts() * s.ranks) * 8),
-                (w.dispatch_flags_offset, u64::from(s.ranks) * 8),
+                (
+                    w.dispatch_flags_offset,
+                    u64::from(s.local_experts() * s.ranks) * 8,
+                ),
                 (w.combine_flags_offset, u64::from(s.ranks) * 8),
             ];
             for pair in regions.windows(2) {

@@ -113,8 +113,8 @@ pub fn all(args: &AllArgs, templates: Option<&Path>) -> Result<ExitCode> {
             format!(
                 "{:>9} {:>14.2} {:>13.2}",
                 format!("{}/{}", l.ranks, spec.ranks()),
-                l.times.dispatch(),
-                l.times.combine()
+                l.times.dispatch,
+                l.times.combine
             )
         } else {
             // Notify, dispatch and combine on the ranks that fit (each holds a whole window).

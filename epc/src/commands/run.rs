@@ -80,8 +80,8 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
             let l = verify_ll_on(&mut ll, &runnable, &plan)?;
             println!(
                 "{:<24} {} of {}, {} the reference (dispatch and combine); \
-                 at T={}: dispatch {:.2} us (send {:.2} + receive {:.2}), combine {:.2} us \
-                 (send {:.2} + receive {:.2})",
+                 at T={}: dispatch {:.2} us (with the hook: send {:.2} + receive {:.2}), \
+                 combine {:.2} us (with the hook: send {:.2} + receive {:.2})",
                 spec.name(),
                 l.ranks,
                 count(spec.ranks() as usize, "rank"),
@@ -91,10 +91,10 @@ pub fn run(args: &RunArgs, templates: Option<&Path>) -> Result<ExitCode> {
                     format!("{} calls match", l.routings)
                 },
                 m,
-                l.times.dispatch(),
+                l.times.dispatch,
                 l.times.dispatch_send,
                 l.times.dispatch_recv,
-                l.times.combine(),
+                l.times.combine,
                 l.times.combine_send,
                 l.times.combine_recv
             );

@@ -251,8 +251,7 @@ impl Call<'_> {
     fn run(&self, ll: &mut LowLatency, call: &mut HostCall, hash: &mut Sha256) -> Result<()> {
         let spec = self.spec;
         call.set_routings(self.gpu, self.routings)?;
-        ll.dispatch_send(call)?;
-        ll.dispatch_recv(call)?;
+        ll.dispatch(call)?;
         let want = expected_counts(spec, self.routings);
         let Some(inputs) = self.inputs else {
             let counts = ll.received_counts(call)?;
@@ -264,8 +263,7 @@ impl Call<'_> {
                     "received counts differ from the routing's: {counts:?} != {want:?}"
                 ));
             }
-            ll.combine_send(call)?;
-            return Ok(ll.combine_recv(call)?);
+            return Ok(ll.combine(call)?);
         };
         let got = ll.dispatched(call)?;
         for g in &got {
@@ -276,8 +274,7 @@ impl Call<'_> {
         }
         check_dispatch(spec, inputs, &got).map_err(|e| anyhow!("dispatch: {e}"))?;
         ll.set_expert_outputs(call, &expert_outputs(spec, &got))?;
-        ll.combine_send(call)?;
-        ll.combine_recv(call)?;
+        ll.combine(call)?;
         let out = ll.combined(call)?;
         for rank in &out {
             for v in rank {

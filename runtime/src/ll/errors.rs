@@ -3,7 +3,7 @@
 
 use cudarc::driver::CudaSlice;
 use ep_codegen::Spec;
-use ep_codegen::kernels::ll::{ERROR_WORDS, error_code, errors_offset, workspace_ints};
+use ep_codegen::kernels::ll::{ERROR_WORDS, ERRORS_OFFSET, error_code, workspace_ints};
 
 use crate::error::CudaContextExt;
 use crate::{Error, Gpu};
@@ -19,7 +19,7 @@ pub(crate) fn read_errors(
 ) -> Result<(), Error> {
     let stream = gpu.stream();
     let stride = workspace_ints(spec) as usize;
-    let at = errors_offset(spec) as usize;
+    let at = ERRORS_OFFSET as usize;
     let n = ERROR_WORDS as usize;
     let mut first = None;
     for (i, &rank) in ranks.iter().enumerate() {
@@ -75,7 +75,7 @@ fn decode(spec: &Spec, rank: usize, e: &[i32; ERROR_WORDS as usize]) -> Error {
         )),
         _ => Error::Timeout {
             rank,
-            phase: "dispatch send (blocks of a rank did not meet)",
+            phase: "dispatch send (a row reserved by another block of the rank never came)",
             peer: rank,
         },
     }

@@ -32,9 +32,14 @@ impl LlGraphs {
     }
 }
 
-/// Mean time of each launch of a call, in microseconds.
+/// Mean time of each phase of a call, in microseconds: in one launch each, and as the hook's
+/// four launches.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PhaseTimes {
+    /// Dispatch in one launch ([`LlGroup::dispatch`](super::LlGroup::dispatch)).
+    pub dispatch: f64,
+    /// Combine in one launch.
+    pub combine: f64,
     /// Dispatch send.
     pub dispatch_send: f64,
     /// Dispatch receive.
@@ -46,13 +51,13 @@ pub struct PhaseTimes {
 }
 
 impl PhaseTimes {
-    /// Dispatch, send and receive.
-    pub fn dispatch(&self) -> f64 {
+    /// Dispatch with the hook: send and receive.
+    pub fn hook_dispatch(&self) -> f64 {
         self.dispatch_send + self.dispatch_recv
     }
 
-    /// Combine, send and receive.
-    pub fn combine(&self) -> f64 {
+    /// Combine with the hook: send and receive.
+    pub fn hook_combine(&self) -> f64 {
         self.combine_send + self.combine_recv
     }
 }
@@ -69,7 +74,7 @@ pub struct GraphTimes {
 /// The launch floor under a call ([`LowLatency::time_launch_floor`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LaunchFloor {
-    /// The four empty launches, each timed as a call's launch is.
+    /// The empty launches, each timed as a call's launch is.
     pub launches: PhaseTimes,
     /// The empty launches of each phase replayed as a graph.
     pub graphs: GraphTimes,
@@ -129,26 +134,20 @@ fn capture_graph(
 }
 
 impl LowLatency {
-    /// Captures a call's launches into two CUDA graphs on the GPU's stream: dispatch (send and
-    /// receive) and combine (send and receive). Replays need no host work: new inputs written
+    /// Captures a call's launches into two CUDA graphs on the GPU's stream: dispatch and
+    /// combine, each as [`LowLatency::dispatch`] and [`LowLatency::combine`] launch it. Replays need no host work: new inputs written
     /// with [`HostCall::set_inputs`] (the same token counts) are picked up, and each dispatch
     /// replay starts a new call on the same window half.
     pub fn capture(&mut self, call: &mut HostCall) -> Result<LlGraphs, Error> {
         let stream = self.gpu().stream().clone();
-        let dispatch = capture_graph(&stream, "dispatch", || {
-            self.dispatch_send(call)?;
-            self.dispatch_recv(call)
-        })?;
-        let combine = capture_graph(&stream, "combine", || {
-            self.combine_send(call)?;
-            self.combine_recv(call)
-        })?;
+        let dispatch = capture_graph(&stream, "dispatch", || self.dispatch(call))?;
+        let combine = capture_graph(&stream, "combine", || self.combine(call))?;
         Ok(LlGraphs { dispatch, combine })
     }
 
     /// Times whole calls on the current inputs of `call`: `warmup` calls, then `iters` calls
-    /// with an event between each of the four launches. Returns the mean of each launch in
-    /// microseconds; checks for errors.
+    /// with an event between phases; then the same with the hook's four launches, an event
+    /// between each. Returns the means in microseconds; checks for errors.
     pub fn time_phases(
         &mut self,
         call: &mut HostCall,
@@ -156,6 +155,10 @@ impl LowLatency {
         iters: usize,
     ) -> Result<PhaseTimes, Error> {
         let gpu = self.gpu().clone();
+        let one = time_steps(&gpu, warmup, iters, 2, &mut |step| match step {
+            0 => self.dispatch(call),
+            _ => self.combine(call),
+        })?;
         let t = time_steps(&gpu, warmup, iters, 4, &mut |step| match step {
             0 => self.dispatch_send(call),
             1 => self.dispatch_recv(call),
@@ -164,6 +167,8 @@ impl LowLatency {
         })?;
         self.check()?;
         Ok(PhaseTimes {
+            dispatch: one[0],
+            combine: one[1],
             dispatch_send: t[0],
             dispatch_recv: t[1],
             combine_send: t[2],
@@ -193,8 +198,8 @@ impl LowLatency {
         })
     }
 
-    /// The launch floor under `call`'s phases: its four launches made with empty kernels of
-    /// the same parameter on the same grids (`empty`: the spec's rendered
+    /// The launch floor under `call`'s phases: its launches (one per phase, and the hook's
+    /// four) made with empty kernels of the same parameter on the same grids (`empty`: the spec's rendered
     /// [`ep_codegen::kernels::ll::empty_plan`]), timed as [`LowLatency::time_phases`] times
     /// the real ones, and as CUDA graphs as [`LowLatency::time_graphs`] replays them. Needs a
     /// dispatch of `call` first (its tokens pick the grids).
@@ -213,31 +218,36 @@ impl LowLatency {
             )));
         }
         let gpu = self.gpu().clone();
-        let [send, recv] = <[CudaFunction; 2]>::try_from(jit.load(&gpu, empty)?.functions)
+        let [send, recv, fused] = <[CudaFunction; 3]>::try_from(jit.load(&gpu, empty)?.functions)
             .map_err(|_| {
-                Error::Input("the empty kernels need a send and a receive entry".into())
-            })?;
+            Error::Input("the empty kernels need a send, a receive and a one-launch entry".into())
+        })?;
         let cuda = gpu.stream().clone();
         let stream = Stream::from(&*cuda);
         let group = &*self.group();
         let llcall = call.call();
         let launch = |step: usize| -> Result<(), Error> {
             let (f, which) = match step {
-                0 => (&send, LlLaunch::DispatchSend),
-                1 => (&recv, LlLaunch::DispatchRecv),
-                2 => (&recv, LlLaunch::CombineSend),
+                0 => (&fused, LlLaunch::Dispatch),
+                1 => (&fused, LlLaunch::Combine),
+                2 => (&send, LlLaunch::DispatchSend),
+                3 => (&recv, LlLaunch::DispatchRecv),
+                4 => (&recv, LlLaunch::CombineSend),
                 _ => (&send, LlLaunch::CombineRecv),
             };
             group.launch_like(f, llcall, which, stream)
         };
-        let t = time_steps(&gpu, warmup, iters, 4, &mut |step| launch(step))?;
-        let graph = |first: usize| {
-            capture_graph(&cuda, "empty launches", || {
-                launch(first)?;
-                launch(first + 1)
-            })
+        // A phase is one launch where the group's ranks fit one, else the hook's two.
+        let phase: [&[usize]; 2] = if group.one_launch() {
+            [&[0], &[1]]
+        } else {
+            [&[2, 3], &[4, 5]]
         };
-        let (dispatch, combine) = (graph(0)?, graph(2)?);
+        let run = |steps: &[usize]| steps.iter().try_for_each(|&step| launch(step));
+        let one = time_steps(&gpu, warmup, iters, 2, &mut |step| run(phase[step]))?;
+        let t = time_steps(&gpu, warmup, iters, 4, &mut |step| launch(step + 2))?;
+        let graph = |step: usize| capture_graph(&cuda, "empty launches", || run(phase[step]));
+        let (dispatch, combine) = (graph(0)?, graph(1)?);
         let g = time_steps(&gpu, warmup, iters, 2, &mut |step| {
             if step == 0 { &dispatch } else { &combine }
                 .launch()
@@ -245,6 +255,8 @@ impl LowLatency {
         })?;
         Ok(LaunchFloor {
             launches: PhaseTimes {
+                dispatch: one[0],
+                combine: one[1],
                 dispatch_send: t[0],
                 dispatch_recv: t[1],
                 combine_send: t[2],

@@ -234,11 +234,39 @@ impl LlGroup {
     /// `inputs[i]` belongs to `ranks()[i]`: `x [T, H]` (the activation dtype) and
     /// `topk_idx [T, K]` (the spec's index dtype), `T <= max_tokens_per_rank`, chosen per rank.
     /// Ids outside `[-1, E)` are skipped (nothing is written for them) and recorded as an
-    /// error that [`LlGroup::check`] reports.
+    /// error that [`LlGroup::check`] reports. [`LlGroup::dispatch_recv`] completes it: work
+    /// may run between the two (the hook); [`LlGroup::dispatch`] does both in one launch.
     pub fn dispatch_send(
         &self,
         call: &mut LlCall,
         inputs: &[DispatchInput],
+        stream: Stream<'_>,
+    ) -> Result<(), Error> {
+        self.start_dispatch(call, inputs, Entry::Send, stream)
+    }
+
+    /// A whole dispatch ([`LlGroup::dispatch_send`], then [`LlGroup::dispatch_recv`]) in one
+    /// launch where the group's ranks fit one (over NCCL, and up to `launch_ranks` virtual
+    /// ranks), else in two. The call's [`LlCall::received`] views are then valid on `stream`.
+    pub fn dispatch(
+        &self,
+        call: &mut LlCall,
+        inputs: &[DispatchInput],
+        stream: Stream<'_>,
+    ) -> Result<(), Error> {
+        if self.one_launch() {
+            return self.start_dispatch(call, inputs, Entry::Fused, stream);
+        }
+        self.start_dispatch(call, inputs, Entry::Send, stream)?;
+        self.dispatch_recv(call, stream)
+    }
+
+    /// Checks a dispatch's inputs and launches its send (`Entry::Send`) or the whole of it.
+    fn start_dispatch(
+        &self,
+        call: &mut LlCall,
+        inputs: &[DispatchInput],
+        entry: Entry,
         stream: Stream<'_>,
     ) -> Result<(), Error> {
         call.belongs_to(self)?;
@@ -270,7 +298,7 @@ impl LlGroup {
             ..self.rank_args(call, i, lr)
         };
         let k = self.kernels_for(inputs.iter().map(|i| i.x.shape()[0]).max().unwrap_or(0));
-        self.launch_all(&k.dispatch[0], k.send_grid(), &args, stream)?;
+        self.launch_all(&k.dispatch[entry as usize], k.send_grid(), &args, stream)?;
         call.sent(inputs.iter().map(|i| i.x.shape()[0]));
         Ok(())
     }
@@ -282,7 +310,12 @@ impl LlGroup {
         call.require_sent("dispatch_recv")?;
         let args = |i: usize, lr: &LocalRank| self.rank_args(call, i, lr);
         let k = self.call_kernels(call);
-        self.launch_all(&k.dispatch[1], k.recv_grid(), &args, stream)
+        self.launch_all(
+            &k.dispatch[Entry::Recv as usize],
+            k.recv_grid(),
+            &args,
+            stream,
+        )
     }
 
     /// Announces that this group's experts have written the call's `y` (on `stream`).
@@ -291,20 +324,52 @@ impl LlGroup {
         call.require_sent("combine_send")?;
         let args = |i: usize, lr: &LocalRank| self.rank_args(call, i, lr);
         let k = self.call_kernels(call);
-        self.launch_all(&k.combine[0], k.recv_grid(), &args, stream)
+        self.launch_all(
+            &k.combine[Entry::Send as usize],
+            k.recv_grid(),
+            &args,
+            stream,
+        )
     }
 
     /// Pulls the experts' rows of each rank's tokens and reduces them into `out [T, H]`:
     /// `out[t] = sum over k of topk_weights[t, k] * y(row of t, k)` in f32, k in order. `T` is the
-    /// call's dispatch's; `inputs[i]` belongs to `ranks()[i]`.
+    /// call's dispatch's; `inputs[i]` belongs to `ranks()[i]`. Follows
+    /// [`LlGroup::combine_send`]; [`LlGroup::combine`] does both in one launch.
     pub fn combine_recv(
         &self,
         call: &LlCall,
         inputs: &[CombineInput],
         stream: Stream<'_>,
     ) -> Result<(), Error> {
+        self.finish_combine(call, inputs, Entry::Recv, stream)
+    }
+
+    /// A whole combine ([`LlGroup::combine_send`], then [`LlGroup::combine_recv`]) in one launch
+    /// where the group's ranks fit one, else in two.
+    pub fn combine(
+        &self,
+        call: &LlCall,
+        inputs: &[CombineInput],
+        stream: Stream<'_>,
+    ) -> Result<(), Error> {
+        if self.one_launch() {
+            return self.finish_combine(call, inputs, Entry::Fused, stream);
+        }
+        self.combine_send(call, stream)?;
+        self.finish_combine(call, inputs, Entry::Recv, stream)
+    }
+
+    /// Checks a combine's inputs and launches its receive (`Entry::Recv`) or the whole of it.
+    fn finish_combine(
+        &self,
+        call: &LlCall,
+        inputs: &[CombineInput],
+        entry: Entry,
+        stream: Stream<'_>,
+    ) -> Result<(), Error> {
         call.belongs_to(self)?;
-        call.require_sent("combine_recv")?;
+        call.require_sent("combine")?;
         self.expect_ranks(inputs.len(), "combine inputs")?;
         let (h, k) = (self.spec.hidden() as usize, self.spec.top_k() as usize);
         for (i, input) in inputs.iter().enumerate() {
@@ -321,7 +386,7 @@ impl LlGroup {
             ..self.rank_args(call, i, lr)
         };
         let k = self.call_kernels(call);
-        self.launch_all(&k.combine[1], k.send_grid(), &args, stream)
+        self.launch_all(&k.combine[entry as usize], k.send_grid(), &args, stream)
     }
 
     /// Waits for `stream`, then reports the first error the kernels recorded (the lowest rank's)
@@ -382,11 +447,20 @@ impl LlGroup {
         call.require_sent("a launch like the call's")?;
         let k = self.call_kernels(call);
         let grid = match launch {
-            LlLaunch::DispatchSend | LlLaunch::CombineRecv => k.send_grid(),
+            LlLaunch::Dispatch
+            | LlLaunch::Combine
+            | LlLaunch::DispatchSend
+            | LlLaunch::CombineRecv => k.send_grid(),
             LlLaunch::DispatchRecv | LlLaunch::CombineSend => k.recv_grid(),
         };
         let args = |i: usize, lr: &LocalRank| self.rank_args(call, i, lr);
         self.launch_all(f, grid, &args, stream)
+    }
+
+    /// Whether every local rank fits one launch, so that a phase can wait inside its one
+    /// launch for the others (their blocks are co-resident).
+    pub(crate) fn one_launch(&self) -> bool {
+        self.ranks.len() <= launch_ranks(&self.spec) as usize
     }
 
     /// The kernels of a call's dispatch (the bucket of its largest rank's tokens).
@@ -494,9 +568,13 @@ impl LlGroup {
     }
 }
 
-/// One of a call's four launches, in order.
+/// One of a call's launches: a phase in one launch, or one of the hook's four.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LlLaunch {
+    /// Dispatch in one launch (cooperative).
+    Dispatch,
+    /// Combine in one launch (cooperative).
+    Combine,
     /// Dispatch send (cooperative).
     DispatchSend,
     /// Dispatch receive.
@@ -507,13 +585,24 @@ pub(crate) enum LlLaunch {
     CombineRecv,
 }
 
+/// The entries of each LL kernel family, in the order the plans declare them.
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    /// The send alone.
+    Send = 0,
+    /// The receive alone.
+    Recv = 1,
+    /// Send and receive in one launch.
+    Fused = 2,
+}
+
 /// One compiled variant of a group's kernels, with its launch geometry.
 struct Kernels {
     /// Calls of at most this many tokens per rank run it.
     max_tokens: usize,
-    /// Send and receive entries.
-    dispatch: [CudaFunction; 2],
-    combine: [CudaFunction; 2],
+    /// Send, receive and one-launch entries ([`Entry`]).
+    dispatch: [CudaFunction; 3],
+    combine: [CudaFunction; 3],
     blocks_per_rank: u32,
     threads: u32,
 }
@@ -534,12 +623,16 @@ impl Kernels {
             })
         };
         let dispatch_src = find("ll_dispatch")?;
-        let pair = |functions: Vec<CudaFunction>, name: &str| -> Result<[CudaFunction; 2], Error> {
-            <[CudaFunction; 2]>::try_from(functions)
-                .map_err(|_| Error::Input(format!("{name} must have a send and a receive entry")))
-        };
-        let dispatch = pair(jit.load(gpu, dispatch_src)?.functions, "ll_dispatch")?;
-        let combine = pair(jit.load(gpu, find("ll_combine")?)?.functions, "ll_combine")?;
+        let entries =
+            |functions: Vec<CudaFunction>, name: &str| -> Result<[CudaFunction; 3], Error> {
+                <[CudaFunction; 3]>::try_from(functions).map_err(|_| {
+                    Error::Input(format!(
+                        "{name} must have a send, a receive and a one-launch entry"
+                    ))
+                })
+            };
+        let dispatch = entries(jit.load(gpu, dispatch_src)?.functions, "ll_dispatch")?;
+        let combine = entries(jit.load(gpu, find("ll_combine")?)?.functions, "ll_combine")?;
         let threads = dispatch_src.launch.block_threads;
         // The blocks of each rank's send meet once, so a launch's whole grid must be
         // co-resident: the SMs are split between the ranks of one launch.

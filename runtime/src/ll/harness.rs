@@ -156,6 +156,22 @@ impl LowLatency {
         self.group.dispatch_send(&mut call.call, &inputs, stream)
     }
 
+    /// The call's whole dispatch ([`LlGroup::dispatch`]: one launch where the ranks fit one).
+    pub fn dispatch(&mut self, call: &mut HostCall) -> Result<(), Error> {
+        let inputs = call.dispatch_inputs(&self.group)?;
+        let cuda = self.group.gpu().stream().clone();
+        let stream = Stream::from(&*cuda);
+        self.group.dispatch(&mut call.call, &inputs, stream)
+    }
+
+    /// The call's whole combine ([`LlGroup::combine`]).
+    pub fn combine(&mut self, call: &mut HostCall) -> Result<(), Error> {
+        let inputs = call.combine_inputs(&self.group)?;
+        let cuda = self.group.gpu().stream().clone();
+        let stream = Stream::from(&*cuda);
+        self.group.combine(&call.call, &inputs, stream)
+    }
+
     /// Completes the call's dispatch.
     pub fn dispatch_recv(&mut self, call: &mut HostCall) -> Result<(), Error> {
         let cuda = self.group.gpu().stream().clone();

@@ -52,8 +52,7 @@ impl<S: KernelSpec> LlKernels<S> {
         inputs: &[RankInput],
     ) -> Result<Vec<RankDispatch>, Error> {
         call.call.set_inputs(self.ll.gpu(), inputs)?;
-        self.ll.dispatch_send(&mut call.call)?;
-        self.ll.dispatch_recv(&mut call.call)?;
+        self.ll.dispatch(&mut call.call)?;
         self.ll.dispatched(&call.call)
     }
 
@@ -65,8 +64,7 @@ impl<S: KernelSpec> LlKernels<S> {
         y: &[Vec<u16>],
     ) -> Result<Vec<Vec<u16>>, Error> {
         self.ll.set_expert_outputs(&call.call, y)?;
-        self.ll.combine_send(&call.call)?;
-        self.ll.combine_recv(&mut call.call)?;
+        self.ll.combine(&mut call.call)?;
         self.ll.combined(&call.call)
     }
 

@@ -67,19 +67,19 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
         };
         let (dispatch, combine) = (sum(ll_dispatch), sum(ll_combine));
         let dispatch_floor = Floor {
-            launches_us: floor.launches.dispatch(),
+            launches_us: floor.launches.dispatch,
             graph_us: graphs.dispatch,
             graph_launches_us: floor.graphs.dispatch,
         };
         let combine_floor = Floor {
-            launches_us: floor.launches.combine(),
+            launches_us: floor.launches.combine,
             graph_us: graphs.combine,
             graph_launches_us: floor.graphs.combine,
         };
         for (phase, time_us, parts, counts, row_bytes, floor) in [
             (
                 "dispatch",
-                times.dispatch(),
+                times.dispatch,
                 (times.dispatch_send, times.dispatch_recv),
                 dispatch,
                 sent_row_bytes(spec),
@@ -87,7 +87,7 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
             ),
             (
                 "combine",
-                times.combine(),
+                times.combine,
                 (times.combine_send, times.combine_recv),
                 combine,
                 returned_row_bytes(spec),

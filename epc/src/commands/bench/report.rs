@@ -51,7 +51,7 @@ impl Row {
 
     fn parts_label(&self) -> &'static str {
         match (self.mode, self.phase) {
-            (Mode::LowLatency, _) => "send+recv",
+            (Mode::LowLatency, _) => "hook send+recv",
             (Mode::HighThroughput, "dispatch") => "notify+data",
             _ => "data",
         }
@@ -112,7 +112,8 @@ pub fn print_table(rows: &[Row]) {
         );
     }
     println!(
-        "x: time over the yardstick (1.00 = as fast as the copy). copy: a device copy of the \
+        "x: time over the yardstick (1.00 = as fast as the copy). LL: each phase in one launch; \
+         parts: with the hook, its send and receive launches. copy: a device copy of the \
          unique payload bytes; same-tr: a copy moving the HBM bytes the phase minimally reads \
          and writes; fan-out (HT dispatch): its row copies alone, the same rows to the same \
          places with nothing else. NCCL-EP and DeepEP: GB/s per GPU as their benchmarks count \

@@ -221,8 +221,8 @@ impl Timer<'_> {
             out.push(self.median(|| {
                 let p = ll.time_phases(&mut call, self.args.warmup, self.args.iters)?;
                 Ok(Phases {
-                    dispatch: p.dispatch(),
-                    combine: p.combine(),
+                    dispatch: p.dispatch,
+                    combine: p.combine,
                 })
             })?);
         }
