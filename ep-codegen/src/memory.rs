@@ -41,8 +41,6 @@ pub struct MemoryPlan {
     /// high-throughput mode, [`HtWindow::bytes`] (notify's region, the receive buffer, the flags
     /// and, with G < R, the staging regions).
     pub window: u64,
-    /// FP8 staging rows: `max_tokens_per_rank` rows of [`Window::staged_bytes`] (0 without FP8).
-    pub staging: u64,
     /// The rank's workspace: [`workspace_ints`] 32-bit words.
     pub workspace: u64,
     /// The state of [`CALLS_IN_FLIGHT`] calls ([`CallLayout::bytes`] each).
@@ -136,12 +134,11 @@ impl MemoryPlan {
             mul(mul(m, k).max(1), idx),
             mul(mul(m, k), 4),
         ]);
-        let (window, staging, workspace, call_state, peer_table) = match mode(spec) {
+        let (window, workspace, call_state, peer_table) = match mode(spec) {
             Mode::LowLatency => {
                 let w = Window::of(spec);
                 (
                     w.bytes(),
-                    mul(m, w.staged_bytes),
                     mul(4, u64::from(workspace_ints(spec))),
                     mul(CALLS_IN_FLIGHT, CallLayout::of(spec).bytes),
                     mul(r, PEER_ENTRY_BYTES),
@@ -150,7 +147,6 @@ impl MemoryPlan {
             // The window and notify's words.
             Mode::HighThroughput => (
                 HtWindow::of(spec).bytes,
-                0,
                 // Notify's outputs, status and epoch; each token's row on each destination
                 // [M, R] (flat) or each slot's [M, K] (expert-major).
                 mul(
@@ -167,7 +163,6 @@ impl MemoryPlan {
             mode: mode(spec),
             ranks: r,
             window,
-            staging,
             workspace,
             call_state,
             peer_table,
@@ -188,8 +183,8 @@ impl MemoryPlan {
         }
     }
 
-    /// What the runtime allocates for one rank (one GPU over NCCL): window, staging,
-    /// workspace, call state, peer table and layout buffers.
+    /// What the runtime allocates for one rank (one GPU over NCCL): window, workspace, call
+    /// state, peer table and layout buffers.
     pub fn per_rank(&self) -> u64 {
         sum(&[self.private(), self.peer_table])
     }
@@ -208,13 +203,7 @@ impl MemoryPlan {
 
     /// Each rank's own memory (all but the peer table).
     fn private(&self) -> u64 {
-        sum(&[
-            self.window,
-            self.staging,
-            self.workspace,
-            self.call_state,
-            self.layout,
-        ])
+        sum(&[self.window, self.workspace, self.call_state, self.layout])
     }
 
     /// The parts of [`MemoryPlan::per_rank`] with their names, largest first (ties in the
@@ -222,7 +211,6 @@ impl MemoryPlan {
     pub fn parts(&self) -> Vec<(&'static str, u64)> {
         let mut parts = vec![
             ("window", self.window),
-            ("staging", self.staging),
             ("workspace", self.workspace),
             ("call state", self.call_state),
             ("peer table", self.peer_table),
@@ -291,7 +279,6 @@ impl MemoryPlan {
                 ("experts", d.experts),
                 ("hidden", d.hidden),
             ],
-            "staging" => &[("max_tokens_per_rank", d.tokens), ("hidden", d.hidden)],
             "workspace" => &[
                 ("experts", d.experts),
                 ("max_tokens_per_rank", d.tokens),
@@ -466,12 +453,12 @@ mod tests {
         let p = MemoryPlan::of(&s);
         // L = 4, R*M = 128 rows per expert, 512 rows: recv_x 512 x 2048 = 1 MiB at 0,
         // no scales, recv_src 2 KiB at 1 MiB, y 1 MiB at 1 MiB + 2 KiB, counter at
-        // 2 MiB + 2 KiB, range at +256, flags at +512 and +768, half rounded up to 4096.
+        // 2 MiB + 2 KiB, range at +256, dispatch flags at +512, done counters at +768, combine
+        // flags at +1024, half rounded up to 4096.
         let half: u64 = 2 * 1024 * 1024 + 2048 + 1024;
         let half = half.div_ceil(4096) * 4096;
         assert_eq!(p.window, 2 * half);
         assert_eq!(p.window, Window::of(&s).bytes());
-        assert_eq!(p.staging, 0);
         assert_eq!(p.workspace, 4 * (2 + 8 + 2 * 32 * 2));
         assert_eq!(p.workspace, 4 * u64::from(workspace_ints(&s)));
         // call state: 16 bytes, recv_count [4] at 16, dispatch_row [32 x 2] int2 at 32.
@@ -488,14 +475,6 @@ mod tests {
         assert_eq!(p.parts()[0].0, "window");
         assert!(p.check(p.per_rank()).is_ok());
         assert!(p.check(p.per_rank() - 1).is_err());
-    }
-
-    #[test]
-    fn fp8_specs_count_their_staging_rows() {
-        let s = spec(&format!("{SMALL}dispatch_dtype: fp8_e4m3\n"));
-        let p = MemoryPlan::of(&s);
-        assert_eq!(p.staging, 32 * (1024 + 8 * 4));
-        assert_eq!(p.staging, 32 * Window::of(&s).staged_bytes);
     }
 
     #[test]

@@ -66,10 +66,6 @@ pub struct Window {
     pub combine_flags_offset: u64,
     /// Bytes of one half.
     pub half_bytes: u64,
-    /// Offset of the scales in a staged (pre-quantized FP8) row.
-    pub staged_scales_offset: u64,
-    /// Bytes of a staged row (0 without FP8: rows are sent from x as they are).
-    pub staged_bytes: u64,
 }
 
 impl Window {
@@ -97,15 +93,7 @@ impl Window {
         let dispatch_done_offset = align(dispatch_flags_offset + l * r * 8, 256);
         let combine_flags_offset = align(dispatch_done_offset + l * r * 4, 256);
         let half_bytes = align(combine_flags_offset + r * 8, 4096);
-        let staged_scales_offset = align(payload_bytes, 16);
-        let staged_bytes = if scale_count == 0 {
-            0
-        } else {
-            align(staged_scales_offset + scale_count * 4, 16)
-        };
         Window {
-            staged_scales_offset,
-            staged_bytes,
             payload_bytes,
             scale_count,
             rows_per_expert: r * m,
@@ -170,10 +158,10 @@ impl CallLayout {
     }
 }
 
-/// Bytes of one rank's entry of `LaunchArgs` (8 pointers, then rank, tokens, half, padding).
-pub const RANK_ARGS_BYTES: usize = 80;
+/// Bytes of one rank's entry of `LaunchArgs` (7 pointers, then rank, tokens, half, padding).
+pub const RANK_ARGS_BYTES: usize = 72;
 
-/// The most ranks one launch covers. `LaunchArgs` is passed by value: 8 + 64 x 80 = 5128 bytes
+/// The most ranks one launch covers. `LaunchArgs` is passed by value: 8 + 64 x 72 = 4616 bytes
 /// at most, within the 32 KiB kernel parameters of CUDA >= 12.1. Virtual ranks beyond 64 take
 /// several launches per phase (sends are independent; every send precedes every receive).
 pub const MAX_LAUNCH_RANKS: u32 = 64;
@@ -252,8 +240,6 @@ fn common(spec: &Spec) -> Common {
         ("dispatch_done_offset", as_i64(w.dispatch_done_offset)),
         ("combine_flags_offset", as_i64(w.combine_flags_offset)),
         ("half_bytes", as_i64(w.half_bytes)),
-        ("staged_scales_offset", as_i64(w.staged_scales_offset)),
-        ("staged_bytes", as_i64(w.staged_bytes)),
         ("workspace_ints", i64::from(workspace_ints(spec))),
         ("error_words", i64::from(ERROR_WORDS)),
         ("launch_ranks", i64::from(launch_ranks(spec))),
@@ -284,7 +270,7 @@ fn args_param(entry: &str) -> Param {
         name: "args",
         ctype: "const __grid_constant__ ll::LaunchArgs".into(),
         shape: "by value: timeout_ns, then per rank of the launch (grid.y) x [T, H], topk_idx \
-                [T, K], topk_weights [T, K], out [T, H], call state, workspace, staging, peers \
+                [T, K], topk_weights [T, K], out [T, H], call state, workspace, peers \
                 [R], rank, tokens, half"
             .into(),
     }
@@ -428,11 +414,9 @@ mod tests {
     }
 
     #[test]
-    fn fp8_rows_stage_codes_then_scales() {
+    fn fp8_rows_carry_one_scale_per_128_channels() {
         let w = Window::of(&spec("dispatch_dtype: fp8_e4m3\n"));
         assert_eq!((w.payload_bytes, w.scale_count), (7168, 56));
-        assert_eq!(w.staged_scales_offset, 7168);
-        assert_eq!(w.staged_bytes, 7168 + 224);
-        assert_eq!(Window::of(&spec("")).staged_bytes, 0);
+        assert_eq!(Window::of(&spec("")).scale_count, 0);
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr};
 use ep_codegen::kernels::ll::{CallLayout, Window, launch_ranks, workspace_ints};
-use ep_codegen::{KernelSource, MemoryPlan, Mode, Spec};
+use ep_codegen::{KernelSource, Mode, Spec};
 
 use super::call::{CombineInput, DispatchInput, LlCall};
 use super::errors::read_errors;
@@ -42,10 +42,7 @@ pub struct LlGroup {
     _transport: Transport,
     ranks: Vec<LocalRank>,
     workspace: CudaSlice<i32>,
-    /// Owns the FP8 staging rows `staging_ptr` addresses.
-    _staging: Option<CudaSlice<u8>>,
     workspace_ptr: CUdeviceptr,
-    staging_ptr: CUdeviceptr,
     timeout_ns: u64,
     calls_made: u32,
     id: u64,
@@ -87,23 +84,10 @@ impl LlGroup {
             .alloc_zeros::<i32>(g * workspace_ints(spec) as usize)
             .cuda("allocating the rank workspaces")?;
         let window = Window::of(spec);
-        // Per rank: max_tokens_per_rank staged rows, as `epc check` reports it.
-        let staging = match usize::try_from(MemoryPlan::of(spec).staging).unwrap_or(usize::MAX) {
-            0 => None,
-            bytes => Some(
-                stream
-                    .alloc_zeros::<u8>(g.saturating_mul(bytes))
-                    .cuda("allocating the FP8 staging rows")?,
-            ),
-        };
         let workspace_ptr = {
             let (ptr, _sync) = workspace.device_ptr(stream);
             ptr
         };
-        let staging_ptr = staging.as_ref().map_or(0, |s| {
-            let (ptr, _sync) = s.device_ptr(stream);
-            ptr
-        });
         Ok(LlGroup {
             gpu: gpu.clone(),
             spec: spec.clone(),
@@ -114,9 +98,7 @@ impl LlGroup {
             _transport: transport,
             ranks,
             workspace,
-            _staging: staging,
             workspace_ptr,
-            staging_ptr,
             timeout_ns: DEFAULT_TIMEOUT.as_nanos() as u64,
             calls_made: 0,
             id: next_group_id(),
@@ -417,15 +399,9 @@ impl LlGroup {
     /// The group's part of rank `i`'s arguments (no caller tensors).
     fn rank_args(&self, call: &LlCall, i: usize, lr: &LocalRank) -> RankArgs {
         let ints = u64::from(workspace_ints(&self.spec));
-        let staged = u64::from(self.spec.max_tokens_per_rank()) * self.window.staged_bytes;
         RankArgs {
             call: call.state_ptr(i),
             workspace: self.workspace_ptr + 4 * ints * i as u64,
-            staging: if self.staging_ptr == 0 {
-                0
-            } else {
-                self.staging_ptr + staged * i as u64
-            },
             peers: lr.peers,
             rank: lr.rank as i32,
             half: call.half() as i32,
@@ -488,7 +464,7 @@ impl LlGroup {
             }
             // SAFETY: `f` is an entry point of this spec's kernels (or an empty kernel with
             // their `LaunchArgs` parameter, `launch_like`); the caller's tensors were
-            // checked against the spec's shapes, and the group's memory (workspace, staging,
+            // checked against the spec's shapes, and the group's memory (workspace,
             // call state, windows) was allocated for it and lives as long as the group and call.
             unsafe { launch(f, grid, &chunk[..ranks.len()], self.timeout_ns, stream)? };
         }

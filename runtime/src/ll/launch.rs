@@ -14,7 +14,6 @@ pub(crate) struct RankArgs {
     pub out: CUdeviceptr,
     pub call: CUdeviceptr,
     pub workspace: CUdeviceptr,
-    pub staging: CUdeviceptr,
     pub peers: CUdeviceptr,
     pub rank: i32,
     pub tokens: i32,
