@@ -118,8 +118,7 @@ pub unsafe extern "C" fn epcDispatchSend(
     boundary("epcDispatchSend", || {
         let g = ll(group)?;
         let c = call_mut(call)?;
-        let inputs =
-            DispatchInput::per_rank(tensors(x, n, "x")?, tensors(topk_idx, n, "topk_idx")?)?;
+        let inputs = dispatch_inputs(x, topk_idx, n)?;
         Ok(g.dispatch_send(c, &inputs, caller_stream(stream))?)
     })
 }
@@ -142,8 +141,7 @@ pub unsafe extern "C" fn epcDispatch(
     boundary("epcDispatch", || {
         let g = ll(group)?;
         let c = call_mut(call)?;
-        let inputs =
-            DispatchInput::per_rank(tensors(x, n, "x")?, tensors(topk_idx, n, "topk_idx")?)?;
+        let inputs = dispatch_inputs(x, topk_idx, n)?;
         Ok(g.dispatch(c, &inputs, caller_stream(stream))?)
     })
 }
@@ -237,10 +235,7 @@ pub unsafe extern "C" fn epcCombineRecv(
     boundary("epcCombineRecv", || {
         let g = ll(group)?;
         let c = call_mut(call)?;
-        let inputs = CombineInput::per_rank(
-            tensors(topk_weights, n, "topk_weights")?,
-            tensors(out, n, "out")?,
-        )?;
+        let inputs = combine_inputs(topk_weights, out, n)?;
         Ok(g.combine_recv(c, &inputs, caller_stream(stream))?)
     })
 }
@@ -262,10 +257,7 @@ pub unsafe extern "C" fn epcCombine(
     boundary("epcCombine", || {
         let g = ll(group)?;
         let c = call_mut(call)?;
-        let inputs = CombineInput::per_rank(
-            tensors(topk_weights, n, "topk_weights")?,
-            tensors(out, n, "out")?,
-        )?;
+        let inputs = combine_inputs(topk_weights, out, n)?;
         Ok(g.combine(c, &inputs, caller_stream(stream))?)
     })
 }
@@ -283,4 +275,28 @@ pub unsafe extern "C" fn epcCheck(group: *mut epcGroup, stream: *mut c_void) -> 
         let s = caller_stream(stream);
         Ok(g.kind.check(s)?)
     })
+}
+
+/// Each local rank's dispatch inputs from the caller's `n` descriptors of each tensor.
+fn dispatch_inputs(
+    x: *const epcTensor_t,
+    topk_idx: *const epcTensor_t,
+    n: u32,
+) -> Result<Vec<DispatchInput>, Failure> {
+    Ok(DispatchInput::per_rank(
+        tensors(x, n, "x")?,
+        tensors(topk_idx, n, "topk_idx")?,
+    )?)
+}
+
+/// Each local rank's combine inputs from the caller's `n` descriptors of each tensor.
+fn combine_inputs(
+    topk_weights: *const epcTensor_t,
+    out: *const epcTensor_t,
+    n: u32,
+) -> Result<Vec<CombineInput>, Failure> {
+    Ok(CombineInput::per_rank(
+        tensors(topk_weights, n, "topk_weights")?,
+        tensors(out, n, "out")?,
+    )?)
 }
