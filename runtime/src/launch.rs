@@ -29,7 +29,8 @@ pub(crate) struct Grid {
     pub blocks: u32,
     /// Threads per block.
     pub threads: u32,
-    /// Whether the blocks of a rank meet (cooperative launch).
+    /// Whether the grid must be co-resident, its blocks waiting for each other's work
+    /// (cooperative launch).
     pub cooperative: bool,
 }
 

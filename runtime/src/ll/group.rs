@@ -610,11 +610,22 @@ impl Kernels {
         let dispatch = entries(jit.load(gpu, dispatch_src)?.functions, "ll_dispatch")?;
         let combine = entries(jit.load(gpu, find("ll_combine")?)?.functions, "ll_combine")?;
         let threads = dispatch_src.launch.block_threads;
-        // The blocks of each rank's send meet once, so a launch's whole grid must be
-        // co-resident: the SMs are split between the ranks of one launch.
-        let per_sm = dispatch[0]
-            .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
-            .cuda("querying occupancy")?;
+        // Blocks of a launch wait for each other's work (a row's owner, the receiving block,
+        // the other ranks of the launch), so the send-grid entries, launched cooperatively, need
+        // their whole grid co-resident: the SMs are split between the ranks of one launch, at
+        // the occupancy of the least resident of those entries.
+        let mut per_sm = u32::MAX;
+        for f in [
+            &dispatch[Entry::Send as usize],
+            &dispatch[Entry::Fused as usize],
+            &combine[Entry::Recv as usize],
+            &combine[Entry::Fused as usize],
+        ] {
+            per_sm = per_sm.min(
+                f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
+                    .cuda("querying occupancy")?,
+            );
+        }
         let per_launch = (launch_ranks(spec) as usize).min(local).max(1) as u32;
         // tuning.sms: the SMs a launch's ranks may occupy together (default: the whole GPU).
         let sms = spec
