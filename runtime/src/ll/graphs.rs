@@ -51,6 +51,19 @@ pub struct PhaseTimes {
 }
 
 impl PhaseTimes {
+    /// From the times of the one-launch phases (dispatch, combine) and of the hook's four
+    /// launches, as [`time_steps`] returns them.
+    fn of(one: &[f64], hook: &[f64]) -> PhaseTimes {
+        PhaseTimes {
+            dispatch: one[0],
+            combine: one[1],
+            dispatch_send: hook[0],
+            dispatch_recv: hook[1],
+            combine_send: hook[2],
+            combine_recv: hook[3],
+        }
+    }
+
     /// Dispatch with the hook: send and receive.
     pub fn hook_dispatch(&self) -> f64 {
         self.dispatch_send + self.dispatch_recv
@@ -166,14 +179,7 @@ impl LowLatency {
             _ => self.combine_recv(call),
         })?;
         self.check()?;
-        Ok(PhaseTimes {
-            dispatch: one[0],
-            combine: one[1],
-            dispatch_send: t[0],
-            dispatch_recv: t[1],
-            combine_send: t[2],
-            combine_recv: t[3],
-        })
+        Ok(PhaseTimes::of(&one, &t))
     }
 
     /// Captures `call` ([`LowLatency::capture`]) and times replays of its two graphs: `warmup`
@@ -254,14 +260,7 @@ impl LowLatency {
                 .cuda("replaying an empty graph")
         })?;
         Ok(LaunchFloor {
-            launches: PhaseTimes {
-                dispatch: one[0],
-                combine: one[1],
-                dispatch_send: t[0],
-                dispatch_recv: t[1],
-                combine_send: t[2],
-                combine_recv: t[3],
-            },
+            launches: PhaseTimes::of(&one, &t),
             graphs: GraphTimes {
                 dispatch: g[0],
                 combine: g[1],
