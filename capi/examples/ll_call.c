@@ -33,6 +33,8 @@ static int error_paths(void) {
   EXPECT(epcGroupDestroy(NULL), epcInvalidArgument);
   EXPECT(epcCheck(NULL, NULL), epcInvalidArgument);
   EXPECT(epcDispatchSend(NULL, NULL, NULL, NULL, 0, NULL), epcInvalidArgument);
+  EXPECT(epcDispatch(NULL, NULL, NULL, NULL, 0, NULL), epcInvalidArgument);
+  EXPECT(epcCombine(NULL, NULL, NULL, NULL, 0, NULL), epcInvalidArgument);
   printf("null arguments: %s\n", epcGetLastError());
 
   config.size = 4; /* an older, smaller struct */
