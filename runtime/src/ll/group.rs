@@ -41,6 +41,9 @@ pub struct LlGroup {
     buckets: Vec<Kernels>,
     _transport: Transport,
     ranks: Vec<LocalRank>,
+    /// Every rank of the spec is one of `ranks`, on this GPU: the kernels' signals order memory
+    /// at GPU scope, not system scope.
+    one_gpu: bool,
     workspace: CudaSlice<i32>,
     workspace_ptr: CUdeviceptr,
     timeout_ns: u64,
@@ -96,6 +99,7 @@ impl LlGroup {
             main,
             buckets: Vec::new(),
             _transport: transport,
+            one_gpu: ranks.len() == spec.ranks() as usize,
             ranks,
             workspace,
             workspace_ptr,
@@ -405,6 +409,7 @@ impl LlGroup {
             peers: lr.peers,
             rank: lr.rank as i32,
             half: call.half() as i32,
+            one_gpu: i32::from(self.one_gpu),
             ..RankArgs::default()
         }
     }

@@ -18,7 +18,8 @@ pub(crate) struct RankArgs {
     pub rank: i32,
     pub tokens: i32,
     pub half: i32,
-    pub unused: i32,
+    /// 1 when every rank of the group is on this GPU (signals at GPU scope).
+    pub one_gpu: i32,
 }
 
 const _: () = assert!(std::mem::size_of::<RankArgs>() == RANK_ARGS_BYTES);
