@@ -271,7 +271,7 @@ fn args_param(entry: &str) -> Param {
         ctype: "const __grid_constant__ ll::LaunchArgs".into(),
         shape: "by value: timeout_ns, then per rank of the launch (grid.y) x [T, H], topk_idx \
                 [T, K], topk_weights [T, K], out [T, H], call state, workspace, peers \
-                [R], rank, tokens, half"
+                [R], rank, tokens, half, one_gpu"
             .into(),
     }
 }
