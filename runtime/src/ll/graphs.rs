@@ -1,16 +1,15 @@
 //! CUDA-graph capture and timing of whole calls of a [`LowLatency`] group, and of the launch
 //! floor under them.
 
-use std::sync::Arc;
-
-use cudarc::driver::{CudaFunction, CudaGraph, CudaStream};
+use cudarc::driver::CudaFunction;
 use ep_codegen::KernelSource;
 
 use super::group::LlLaunch;
 use super::harness::{HostCall, LowLatency};
 use super::tensor::Stream;
 use crate::error::CudaContextExt;
-use crate::{Error, Gpu, Jit, timing};
+use crate::timing::{self, capture_graph};
+use crate::{Error, Gpu, Jit};
 
 /// A call captured as CUDA graphs (see [`LowLatency::capture`]).
 pub struct LlGraphs {
@@ -127,23 +126,6 @@ fn time_steps(
         }
     }
     Ok(sums.into_iter().map(|s| s / iters as f64).collect())
-}
-
-/// The launches `f` makes on `stream`, captured as one instantiated graph.
-fn capture_graph(
-    stream: &Arc<CudaStream>,
-    what: &str,
-    f: impl FnOnce() -> Result<(), Error>,
-) -> Result<CudaGraph, Error> {
-    let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
-    let flags = cudarc::driver::sys::CUgraphInstantiate_flags(0);
-    stream
-        .begin_capture(mode)
-        .cuda("beginning a graph capture")?;
-    let captured = f();
-    let graph = stream.end_capture(flags).cuda("ending a graph capture")?;
-    captured?;
-    graph.ok_or_else(|| Error::Input(format!("capturing the {what} produced an empty graph")))
 }
 
 impl LowLatency {
