@@ -41,9 +41,6 @@ pub struct LlGroup {
     buckets: Vec<Kernels>,
     _transport: Transport,
     ranks: Vec<LocalRank>,
-    /// Every rank of the spec is one of `ranks`, on this GPU: the kernels' signals order memory
-    /// at GPU scope, not system scope.
-    one_gpu: bool,
     workspace: CudaSlice<i32>,
     workspace_ptr: CUdeviceptr,
     timeout_ns: u64,
@@ -99,7 +96,6 @@ impl LlGroup {
             main,
             buckets: Vec::new(),
             _transport: transport,
-            one_gpu: ranks.len() == spec.ranks() as usize,
             ranks,
             workspace,
             workspace_ptr,
@@ -409,7 +405,7 @@ impl LlGroup {
             peers: lr.peers,
             rank: lr.rank as i32,
             half: call.half() as i32,
-            one_gpu: i32::from(self.one_gpu),
+            one_gpu: i32::from(self.one_gpu()),
             ..RankArgs::default()
         }
     }
@@ -436,6 +432,12 @@ impl LlGroup {
         };
         let args = |i: usize, lr: &LocalRank| self.rank_args(call, i, lr);
         self.launch_all(f, grid, &args, stream)
+    }
+
+    /// Whether every rank of the spec is one of this group's, on its GPU: then the kernels'
+    /// signals order memory at GPU scope, not system scope.
+    fn one_gpu(&self) -> bool {
+        self.ranks.len() == self.spec.ranks() as usize
     }
 
     /// Whether every local rank fits one launch, so that a phase can wait inside its one
