@@ -864,36 +864,26 @@ fn a_tuned_spec_is_stored_checked_and_used() {
 #[test]
 fn soak_checks_its_calls_and_repeats_its_hash() {
     let cache = tempfile::tempdir().unwrap();
-    let o = epc(&["soak", "gpt-oss-120b-ll", "--calls", "0"], cache.path());
-    assert!(!o.status.success());
-    assert!(
-        text(&o).contains("--calls and --every must be at least 1"),
-        "{}",
-        text(&o)
+    let refused = |args: &[&str], expected: &str| {
+        let o = epc(args, cache.path());
+        assert!(!o.status.success(), "{args:?} should fail: {}", text(&o));
+        assert!(text(&o).contains(expected), "{args:?}: {}", text(&o));
+    };
+    refused(
+        &["soak", "gpt-oss-120b-ll", "--calls", "0"],
+        "--calls and --every must be at least 1",
     );
     // Seconds that bound nothing, and budgets that are no number of seconds, are refused.
     for bad in ["-1", "0", "NaN", "inf"] {
-        let o = epc(
+        refused(
             &["soak", "gpt-oss-120b-ll", &format!("--seconds={bad}")],
-            cache.path(),
-        );
-        assert!(!o.status.success(), "--seconds {bad}");
-        assert!(
-            text(&o).contains("positive, finite number of seconds"),
-            "{}",
-            text(&o)
+            "positive, finite number of seconds",
         );
     }
     for bad in ["-1", "NaN", "inf"] {
-        let o = epc(
+        refused(
             &["tune", "gpt-oss-120b-ll", &format!("--budget={bad}")],
-            cache.path(),
-        );
-        assert!(!o.status.success(), "--budget {bad}");
-        assert!(
-            text(&o).contains("the timing budget is a finite number of seconds"),
-            "{}",
-            text(&o)
+            "the timing budget is a finite number of seconds",
         );
     }
     if !gpu_or_skip("soak_checks_its_calls_and_repeats_its_hash") {
