@@ -27,6 +27,22 @@ pub fn elapsed_us(start: &CudaEvent, stop: &CudaEvent) -> Result<f64, Error> {
     Ok(f64::from(start.elapsed_ms(stop).cuda("reading an event timer")?) * 1e3)
 }
 
+/// Mean time of one replay of `graph` in microseconds: the best of 3 replays, each timed
+/// between two events, after one untimed replay. A graph of many calls runs them back to back,
+/// as a serving step replayed as one graph does, with no host work between them.
+pub(crate) fn replay_us(gpu: &Gpu, graph: &CudaGraph, what: &str) -> Result<f64, Error> {
+    graph.launch().cuda(what)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let (start, stop) = (timing_event(gpu)?, timing_event(gpu)?);
+        record(gpu, &start)?;
+        graph.launch().cuda(what)?;
+        record(gpu, &stop)?;
+        best = best.min(elapsed_us(&start, &stop)?);
+    }
+    Ok(best)
+}
+
 /// Batches a yardstick is timed in, each way it is issued.
 const YARDSTICK_BATCHES: usize = 3;
 

@@ -83,13 +83,44 @@ pub struct GraphTimes {
     pub combine: f64,
 }
 
+impl GraphTimes {
+    /// A call's phases as they cost inside one graph of many calls: `call_us` (a call measured
+    /// so, [`LowLatency::time_calls_in_graph`]) split as the phases' replays (`replayed`, each
+    /// a graph of its own, [`LowLatency::time_graphs`]) split it. Each replay is taken less half
+    /// of what the two exceed the call by: what a graph launch of its own and the events around
+    /// it add, the same for both phases (about 2.5 us on the H100).
+    pub fn in_graph(replayed: &GraphTimes, call_us: f64) -> GraphTimes {
+        let extra = (replayed.dispatch + replayed.combine - call_us) / 2.0;
+        GraphTimes {
+            dispatch: replayed.dispatch - extra,
+            combine: replayed.combine - extra,
+        }
+    }
+}
+
 /// The launch floor under a call ([`LowLatency::time_launch_floor`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LaunchFloor {
     /// The empty launches, each timed as a call's launch is.
     pub launches: PhaseTimes,
-    /// The empty launches of each phase replayed as a graph.
-    pub graphs: GraphTimes,
+    /// The empty launches of each phase inside one graph of many, back to back: what they cost
+    /// in a serving step replayed as one graph.
+    pub in_graph: GraphTimes,
+}
+
+/// Mean time of one round of `steps(0..n)` inside one CUDA graph of `iters` rounds, back to
+/// back, in microseconds.
+fn time_in_graph(
+    gpu: &Gpu,
+    iters: usize,
+    n: usize,
+    step: &mut dyn FnMut(usize) -> Result<(), Error>,
+) -> Result<f64, Error> {
+    let iters = iters.max(1);
+    let graph = capture_graph(gpu.stream(), "rounds", || {
+        (0..iters).try_for_each(|_| (0..n).try_for_each(&mut *step))
+    })?;
+    Ok(timing::replay_us(gpu, &graph, "replaying a graph of rounds")? / iters as f64)
 }
 
 /// Mean time of each of `n` steps over `iters` rounds (after `warmup` untimed rounds), with an
@@ -186,11 +217,34 @@ impl LowLatency {
         })
     }
 
+    /// Mean time of a whole call (dispatch, then combine) inside one CUDA graph of `iters`
+    /// calls, back to back, after `warmup` calls on the stream, in microseconds: what a call
+    /// costs in a serving step replayed as one graph. Checks for errors. Use a call of its own:
+    /// the graph's calls reuse one window half.
+    pub fn time_calls_in_graph(
+        &mut self,
+        call: &mut HostCall,
+        warmup: usize,
+        iters: usize,
+    ) -> Result<f64, Error> {
+        for _ in 0..warmup {
+            self.dispatch(call)?;
+            self.combine(call)?;
+        }
+        let gpu = self.gpu().clone();
+        let t = time_in_graph(&gpu, iters, 2, &mut |phase| match phase {
+            0 => self.dispatch(call),
+            _ => self.combine(call),
+        })?;
+        self.check()?;
+        Ok(t)
+    }
+
     /// The launch floor under `call`'s phases: its launches (one per phase, and the hook's
-    /// four) made with empty kernels of the same parameter on the same grids (`empty`: the spec's rendered
-    /// [`ep_codegen::kernels::ll::empty_plan`]), timed as [`LowLatency::time_phases`] times
-    /// the real ones, and as CUDA graphs as [`LowLatency::time_graphs`] replays them. Needs a
-    /// dispatch of `call` first (its tokens pick the grids).
+    /// four) made with empty kernels of the same parameter on the same grids (`empty`: the
+    /// spec's rendered [`ep_codegen::kernels::ll::empty_plan`]), timed as
+    /// [`LowLatency::time_phases`] times the real ones, and each phase's inside one CUDA graph of
+    /// many, back to back. Needs a dispatch of `call` first (its tokens pick the grids).
     pub fn time_launch_floor(
         &mut self,
         jit: &Jit,
@@ -234,19 +288,31 @@ impl LowLatency {
         let run = |steps: &[usize]| steps.iter().try_for_each(|&step| launch(step));
         let one = time_steps(&gpu, warmup, iters, 2, &mut |step| run(phase[step]))?;
         let t = time_steps(&gpu, warmup, iters, 4, &mut |step| launch(step + 2))?;
-        let graph = |step: usize| capture_graph(&cuda, "empty launches", || run(phase[step]));
-        let (dispatch, combine) = (graph(0)?, graph(1)?);
-        let g = time_steps(&gpu, warmup, iters, 2, &mut |step| {
-            if step == 0 { &dispatch } else { &combine }
-                .launch()
-                .cuda("replaying an empty graph")
-        })?;
+        let run_phase = |step: usize| run(phase[step]);
+        let in_graph = GraphTimes {
+            dispatch: time_in_graph(&gpu, iters, 1, &mut |_| run_phase(0))?,
+            combine: time_in_graph(&gpu, iters, 1, &mut |_| run_phase(1))?,
+        };
         Ok(LaunchFloor {
             launches: PhaseTimes::of(&one, &t),
-            graphs: GraphTimes {
-                dispatch: g[0],
-                combine: g[1],
-            },
+            in_graph,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GraphTimes;
+
+    #[test]
+    fn in_graph_splits_the_call_and_takes_the_same_from_both_replays() {
+        let replayed = GraphTimes {
+            dispatch: 9.0,
+            combine: 6.5,
+        };
+        let t = GraphTimes::in_graph(&replayed, 10.5);
+        assert!((t.dispatch + t.combine - 10.5).abs() < 1e-12);
+        assert!((replayed.dispatch - t.dispatch - 2.5).abs() < 1e-12);
+        assert!((replayed.combine - t.combine - 2.5).abs() < 1e-12);
     }
 }

@@ -3,6 +3,7 @@
 use anyhow::Result;
 use ep_codegen::kernels::ll::empty_plan;
 use ep_codegen::{Mode, Spec};
+use ep_runtime::ll::GraphTimes;
 use ep_runtime::reference::ll::{RankInput, random_activations};
 use ep_runtime::routing::{Pattern, generate};
 
@@ -29,9 +30,9 @@ pub fn inputs(spec: &Spec, tokens: usize) -> Vec<RankInput> {
         .collect()
 }
 
-/// Dispatch and combine of `spec` at each of `tokens` tokens per rank; each phase also as CUDA
-/// graph replays (a call of its own), and the launch floor under both (empty kernels on the
-/// same grids).
+/// Dispatch and combine of `spec` at each of `tokens` tokens per rank; each phase also replayed
+/// as a CUDA graph (a call of its own) and as it costs inside one graph of many calls, and the
+/// launch floor under both (empty kernels on the same grids).
 pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Measured>> {
     let mut ll = ctx
         .ranks
@@ -54,7 +55,9 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
         let times = ll.time_phases(&mut call, warmup, iters)?;
         let floor = ll.time_launch_floor(ctx.jit, &empty, &call, warmup, iters)?;
         graphed.set_inputs(ctx.gpu, &mine)?;
-        let graphs = ll.time_graphs(&mut graphed, warmup, iters)?;
+        let replayed = ll.time_graphs(&mut graphed, warmup, iters)?;
+        let call_us = ll.time_calls_in_graph(&mut graphed, warmup, iters)?;
+        let graphs = GraphTimes::in_graph(&replayed, call_us);
         // Every LL count has NCCL EP's figure, so the sum starts from Some(0).
         let zero = Counts {
             nccl_ep: Some(0),
@@ -69,12 +72,16 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
         let dispatch_floor = Floor {
             launches_us: floor.launches.dispatch,
             graph_us: graphs.dispatch,
-            graph_launches_us: floor.graphs.dispatch,
+            graph_launches_us: floor.in_graph.dispatch,
+            graph_replay_us: replayed.dispatch,
+            graph_call_us: call_us,
         };
         let combine_floor = Floor {
             launches_us: floor.launches.combine,
             graph_us: graphs.combine,
-            graph_launches_us: floor.graphs.combine,
+            graph_launches_us: floor.in_graph.combine,
+            graph_replay_us: replayed.combine,
+            graph_call_us: call_us,
         };
         for (phase, time_us, parts, counts, row_bytes, floor) in [
             (

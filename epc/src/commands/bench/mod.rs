@@ -54,15 +54,20 @@ pub struct Measured {
     floor: Option<Floor>,
 }
 
-/// An LL phase's launch floor and CUDA-graph replay, microseconds.
+/// An LL phase's launch floor and CUDA-graph figures, microseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Floor {
     /// The phase's launches made with empty kernels on the same grids.
     pub launches_us: f64,
-    /// The phase replayed as a CUDA graph.
+    /// The phase inside one CUDA graph of many calls: a call measured so, split as the
+    /// phases' replays split it ([`ep_runtime::ll::GraphTimes::in_graph`]).
     pub graph_us: f64,
-    /// The empty launches replayed as a CUDA graph.
+    /// The phase's empty launches inside one CUDA graph of many, back to back.
     pub graph_launches_us: f64,
+    /// The phase replayed as a CUDA graph of its own, an event before and after.
+    pub graph_replay_us: f64,
+    /// A whole call (dispatch and combine) inside one CUDA graph of many calls.
+    pub graph_call_us: f64,
 }
 
 /// What every measurement needs.
@@ -117,6 +122,8 @@ impl Bench<'_> {
                 m.floor.map_or(f64::NAN, |f| f.launches_us),
                 m.floor.map_or(f64::NAN, |f| f.graph_us),
                 m.floor.map_or(f64::NAN, |f| f.graph_launches_us),
+                m.floor.map_or(f64::NAN, |f| f.graph_replay_us),
+                m.floor.map_or(f64::NAN, |f| f.graph_call_us),
             ],
         )?;
         let mean_of = |i: usize| ranks.iter().map(|v| v[i]).sum::<f64>() / ranks.len() as f64;
@@ -153,6 +160,8 @@ impl Bench<'_> {
                 launches_us: mean_of(3),
                 graph_us: mean_of(4),
                 graph_launches_us: mean_of(5),
+                graph_replay_us: mean_of(6),
+                graph_call_us: mean_of(7),
             }),
             copy_us,
             same_traffic_us,

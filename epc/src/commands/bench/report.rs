@@ -159,8 +159,10 @@ fn print_floors(rows: &[Row]) {
     }
     println!(
         "floor: the phase's launches made with empty kernels on the same grids, timed the same \
-         way (launches, then replayed as a CUDA graph); graph: the phase captured once and \
-         replayed; the last x is the graph replay over the same-traffic copy."
+         way; graph: the phase inside one CUDA graph of many calls, as a serving step replayed as \
+         a graph runs it (a call timed so, split as the two phases' replays, each a graph of its \
+         own, split it; the CSV has both: graph_call_us, graph_replay_us); the last x is the \
+         graph figure over the same-traffic copy."
     );
 }
 
@@ -171,7 +173,8 @@ pub fn csv(rows: &[Row]) -> String {
          parts,part1_us,part2_us,row_bytes,unique_bytes,traffic_bytes,written_bytes,gbps,copy_us,ratio_to_copy,\
          same_traffic_us,ratio_to_same_traffic,nccl_ep_bytes,nccl_ep_gbps,deepep_bytes,deepep_gbps,\
          fanout_us,ratio_to_fanout,launch_floor_us,ratio_to_launch_floor,graph_us,\
-         graph_launch_floor_us,graph_ratio_to_launch_floor,graph_ratio_to_same_traffic\n",
+         graph_launch_floor_us,graph_ratio_to_launch_floor,graph_ratio_to_same_traffic,\
+         graph_replay_us,graph_call_us\n",
     );
     for r in rows {
         let _ = writeln!(
@@ -213,15 +216,17 @@ pub fn csv(rows: &[Row]) -> String {
             r.fanout_us
                 .map_or(String::new(), |f| format!("{:.4}", r.time_us / f)),
             r.floor.map_or_else(
-                || ",,,,,".to_owned(),
+                || ",,,,,,,".to_owned(),
                 |f| format!(
-                    "{:.3},{:.4},{:.3},{:.3},{:.4},{:.4}",
+                    "{:.3},{:.4},{:.3},{:.3},{:.4},{:.4},{:.3},{:.3}",
                     f.launches_us,
                     r.time_us / f.launches_us,
                     f.graph_us,
                     f.graph_launches_us,
                     f.graph_us / f.graph_launches_us,
-                    f.graph_us / r.same_traffic_us
+                    f.graph_us / r.same_traffic_us,
+                    f.graph_replay_us,
+                    f.graph_call_us
                 )
             ),
         );
