@@ -74,26 +74,28 @@ impl PhaseTimes {
     }
 }
 
-/// Mean time of each phase of a call replayed as CUDA graphs, in microseconds.
+/// Mean time of each phase of a call, in microseconds (replayed as CUDA graphs, or as one of
+/// the splits of [`GraphTimes::split`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GraphTimes {
-    /// The dispatch graph (send and receive).
+    /// Dispatch (send and receive).
     pub dispatch: f64,
-    /// The combine graph (send and receive).
+    /// Combine (send and receive).
     pub combine: f64,
 }
 
 impl GraphTimes {
-    /// A call's phases as they cost inside one graph of many calls: `call_us` (a call measured
-    /// so, [`LowLatency::time_calls_in_graph`]) split as the phases' replays (`replayed`, each
-    /// a graph of its own, [`LowLatency::time_graphs`]) split it. Each replay is taken less half
-    /// of what the two exceed the call by: what a graph launch of its own and the events around
-    /// it add, the same for both phases (about 2.5 us on the H100).
-    pub fn in_graph(replayed: &GraphTimes, call_us: f64) -> GraphTimes {
-        let extra = (replayed.dispatch + replayed.combine - call_us) / 2.0;
+    /// A call's phases as they cost among many calls issued back to back: `call_us` (a call
+    /// measured so: [`LowLatency::time_calls_in_graph`], [`LowLatency::time_calls`]) split as
+    /// the phases timed alone (`alone`: each between two events, [`LowLatency::time_graphs`],
+    /// [`LowLatency::time_phases`]) split it. Each phase alone is taken less half of what the
+    /// two exceed the call by: what timing a phase alone adds (events, a graph launch of its
+    /// own), the same for both phases (on the H100 about 2.5 us in a graph, 2 on the stream).
+    pub fn split(alone: &GraphTimes, call_us: f64) -> GraphTimes {
+        let extra = (alone.dispatch + alone.combine - call_us) / 2.0;
         GraphTimes {
-            dispatch: replayed.dispatch - extra,
-            combine: replayed.combine - extra,
+            dispatch: alone.dispatch - extra,
+            combine: alone.combine - extra,
         }
     }
 }
@@ -106,6 +108,8 @@ pub struct LaunchFloor {
     /// The empty launches of each phase inside one graph of many, back to back: what they cost
     /// in a serving step replayed as one graph.
     pub in_graph: GraphTimes,
+    /// The empty launches of each phase issued back to back on the stream, timed as a batch.
+    pub back_to_back: GraphTimes,
 }
 
 /// Mean time of one round of `steps(0..n)` inside one CUDA graph of `iters` rounds, back to
@@ -121,6 +125,22 @@ fn time_in_graph(
         (0..iters).try_for_each(|_| (0..n).try_for_each(&mut *step))
     })?;
     Ok(timing::replay_us(gpu, &graph, "replaying a graph of rounds")? / iters as f64)
+}
+
+/// Mean time of one round of `steps(0..n)` over `iters` rounds issued back to back on the
+/// GPU's stream, timed as one batch (an event before and after), in microseconds.
+fn time_back_to_back(
+    gpu: &Gpu,
+    iters: usize,
+    n: usize,
+    step: &mut dyn FnMut(usize) -> Result<(), Error>,
+) -> Result<f64, Error> {
+    let iters = iters.max(1);
+    let (start, stop) = (timing::timing_event(gpu)?, timing::timing_event(gpu)?);
+    timing::record(gpu, &start)?;
+    (0..iters).try_for_each(|_| (0..n).try_for_each(&mut *step))?;
+    timing::record(gpu, &stop)?;
+    Ok(timing::elapsed_us(&start, &stop)? / iters as f64)
 }
 
 /// Mean time of each of `n` steps over `iters` rounds (after `warmup` untimed rounds), with an
@@ -217,6 +237,28 @@ impl LowLatency {
         })
     }
 
+    /// Mean time of a whole call (dispatch, then combine) among `iters` calls issued back to
+    /// back on the stream, timed as one batch, after `warmup` calls, in microseconds: what a call
+    /// costs a caller that issues its calls without waiting on each. Checks for errors.
+    pub fn time_calls(
+        &mut self,
+        call: &mut HostCall,
+        warmup: usize,
+        iters: usize,
+    ) -> Result<f64, Error> {
+        for _ in 0..warmup {
+            self.dispatch(call)?;
+            self.combine(call)?;
+        }
+        let gpu = self.gpu().clone();
+        let t = time_back_to_back(&gpu, iters, 2, &mut |phase| match phase {
+            0 => self.dispatch(call),
+            _ => self.combine(call),
+        })?;
+        self.check()?;
+        Ok(t)
+    }
+
     /// Mean time of a whole call (dispatch, then combine) inside one CUDA graph of `iters`
     /// calls, back to back, after `warmup` calls on the stream, in microseconds: what a call
     /// costs in a serving step replayed as one graph. Checks for errors. Use a call of its own:
@@ -243,8 +285,9 @@ impl LowLatency {
     /// The launch floor under `call`'s phases: its launches (one per phase, and the hook's
     /// four) made with empty kernels of the same parameter on the same grids (`empty`: the
     /// spec's rendered [`ep_codegen::kernels::ll::empty_plan`]), timed as
-    /// [`LowLatency::time_phases`] times the real ones, and each phase's inside one CUDA graph of
-    /// many, back to back. Needs a dispatch of `call` first (its tokens pick the grids).
+    /// [`LowLatency::time_phases`] times the real ones, and each phase's back to back, inside one
+    /// CUDA graph of many and on the stream. Needs a dispatch of `call` first (its tokens pick
+    /// the grids).
     pub fn time_launch_floor(
         &mut self,
         jit: &Jit,
@@ -293,9 +336,14 @@ impl LowLatency {
             dispatch: time_in_graph(&gpu, iters, 1, &mut |_| run_phase(0))?,
             combine: time_in_graph(&gpu, iters, 1, &mut |_| run_phase(1))?,
         };
+        let back_to_back = GraphTimes {
+            dispatch: time_back_to_back(&gpu, iters, 1, &mut |_| run_phase(0))?,
+            combine: time_back_to_back(&gpu, iters, 1, &mut |_| run_phase(1))?,
+        };
         Ok(LaunchFloor {
             launches: PhaseTimes::of(&one, &t),
             in_graph,
+            back_to_back,
         })
     }
 }
@@ -305,12 +353,12 @@ mod tests {
     use super::GraphTimes;
 
     #[test]
-    fn in_graph_splits_the_call_and_takes_the_same_from_both_replays() {
+    fn split_divides_the_call_and_takes_the_same_from_both_phases() {
         let replayed = GraphTimes {
             dispatch: 9.0,
             combine: 6.5,
         };
-        let t = GraphTimes::in_graph(&replayed, 10.5);
+        let t = GraphTimes::split(&replayed, 10.5);
         assert!((t.dispatch + t.combine - 10.5).abs() < 1e-12);
         assert!((replayed.dispatch - t.dispatch - 2.5).abs() < 1e-12);
         assert!((replayed.combine - t.combine - 2.5).abs() < 1e-12);

@@ -53,11 +53,17 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
             .collect();
         call.set_inputs(ctx.gpu, &mine)?;
         let times = ll.time_phases(&mut call, warmup, iters)?;
+        let alone = GraphTimes {
+            dispatch: times.dispatch,
+            combine: times.combine,
+        };
+        let stream_call_us = ll.time_calls(&mut call, warmup, iters)?;
+        let stream = GraphTimes::split(&alone, stream_call_us);
         let floor = ll.time_launch_floor(ctx.jit, &empty, &call, warmup, iters)?;
         graphed.set_inputs(ctx.gpu, &mine)?;
         let replayed = ll.time_graphs(&mut graphed, warmup, iters)?;
         let call_us = ll.time_calls_in_graph(&mut graphed, warmup, iters)?;
-        let graphs = GraphTimes::in_graph(&replayed, call_us);
+        let graphs = GraphTimes::split(&replayed, call_us);
         // Every LL count has NCCL EP's figure, so the sum starts from Some(0).
         let zero = Counts {
             nccl_ep: Some(0),
@@ -70,23 +76,27 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
         };
         let (dispatch, combine) = (sum(ll_dispatch), sum(ll_combine));
         let dispatch_floor = Floor {
-            launches_us: floor.launches.dispatch,
+            launches_us: floor.back_to_back.dispatch,
             graph_us: graphs.dispatch,
             graph_launches_us: floor.in_graph.dispatch,
             graph_replay_us: replayed.dispatch,
             graph_call_us: call_us,
+            events_us: alone.dispatch,
+            stream_call_us,
         };
         let combine_floor = Floor {
-            launches_us: floor.launches.combine,
+            launches_us: floor.back_to_back.combine,
             graph_us: graphs.combine,
             graph_launches_us: floor.in_graph.combine,
             graph_replay_us: replayed.combine,
             graph_call_us: call_us,
+            events_us: alone.combine,
+            stream_call_us,
         };
         for (phase, time_us, parts, counts, row_bytes, floor) in [
             (
                 "dispatch",
-                times.dispatch,
+                stream.dispatch,
                 (times.dispatch_send, times.dispatch_recv),
                 dispatch,
                 sent_row_bytes(spec),
@@ -94,7 +104,7 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
             ),
             (
                 "combine",
-                times.combine,
+                stream.combine,
                 (times.combine_send, times.combine_recv),
                 combine,
                 returned_row_bytes(spec),

@@ -57,10 +57,11 @@ pub struct Measured {
 /// An LL phase's launch floor and CUDA-graph figures, microseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Floor {
-    /// The phase's launches made with empty kernels on the same grids.
+    /// The phase's launches made with empty kernels on the same grids, back to back on the
+    /// stream.
     pub launches_us: f64,
     /// The phase inside one CUDA graph of many calls: a call measured so, split as the
-    /// phases' replays split it ([`ep_runtime::ll::GraphTimes::in_graph`]).
+    /// phases' replays split it ([`ep_runtime::ll::GraphTimes::split`]).
     pub graph_us: f64,
     /// The phase's empty launches inside one CUDA graph of many, back to back.
     pub graph_launches_us: f64,
@@ -68,6 +69,10 @@ pub struct Floor {
     pub graph_replay_us: f64,
     /// A whole call (dispatch and combine) inside one CUDA graph of many calls.
     pub graph_call_us: f64,
+    /// The phase alone on the stream, an event before and after.
+    pub events_us: f64,
+    /// A whole call among many issued back to back on the stream.
+    pub stream_call_us: f64,
 }
 
 /// What every measurement needs.
@@ -124,6 +129,8 @@ impl Bench<'_> {
                 m.floor.map_or(f64::NAN, |f| f.graph_launches_us),
                 m.floor.map_or(f64::NAN, |f| f.graph_replay_us),
                 m.floor.map_or(f64::NAN, |f| f.graph_call_us),
+                m.floor.map_or(f64::NAN, |f| f.events_us),
+                m.floor.map_or(f64::NAN, |f| f.stream_call_us),
             ],
         )?;
         let mean_of = |i: usize| ranks.iter().map(|v| v[i]).sum::<f64>() / ranks.len() as f64;
@@ -162,6 +169,8 @@ impl Bench<'_> {
                 graph_launches_us: mean_of(5),
                 graph_replay_us: mean_of(6),
                 graph_call_us: mean_of(7),
+                events_us: mean_of(8),
+                stream_call_us: mean_of(9),
             }),
             copy_us,
             same_traffic_us,

@@ -112,8 +112,11 @@ pub fn print_table(rows: &[Row]) {
         );
     }
     println!(
-        "x: time over the yardstick (1.00 = as fast as the copy). LL: each phase in one launch; \
-         parts: with the hook, its send and receive launches. copy: a device copy of the \
+        "x: time over the yardstick (1.00 = as fast as the copy). LL: each phase in one launch, \
+         as it costs among many calls issued back to back on the stream (a call timed so, split \
+         as the two phases timed alone between events split it; the CSV has both: \
+         stream_call_us, events_us); parts: with the hook, its send and receive launches, each \
+         between events. copy: a device copy of the \
          unique payload bytes; same-tr: a copy moving the HBM bytes the phase minimally reads \
          and writes; fan-out (HT dispatch): its row copies alone, the same rows to the same \
          places with nothing else. NCCL-EP and DeepEP: GB/s per GPU as their benchmarks count \
@@ -158,8 +161,9 @@ fn print_floors(rows: &[Row]) {
         );
     }
     println!(
-        "floor: the phase's launches made with empty kernels on the same grids, timed the same \
-         way; graph: the phase inside one CUDA graph of many calls, as a serving step replayed as \
+        "floor: the phase's launches made with empty kernels on the same grids, back to back on \
+         the stream and in a graph; graph: the phase inside one CUDA graph of many calls, as a \
+         serving step replayed as \
          a graph runs it (a call timed so, split as the two phases' replays, each a graph of its \
          own, split it; the CSV has both: graph_call_us, graph_replay_us); the last x is the \
          graph figure over the same-traffic copy."
@@ -174,7 +178,7 @@ pub fn csv(rows: &[Row]) -> String {
          same_traffic_us,ratio_to_same_traffic,nccl_ep_bytes,nccl_ep_gbps,deepep_bytes,deepep_gbps,\
          fanout_us,ratio_to_fanout,launch_floor_us,ratio_to_launch_floor,graph_us,\
          graph_launch_floor_us,graph_ratio_to_launch_floor,graph_ratio_to_same_traffic,\
-         graph_replay_us,graph_call_us\n",
+         graph_replay_us,graph_call_us,events_us,stream_call_us\n",
     );
     for r in rows {
         let _ = writeln!(
@@ -216,9 +220,9 @@ pub fn csv(rows: &[Row]) -> String {
             r.fanout_us
                 .map_or(String::new(), |f| format!("{:.4}", r.time_us / f)),
             r.floor.map_or_else(
-                || ",,,,,,,".to_owned(),
+                || ",,,,,,,,,".to_owned(),
                 |f| format!(
-                    "{:.3},{:.4},{:.3},{:.3},{:.4},{:.4},{:.3},{:.3}",
+                    "{:.3},{:.4},{:.3},{:.3},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3}",
                     f.launches_us,
                     r.time_us / f.launches_us,
                     f.graph_us,
@@ -226,7 +230,9 @@ pub fn csv(rows: &[Row]) -> String {
                     f.graph_us / f.graph_launches_us,
                     f.graph_us / r.same_traffic_us,
                     f.graph_replay_us,
-                    f.graph_call_us
+                    f.graph_call_us,
+                    f.events_us,
+                    f.stream_call_us
                 )
             ),
         );
