@@ -112,6 +112,10 @@ pub struct LaunchFloor {
     pub back_to_back: GraphTimes,
 }
 
+/// Times `iters` rounds of `step(0..n)` on a GPU: mean microseconds per round.
+type RoundTimer =
+    fn(&Gpu, usize, usize, &mut dyn FnMut(usize) -> Result<(), Error>) -> Result<f64, Error>;
+
 /// Mean time of one round of `steps(0..n)` inside one CUDA graph of `iters` rounds, back to
 /// back, in microseconds.
 fn time_in_graph(
@@ -246,17 +250,7 @@ impl LowLatency {
         warmup: usize,
         iters: usize,
     ) -> Result<f64, Error> {
-        for _ in 0..warmup {
-            self.dispatch(call)?;
-            self.combine(call)?;
-        }
-        let gpu = self.gpu().clone();
-        let t = time_back_to_back(&gpu, iters, 2, &mut |phase| match phase {
-            0 => self.dispatch(call),
-            _ => self.combine(call),
-        })?;
-        self.check()?;
-        Ok(t)
+        self.time_calls_by(call, warmup, iters, time_back_to_back)
     }
 
     /// Mean time of a whole call (dispatch, then combine) inside one CUDA graph of `iters`
@@ -269,12 +263,24 @@ impl LowLatency {
         warmup: usize,
         iters: usize,
     ) -> Result<f64, Error> {
+        self.time_calls_by(call, warmup, iters, time_in_graph)
+    }
+
+    /// `warmup` calls, then `iters` calls timed by `timer` ([`time_back_to_back`],
+    /// [`time_in_graph`]); checks for errors.
+    fn time_calls_by(
+        &mut self,
+        call: &mut HostCall,
+        warmup: usize,
+        iters: usize,
+        timer: RoundTimer,
+    ) -> Result<f64, Error> {
         for _ in 0..warmup {
             self.dispatch(call)?;
             self.combine(call)?;
         }
         let gpu = self.gpu().clone();
-        let t = time_in_graph(&gpu, iters, 2, &mut |phase| match phase {
+        let t = timer(&gpu, iters, 2, &mut |phase| match phase {
             0 => self.dispatch(call),
             _ => self.combine(call),
         })?;
