@@ -27,6 +27,19 @@ pub fn elapsed_us(start: &CudaEvent, stop: &CudaEvent) -> Result<f64, Error> {
     Ok(f64::from(start.elapsed_ms(stop).cuda("reading an event timer")?) * 1e3)
 }
 
+/// Microseconds between two events recorded on the GPU's stream around what `batch` issues
+/// there (waits for it).
+pub(crate) fn batch_us(
+    gpu: &Gpu,
+    batch: &mut dyn FnMut() -> Result<(), Error>,
+) -> Result<f64, Error> {
+    let (start, stop) = (timing_event(gpu)?, timing_event(gpu)?);
+    record(gpu, &start)?;
+    batch()?;
+    record(gpu, &stop)?;
+    elapsed_us(&start, &stop)
+}
+
 /// Mean time of one replay of `graph` in microseconds: the best of 3 replays, each timed
 /// between two events, after one untimed replay. A graph of many calls runs them back to back,
 /// as a serving step replayed as one graph does, with no host work between them.
@@ -34,11 +47,7 @@ pub(crate) fn replay_us(gpu: &Gpu, graph: &CudaGraph, what: &str) -> Result<f64,
     graph.launch().cuda(what)?;
     let mut best = f64::INFINITY;
     for _ in 0..3 {
-        let (start, stop) = (timing_event(gpu)?, timing_event(gpu)?);
-        record(gpu, &start)?;
-        graph.launch().cuda(what)?;
-        record(gpu, &stop)?;
-        best = best.min(elapsed_us(&start, &stop)?);
+        best = best.min(batch_us(gpu, &mut || graph.launch().cuda(what))?);
     }
     Ok(best)
 }
@@ -80,11 +89,7 @@ fn best_batch_us(
     let iters = iters.max(1);
     let mut best = f64::INFINITY;
     let mut time = |batch: &mut dyn FnMut() -> Result<(), Error>| -> Result<(), Error> {
-        let (start, stop) = (timing_event(gpu)?, timing_event(gpu)?);
-        record(gpu, &start)?;
-        batch()?;
-        record(gpu, &stop)?;
-        best = best.min(elapsed_us(&start, &stop)? / iters as f64);
+        best = best.min(batch_us(gpu, batch)? / iters as f64);
         Ok(())
     };
     for _ in 0..YARDSTICK_BATCHES {

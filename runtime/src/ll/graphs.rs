@@ -103,8 +103,6 @@ impl GraphTimes {
 /// The launch floor under a call ([`LowLatency::time_launch_floor`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LaunchFloor {
-    /// The empty launches, each timed as a call's launch is.
-    pub launches: PhaseTimes,
     /// The empty launches of each phase inside one graph of many, back to back: what they cost
     /// in a serving step replayed as one graph.
     pub in_graph: GraphTimes,
@@ -140,11 +138,10 @@ fn time_back_to_back(
     step: &mut dyn FnMut(usize) -> Result<(), Error>,
 ) -> Result<f64, Error> {
     let iters = iters.max(1);
-    let (start, stop) = (timing::timing_event(gpu)?, timing::timing_event(gpu)?);
-    timing::record(gpu, &start)?;
-    (0..iters).try_for_each(|_| (0..n).try_for_each(&mut *step))?;
-    timing::record(gpu, &stop)?;
-    Ok(timing::elapsed_us(&start, &stop)? / iters as f64)
+    let us = timing::batch_us(gpu, &mut || {
+        (0..iters).try_for_each(|_| (0..n).try_for_each(&mut *step))
+    })?;
+    Ok(us / iters as f64)
 }
 
 /// Mean time of each of `n` steps over `iters` rounds (after `warmup` untimed rounds), with an
@@ -288,12 +285,12 @@ impl LowLatency {
         Ok(t)
     }
 
-    /// The launch floor under `call`'s phases: its launches (one per phase, and the hook's
-    /// four) made with empty kernels of the same parameter on the same grids (`empty`: the
-    /// spec's rendered [`ep_codegen::kernels::ll::empty_plan`]), timed as
-    /// [`LowLatency::time_phases`] times the real ones, and each phase's back to back, inside one
-    /// CUDA graph of many and on the stream. Needs a dispatch of `call` first (its tokens pick
-    /// the grids).
+    /// The launch floor under `call`'s phases: each phase's launches (one, or the hook's two
+    /// where the group's ranks do not fit one) made with empty kernels of the same parameter on
+    /// the same grids (`empty`: the spec's rendered [`ep_codegen::kernels::ll::empty_plan`]),
+    /// after `warmup` untimed rounds, timed back to back inside one CUDA graph of `iters` and on
+    /// the stream, as [`LowLatency::time_calls_in_graph`] and [`LowLatency::time_calls`] time
+    /// the real ones. Needs a dispatch of `call` first (its tokens pick the grids).
     pub fn time_launch_floor(
         &mut self,
         jit: &Jit,
@@ -335,9 +332,11 @@ impl LowLatency {
             [&[2, 3], &[4, 5]]
         };
         let run = |steps: &[usize]| steps.iter().try_for_each(|&step| launch(step));
-        let one = time_steps(&gpu, warmup, iters, 2, &mut |step| run(phase[step]))?;
-        let t = time_steps(&gpu, warmup, iters, 4, &mut |step| launch(step + 2))?;
         let run_phase = |step: usize| run(phase[step]);
+        for _ in 0..warmup {
+            run_phase(0)?;
+            run_phase(1)?;
+        }
         let in_graph = GraphTimes {
             dispatch: time_in_graph(&gpu, iters, 1, &mut |_| run_phase(0))?,
             combine: time_in_graph(&gpu, iters, 1, &mut |_| run_phase(1))?,
@@ -347,7 +346,6 @@ impl LowLatency {
             combine: time_back_to_back(&gpu, iters, 1, &mut |_| run_phase(1))?,
         };
         Ok(LaunchFloor {
-            launches: PhaseTimes::of(&one, &t),
             in_graph,
             back_to_back,
         })
