@@ -16,6 +16,7 @@ pub struct Gpu {
     arch: Arch,
     name: String,
     sms: u32,
+    l2_bytes: usize,
 }
 
 impl Gpu {
@@ -32,6 +33,9 @@ impl Gpu {
         let sms = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .cuda("reading the SM count")?;
+        let l2_bytes = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+            .cuda("reading the L2 cache size")?;
         // SAFETY: all of epc's work on this context is ordered on the one stream below, so the
         // cross-stream event tracking this turns off has nothing to order; without it, launches
         // can be captured into CUDA graphs.
@@ -43,6 +47,7 @@ impl Gpu {
             arch: Arch::from_capability(major, minor),
             name,
             sms: sms.max(0) as u32,
+            l2_bytes: l2_bytes.max(0) as usize,
         })
     }
 
@@ -82,6 +87,11 @@ impl Gpu {
     /// Streaming multiprocessors.
     pub fn sms(&self) -> u32 {
         self.sms
+    }
+
+    /// Bytes of L2 cache (50 MiB on the H100).
+    pub fn l2_bytes(&self) -> usize {
+        self.l2_bytes
     }
 }
 
