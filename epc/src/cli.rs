@@ -66,7 +66,8 @@ pub struct SoakArgs {
     /// Calls per spec.
     #[arg(long, default_value_t = 10_000)]
     pub calls: usize,
-    /// Stop a spec's soak after this many seconds, whatever the calls left.
+    /// Start no call of a spec after this many seconds, whatever the calls left (the call
+    /// running then ends first, with its check against the CPU reference if it has one).
     #[arg(long)]
     pub seconds: Option<f64>,
     /// Check every Nth call (and the last) bit for bit against the CPU reference; the others'

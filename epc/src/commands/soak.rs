@@ -49,9 +49,6 @@ pub fn soak(args: &SoakArgs, templates: Option<&Path>) -> Result<ExitCode> {
     if let Some(s) = args.seconds.filter(|s| !(s.is_finite() && *s > 0.0)) {
         bail!("--seconds {s}: a soak needs a positive, finite number of seconds");
     }
-    if let Some(s) = args.seconds.filter(|s| !(s.is_finite() && *s > 0.0)) {
-        bail!("--seconds {s}: a soak needs a positive, finite number of seconds");
-    }
     let specs = load_specs(&args.specs.specs)?;
     let renderer = renderer(templates)?;
     let gpu = Gpu::open(0)?;
