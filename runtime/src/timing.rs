@@ -156,7 +156,7 @@ impl Ring {
 
 /// Time of a device-to-device copy of `bytes` (`cuMemcpyDtoDAsync`), in microseconds: the best
 /// mean of batches of `iters` copies, issued one by one and as a CUDA graph, from and to HBM
-/// (see [`Ring`]).
+/// (the copies cycle through buffers spanning twice the L2).
 pub fn copy_us(gpu: &Gpu, bytes: usize, iters: usize) -> Result<f64, Error> {
     let stream = gpu.stream();
     let ring = Ring::new(gpu, 2 * bytes);
@@ -172,7 +172,8 @@ pub fn copy_us(gpu: &Gpu, bytes: usize, iters: usize) -> Result<f64, Error> {
 
 /// Time of the same-traffic copy of a phase that reads `read` and writes `written` HBM bytes, in
 /// microseconds: the best mean of batches of `iters` repetitions, issued one by one and as a
-/// CUDA graph, from and to HBM (see [`Ring`]). One repetition is a device-to-device copy of
+/// CUDA graph, from and to HBM (the repetitions cycle through buffers spanning twice the L2).
+/// One repetition is a device-to-device copy of
 /// `min(read, written)` bytes (reads and writes in equal parts), then the rest of the traffic: a
 /// fill of `written - read` bytes when the phase writes more than it reads (HBM writes alone
 /// run slower than a copy, so a write-heavy phase is held to what the memory can do for its
