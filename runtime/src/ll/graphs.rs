@@ -110,37 +110,33 @@ pub struct LaunchFloor {
     pub back_to_back: GraphTimes,
 }
 
-/// Times `iters` rounds of `step(0..n)` on a GPU: mean microseconds per round.
-type RoundTimer =
-    fn(&Gpu, usize, usize, &mut dyn FnMut(usize) -> Result<(), Error>) -> Result<f64, Error>;
-
-/// Mean time of one round of `steps(0..n)` inside one CUDA graph of `iters` rounds, back to
-/// back, in microseconds.
-fn time_in_graph(
-    gpu: &Gpu,
-    iters: usize,
-    n: usize,
-    step: &mut dyn FnMut(usize) -> Result<(), Error>,
-) -> Result<f64, Error> {
-    let iters = iters.max(1);
-    let graph = capture_graph(gpu.stream(), "rounds", || {
-        (0..iters).try_for_each(|_| (0..n).try_for_each(&mut *step))
-    })?;
-    Ok(timing::replay_us(gpu, &graph, "replaying a graph of rounds")? / iters as f64)
+/// How timed rounds are issued.
+#[derive(Debug, Clone, Copy)]
+enum Issue {
+    /// Captured as one CUDA graph of all the rounds, back to back, and replayed.
+    InGraph,
+    /// Back to back on the GPU's stream, timed as one batch (an event before and after).
+    BackToBack,
 }
 
-/// Mean time of one round of `steps(0..n)` over `iters` rounds issued back to back on the
-/// GPU's stream, timed as one batch (an event before and after), in microseconds.
-fn time_back_to_back(
+/// Mean time of one round of `steps(0..n)` over `iters` rounds issued as `issue` says, in
+/// microseconds.
+fn time_rounds(
     gpu: &Gpu,
+    issue: Issue,
     iters: usize,
     n: usize,
     step: &mut dyn FnMut(usize) -> Result<(), Error>,
 ) -> Result<f64, Error> {
     let iters = iters.max(1);
-    let us = timing::batch_us(gpu, &mut || {
-        (0..iters).try_for_each(|_| (0..n).try_for_each(&mut *step))
-    })?;
+    let mut rounds = || (0..iters).try_for_each(|_| (0..n).try_for_each(&mut *step));
+    let us = match issue {
+        Issue::InGraph => {
+            let graph = capture_graph(gpu.stream(), "rounds", rounds)?;
+            timing::replay_us(gpu, &graph, "replaying a graph of rounds")?
+        }
+        Issue::BackToBack => timing::batch_us(gpu, &mut rounds)?,
+    };
     Ok(us / iters as f64)
 }
 
@@ -247,7 +243,7 @@ impl LowLatency {
         warmup: usize,
         iters: usize,
     ) -> Result<f64, Error> {
-        self.time_calls_by(call, warmup, iters, time_back_to_back)
+        self.time_calls_by(call, warmup, iters, Issue::BackToBack)
     }
 
     /// Mean time of a whole call (dispatch, then combine) inside one CUDA graph of `iters`
@@ -260,24 +256,23 @@ impl LowLatency {
         warmup: usize,
         iters: usize,
     ) -> Result<f64, Error> {
-        self.time_calls_by(call, warmup, iters, time_in_graph)
+        self.time_calls_by(call, warmup, iters, Issue::InGraph)
     }
 
-    /// `warmup` calls, then `iters` calls timed by `timer` ([`time_back_to_back`],
-    /// [`time_in_graph`]); checks for errors.
+    /// `warmup` calls, then `iters` calls issued as `issue` says and timed; checks for errors.
     fn time_calls_by(
         &mut self,
         call: &mut HostCall,
         warmup: usize,
         iters: usize,
-        timer: RoundTimer,
+        issue: Issue,
     ) -> Result<f64, Error> {
         for _ in 0..warmup {
             self.dispatch(call)?;
             self.combine(call)?;
         }
         let gpu = self.gpu().clone();
-        let t = timer(&gpu, iters, 2, &mut |phase| match phase {
+        let t = time_rounds(&gpu, issue, iters, 2, &mut |phase| match phase {
             0 => self.dispatch(call),
             _ => self.combine(call),
         })?;
@@ -337,17 +332,15 @@ impl LowLatency {
             run_phase(0)?;
             run_phase(1)?;
         }
-        let in_graph = GraphTimes {
-            dispatch: time_in_graph(&gpu, iters, 1, &mut |_| run_phase(0))?,
-            combine: time_in_graph(&gpu, iters, 1, &mut |_| run_phase(1))?,
-        };
-        let back_to_back = GraphTimes {
-            dispatch: time_back_to_back(&gpu, iters, 1, &mut |_| run_phase(0))?,
-            combine: time_back_to_back(&gpu, iters, 1, &mut |_| run_phase(1))?,
+        let floor = |issue| -> Result<GraphTimes, Error> {
+            Ok(GraphTimes {
+                dispatch: time_rounds(&gpu, issue, iters, 1, &mut |_| run_phase(0))?,
+                combine: time_rounds(&gpu, issue, iters, 1, &mut |_| run_phase(1))?,
+            })
         };
         Ok(LaunchFloor {
-            in_graph,
-            back_to_back,
+            in_graph: floor(Issue::InGraph)?,
+            back_to_back: floor(Issue::BackToBack)?,
         })
     }
 }
