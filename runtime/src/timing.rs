@@ -158,16 +158,8 @@ impl Ring {
 /// mean of batches of `iters` copies, issued one by one and as a CUDA graph, from and to HBM
 /// (the copies cycle through buffers spanning twice the L2).
 pub fn copy_us(gpu: &Gpu, bytes: usize, iters: usize) -> Result<f64, Error> {
-    let stream = gpu.stream();
-    let ring = Ring::new(gpu, 2 * bytes);
-    let src = ring.alloc(gpu, bytes, "allocating the copy source")?;
-    let mut dst = ring.alloc(gpu, bytes, "allocating the copy destination")?;
-    best_batch_us(gpu, iters, &mut |i| {
-        let r = ring.range(bytes.max(1), i);
-        stream
-            .memcpy_dtod(&src.slice(r.clone()), &mut dst.slice_mut(r))
-            .cuda("copying")
-    })
+    // A balanced traffic is one copy.
+    traffic_us(gpu, bytes.max(1), bytes.max(1), iters)
 }
 
 /// Time of the same-traffic copy of a phase that reads `read` and writes `written` HBM bytes, in
