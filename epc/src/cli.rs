@@ -271,7 +271,8 @@ pub struct BenchArgs {
     /// Run every spec with this many (virtual) ranks instead of its own.
     #[arg(long)]
     pub ranks: Option<u32>,
-    /// Tokens per rank (default: LL 128, HT 4096; at most max_tokens_per_rank).
+    /// Tokens per rank (default: LL 128, HT 4096; at most max_tokens_per_rank); with --sweep,
+    /// where the sweep ends.
     #[arg(long)]
     pub tokens: Option<usize>,
     /// Set tuning.sms (SMs all ranks' kernels may occupy) of every spec.
@@ -280,7 +281,8 @@ pub struct BenchArgs {
     /// Set tuning.warps_per_block of every spec.
     #[arg(long)]
     pub warps: Option<u32>,
-    /// Also time tokens per rank 1, 2, 4, ... up to max_tokens_per_rank (for --csv / --svg).
+    /// Also time tokens per rank 1, 2, 4, ... up to max_tokens_per_rank, or up to --tokens (for
+    /// --csv / --svg).
     #[arg(long)]
     pub sweep: bool,
     /// Timed calls per measurement.

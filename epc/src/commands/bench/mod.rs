@@ -269,17 +269,21 @@ fn token_counts(spec: &Spec, args: &BenchArgs) -> Result<Vec<usize>> {
         Mode::LowLatency => 128,
         Mode::HighThroughput => 4096,
     };
-    let tokens: Vec<usize> = if args.sweep {
-        (0..=13).map(|p| 1usize << p).filter(|&t| t <= m).collect()
-    } else {
-        vec![args.tokens.unwrap_or(default.min(m))]
-    };
-    if let Some(&t) = tokens.iter().find(|&&t| t > m) {
+    if let Some(t) = args.tokens.filter(|&t| t > m) {
         bail!(
             "--tokens {t} exceeds max_tokens_per_rank = {m} of {}",
             spec.name()
         );
     }
+    let tokens: Vec<usize> = if args.sweep {
+        let end = args.tokens.unwrap_or(m);
+        if end == 0 {
+            bail!("--sweep ends at --tokens, which must be at least 1");
+        }
+        (0..=13).map(|p| 1usize << p).filter(|&t| t <= end).collect()
+    } else {
+        vec![args.tokens.unwrap_or(default.min(m))]
+    };
     Ok(tokens)
 }
 
@@ -396,5 +400,31 @@ mod tests {
             (specs[7].hidden(), specs[7].experts(), specs[7].top_k()),
             (2880, 128, 4)
         );
+    }
+
+    fn bench_args(args: &[&str]) -> BenchArgs {
+        use clap::Parser;
+        let argv = ["epc", "bench"].iter().chain(args);
+        match crate::cli::Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Some(crate::cli::Command::Bench(b))) => b,
+            other => panic!("not a bench command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sweep_ends_at_tokens_and_tokens_past_the_spec_are_refused() {
+        let spec = standard().unwrap().remove(0);
+        let counts = |args: &[&str]| token_counts(&spec, &bench_args(args));
+        assert_eq!(counts(&["--sweep"]).unwrap(), [1, 2, 4, 8, 16, 32, 64, 128]);
+        assert_eq!(counts(&["--sweep", "--tokens", "16"]).unwrap(), [1, 2, 4, 8, 16]);
+        assert_eq!(counts(&["--sweep", "--tokens", "20"]).unwrap(), [1, 2, 4, 8, 16]);
+        assert_eq!(counts(&["--tokens", "20"]).unwrap(), [20]);
+        assert_eq!(counts(&[]).unwrap(), [128]);
+        let err = counts(&["--sweep", "--tokens", "0"]).unwrap_err().to_string();
+        assert!(err.contains("at least 1"), "{err}");
+        for args in [&["--tokens", "129"][..], &["--sweep", "--tokens", "129"]] {
+            let err = counts(args).unwrap_err().to_string();
+            assert!(err.contains("exceeds max_tokens_per_rank = 128"), "{err}");
+        }
     }
 }
