@@ -37,6 +37,12 @@ const fn align(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
 }
 
+/// Bytes between two of the window's counters that many warps add to at once (the row
+/// counters and the done counters): a 32-byte sector each, so that the atomics of one counter
+/// do not queue behind another's. (On the H100 with 8 ranks, the done counters of 8 sources
+/// shared a sector: Qwen3-235B's dispatch of 16 tokens took 8.7 us in a graph, now 7.6.)
+pub const COUNTER_STRIDE: u64 = 32;
+
 /// Byte offsets of everything in one half of a rank's low-latency window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -88,10 +94,10 @@ impl Window {
             y_offset + rows * h * u64::from(spec.combine_dtype.size()),
             256,
         );
-        let range_offset = align(counter_offset + l * 4, 256);
+        let range_offset = align(counter_offset + l * COUNTER_STRIDE, 256);
         let dispatch_flags_offset = align(range_offset + l * r * 8, 256);
         let dispatch_done_offset = align(dispatch_flags_offset + l * r * 8, 256);
-        let combine_flags_offset = align(dispatch_done_offset + l * r * 4, 256);
+        let combine_flags_offset = align(dispatch_done_offset + l * r * COUNTER_STRIDE, 256);
         let half_bytes = align(combine_flags_offset + r * 8, 4096);
         Window {
             payload_bytes,
@@ -238,6 +244,7 @@ fn common(spec: &Spec) -> Common {
         ("range_offset", as_i64(w.range_offset)),
         ("dispatch_flags_offset", as_i64(w.dispatch_flags_offset)),
         ("dispatch_done_offset", as_i64(w.dispatch_done_offset)),
+        ("counter_stride", as_i64(COUNTER_STRIDE / 4)),
         ("combine_flags_offset", as_i64(w.combine_flags_offset)),
         ("half_bytes", as_i64(w.half_bytes)),
         ("workspace_ints", i64::from(workspace_ints(spec))),
@@ -377,11 +384,15 @@ mod tests {
                 (w.recv_scales_offset, rows * w.scale_count * 4),
                 (w.recv_src_offset, rows * 4),
                 (w.y_offset, rows * u64::from(s.hidden) * 2),
-                (w.counter_offset, u64::from(s.local_experts()) * 4),
+                (w.counter_offset, u64::from(s.local_experts()) * COUNTER_STRIDE),
                 (w.range_offset, u64::from(s.local_experts() * s.ranks) * 8),
                 (
                     w.dispatch_flags_offset,
                     u64::from(s.local_experts() * s.ranks) * 8,
+                ),
+                (
+                    w.dispatch_done_offset,
+                    u64::from(s.local_experts() * s.ranks) * COUNTER_STRIDE,
                 ),
                 (w.combine_flags_offset, u64::from(s.ranks) * 8),
             ];
