@@ -384,7 +384,10 @@ mod tests {
                 (w.recv_scales_offset, rows * w.scale_count * 4),
                 (w.recv_src_offset, rows * 4),
                 (w.y_offset, rows * u64::from(s.hidden) * 2),
-                (w.counter_offset, u64::from(s.local_experts()) * COUNTER_STRIDE),
+                (
+                    w.counter_offset,
+                    u64::from(s.local_experts()) * COUNTER_STRIDE,
+                ),
                 (w.range_offset, u64::from(s.local_experts() * s.ranks) * 8),
                 (
                     w.dispatch_flags_offset,

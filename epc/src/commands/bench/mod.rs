@@ -280,7 +280,10 @@ fn token_counts(spec: &Spec, args: &BenchArgs) -> Result<Vec<usize>> {
         if end == 0 {
             bail!("--sweep ends at --tokens, which must be at least 1");
         }
-        (0..=13).map(|p| 1usize << p).filter(|&t| t <= end).collect()
+        (0..=13)
+            .map(|p| 1usize << p)
+            .filter(|&t| t <= end)
+            .collect()
     } else {
         vec![args.tokens.unwrap_or(default.min(m))]
     };
@@ -416,11 +419,19 @@ mod tests {
         let spec = standard().unwrap().remove(0);
         let counts = |args: &[&str]| token_counts(&spec, &bench_args(args));
         assert_eq!(counts(&["--sweep"]).unwrap(), [1, 2, 4, 8, 16, 32, 64, 128]);
-        assert_eq!(counts(&["--sweep", "--tokens", "16"]).unwrap(), [1, 2, 4, 8, 16]);
-        assert_eq!(counts(&["--sweep", "--tokens", "20"]).unwrap(), [1, 2, 4, 8, 16]);
+        assert_eq!(
+            counts(&["--sweep", "--tokens", "16"]).unwrap(),
+            [1, 2, 4, 8, 16]
+        );
+        assert_eq!(
+            counts(&["--sweep", "--tokens", "20"]).unwrap(),
+            [1, 2, 4, 8, 16]
+        );
         assert_eq!(counts(&["--tokens", "20"]).unwrap(), [20]);
         assert_eq!(counts(&[]).unwrap(), [128]);
-        let err = counts(&["--sweep", "--tokens", "0"]).unwrap_err().to_string();
+        let err = counts(&["--sweep", "--tokens", "0"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("at least 1"), "{err}");
         for args in [&["--tokens", "129"][..], &["--sweep", "--tokens", "129"]] {
             let err = counts(args).unwrap_err().to_string();
