@@ -71,6 +71,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/partials/ll_constants.hbs"),
     ),
     (
+        "partials/dependent_launch",
+        include_str!("../templates/partials/dependent_launch.hbs"),
+    ),
+    (
         "partials/signals",
         include_str!("../templates/partials/signals.hbs"),
     ),

@@ -6,6 +6,9 @@
 use std::ffi::c_void;
 
 use cudarc::driver::CudaFunction;
+use cudarc::driver::sys::{
+    self, CUlaunchAttribute, CUlaunchAttributeID, CUlaunchAttributeValue, CUlaunchConfig,
+};
 use ep_codegen::kernels::ll::MAX_LAUNCH_RANKS;
 
 use crate::Error;
@@ -32,6 +35,10 @@ pub(crate) struct Grid {
     /// Whether the grid must be co-resident, its blocks waiting for each other's work
     /// (cooperative launch).
     pub cooperative: bool,
+    /// Whether the launch may begin while the kernel before it on the stream ends
+    /// (programmatic dependent launch). Only for kernels whose entries wait for that kernel
+    /// before they read memory (`dependent_launch::begin` in the templates), on sm_90 and later.
+    pub dependent: bool,
 }
 
 /// Launches `f` once for `ranks` (at most [`MAX_LAUNCH_RANKS`], grid.y = entry) on `stream`.
@@ -64,30 +71,54 @@ pub(crate) unsafe fn launch<A: Copy + Default>(
     };
     args.rank[..n].copy_from_slice(ranks);
     let mut params = [(&raw mut args).cast::<c_void>()];
-    let dims = ((grid.blocks, n as u32, 1), (grid.threads, 1, 1));
-    // SAFETY: the kernel's one parameter is `LaunchArgs` by value, whose layout `args` follows
-    // (checked by the static asserts on both sides); the driver copies it before returning.
-    // The caller guarantees the addresses inside (see `# Safety`).
-    let launched = unsafe {
-        if grid.cooperative {
-            cudarc::driver::result::launch_cooperative_kernel(
-                f.cu_function(),
-                dims.0,
-                dims.1,
-                0,
-                stream.raw(),
-                &mut params,
-            )
-        } else {
-            cudarc::driver::result::launch_kernel(
-                f.cu_function(),
-                dims.0,
-                dims.1,
-                0,
-                stream.raw(),
-                &mut params,
-            )
-        }
+    let mut attrs = Vec::with_capacity(2);
+    if grid.cooperative {
+        attrs.push(attribute(
+            CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
+            CUlaunchAttributeValue { cooperative: 1 },
+        ));
+    }
+    if grid.dependent {
+        attrs.push(attribute(
+            CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        ));
+    }
+    let config = CUlaunchConfig {
+        gridDimX: grid.blocks,
+        gridDimY: n as u32,
+        gridDimZ: 1,
+        blockDimX: grid.threads,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: 0,
+        hStream: stream.raw(),
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: attrs.len() as u32,
     };
+    // SAFETY: the kernel's one parameter is `LaunchArgs` by value, whose layout `args` follows
+    // (checked by the static asserts on both sides); the driver copies it, and reads `config`
+    // and its attributes, before returning. The caller guarantees the addresses inside (see
+    // `# Safety`); a dependent launch is asked only for entries that wait before they read.
+    let launched = unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            f.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result();
     launched.cuda("launching a kernel")
+}
+
+/// One launch attribute.
+fn attribute(id: CUlaunchAttributeID, value: CUlaunchAttributeValue) -> CUlaunchAttribute {
+    CUlaunchAttribute {
+        id,
+        pad: [0; 4],
+        value,
+    }
 }

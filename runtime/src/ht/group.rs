@@ -661,6 +661,8 @@ impl HtGroup {
             blocks,
             threads: DATA_THREADS,
             cooperative: false,
+            // The HT entries read before any wait of their own.
+            dependent: false,
         };
         for chunk in args.chunks(MAX_LAUNCH_RANKS as usize) {
             // SAFETY: `f` is an ht_dispatch or ht_combine entry of this spec (LaunchArgs of

@@ -370,6 +370,8 @@ impl HtNotify {
             blocks: 1,
             threads: ep_codegen::kernels::ht::NOTIFY_THREADS,
             cooperative: false,
+            // The HT entries read before any wait of their own.
+            dependent: false,
         };
         self.gpu
             .context()

@@ -588,6 +588,9 @@ struct Kernels {
     combine: [CudaFunction; 3],
     blocks_per_rank: u32,
     threads: u32,
+    /// Whether launches may begin while the kernel before them ends (programmatic dependent
+    /// launch: every LL entry waits for it first, `dependent_launch::begin`; sm_90 and later).
+    dependent: bool,
 }
 
 impl Kernels {
@@ -655,6 +658,7 @@ impl Kernels {
             combine,
             blocks_per_rank,
             threads,
+            dependent: gpu.arch().number >= 90,
         })
     }
 
@@ -663,6 +667,7 @@ impl Kernels {
             blocks: self.blocks_per_rank,
             threads: self.threads,
             cooperative: true,
+            dependent: self.dependent,
         }
     }
 
@@ -671,6 +676,7 @@ impl Kernels {
             blocks: 1,
             threads: self.threads,
             cooperative: false,
+            dependent: self.dependent,
         }
     }
 }
