@@ -71,21 +71,7 @@ pub(crate) unsafe fn launch<A: Copy + Default>(
     };
     args.rank[..n].copy_from_slice(ranks);
     let mut params = [(&raw mut args).cast::<c_void>()];
-    let mut attrs = Vec::with_capacity(2);
-    if grid.cooperative {
-        attrs.push(attribute(
-            CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
-            CUlaunchAttributeValue { cooperative: 1 },
-        ));
-    }
-    if grid.dependent {
-        attrs.push(attribute(
-            CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            CUlaunchAttributeValue {
-                programmaticStreamSerializationAllowed: 1,
-            },
-        ));
-    }
+    let (mut attrs, num_attrs) = attributes(grid);
     let config = CUlaunchConfig {
         gridDimX: grid.blocks,
         gridDimY: n as u32,
@@ -96,7 +82,7 @@ pub(crate) unsafe fn launch<A: Copy + Default>(
         sharedMemBytes: 0,
         hStream: stream.raw(),
         attrs: attrs.as_mut_ptr(),
-        numAttrs: attrs.len() as u32,
+        numAttrs: num_attrs,
     };
     // SAFETY: the kernel's one parameter is `LaunchArgs` by value, whose layout `args` follows
     // (checked by the static asserts on both sides); the driver copies it, and reads `config`
@@ -114,11 +100,70 @@ pub(crate) unsafe fn launch<A: Copy + Default>(
     launched.cuda("launching a kernel")
 }
 
-/// One launch attribute.
-fn attribute(id: CUlaunchAttributeID, value: CUlaunchAttributeValue) -> CUlaunchAttribute {
-    CUlaunchAttribute {
+/// The launch attributes `grid` asks for: the first `.1` of the array.
+fn attributes(grid: Grid) -> ([CUlaunchAttribute; 2], u32) {
+    let attribute = |id, value| CUlaunchAttribute {
         id,
         pad: [0; 4],
         value,
+    };
+    let ignore = || {
+        attribute(
+            CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_IGNORE,
+            CUlaunchAttributeValue { cooperative: 0 },
+        )
+    };
+    let mut attrs = [ignore(), ignore()];
+    let mut n = 0;
+    if grid.cooperative {
+        attrs[n] = attribute(
+            CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
+            CUlaunchAttributeValue { cooperative: 1 },
+        );
+        n += 1;
+    }
+    if grid.dependent {
+        attrs[n] = attribute(
+            CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        );
+        n += 1;
+    }
+    (attrs, n as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Grid, attributes};
+    use cudarc::driver::sys::CUlaunchAttributeID as Id;
+
+    fn ids(cooperative: bool, dependent: bool) -> Vec<Id> {
+        let grid = Grid {
+            blocks: 16,
+            threads: 512,
+            cooperative,
+            dependent,
+        };
+        let (attrs, n) = attributes(grid);
+        attrs[..n as usize].iter().map(|a| a.id).collect()
+    }
+
+    #[test]
+    fn a_grid_asks_for_exactly_its_attributes() {
+        assert_eq!(ids(false, false), []);
+        assert_eq!(ids(true, false), [Id::CU_LAUNCH_ATTRIBUTE_COOPERATIVE]);
+        assert_eq!(
+            ids(false, true),
+            [Id::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION]
+        );
+        assert_eq!(
+            ids(true, true),
+            [
+                Id::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
+                Id::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+            ]
+        );
     }
 }
