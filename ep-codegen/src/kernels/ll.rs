@@ -23,7 +23,9 @@
 //! timeout and, per rank of the launch (grid.y), a [`RANK_ARGS_BYTES`]-byte `RankArgs` with the
 //! caller's tensors, the rank's workspace, window half, peer table and this call's state. A
 //! launch covers at most [`launch_ranks`] ranks: one GPU's rank over NCCL, or a chunk of the
-//! virtual ranks of one GPU.
+//! virtual ranks of one GPU. Every entry point waits for the kernel before it on the stream
+//! before it reads memory (`dependent_launch::begin`), so the runtime may launch it as a
+//! programmatic dependent launch, whose blocks start while that kernel ends.
 
 use std::collections::BTreeMap;
 
