@@ -17,6 +17,7 @@ pub struct Gpu {
     name: String,
     sms: u32,
     l2_bytes: usize,
+    dependent_launch: bool,
 }
 
 impl Gpu {
@@ -41,13 +42,19 @@ impl Gpu {
         // can be captured into CUDA graphs.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().cuda("creating a stream")?;
+        let arch = Arch::from_capability(major, minor);
+        // griddepcontrol needs sm_90; stream capture keeps programmatic dependencies in graphs
+        // from CUDA 12.3 on.
+        let dependent_launch =
+            arch.number >= 90 && Gpu::driver_version().is_ok_and(|v| v >= (12, 3));
         Ok(Gpu {
             ctx,
             stream,
-            arch: Arch::from_capability(major, minor),
+            arch,
             name,
             sms: sms.max(0) as u32,
             l2_bytes: l2_bytes.max(0) as usize,
+            dependent_launch,
         })
     }
 
@@ -87,6 +94,12 @@ impl Gpu {
     /// Streaming multiprocessors.
     pub fn sms(&self) -> u32 {
         self.sms
+    }
+
+    /// Whether kernels may be launched as programmatic dependent launches here (sm_90 and
+    /// later, with a driver whose stream capture keeps them in graphs).
+    pub fn dependent_launch(&self) -> bool {
+        self.dependent_launch
     }
 
     /// Bytes of L2 cache (50 MiB on the H100).

@@ -658,9 +658,7 @@ impl Kernels {
             combine,
             blocks_per_rank,
             threads,
-            // griddepcontrol needs sm_90; stream capture keeps programmatic dependencies in
-            // graphs from CUDA 12.3 on.
-            dependent: gpu.arch().number >= 90 && Gpu::driver_version().is_ok_and(|v| v >= (12, 3)),
+            dependent: gpu.dependent_launch(),
         })
     }
 
