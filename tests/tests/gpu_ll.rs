@@ -24,9 +24,13 @@ const CASES: &[(u32, u32, u32, u32, &str, &str)] = &[
 ];
 
 fn spec(r: u32, h: u32, k: u32, e: u32, dispatch: &str, index: &str) -> Spec {
+    spec_with_tokens(r, h, k, e, dispatch, index, 32)
+}
+
+fn spec_with_tokens(r: u32, h: u32, k: u32, e: u32, dispatch: &str, index: &str, m: u32) -> Spec {
     let yaml = format!(
-        "name: ll-r{r}-h{h}-k{k}\nmode: low_latency\nhidden: {h}\nexperts: {e}\ntop_k: {k}\n\
-         ranks: {r}\nmax_tokens_per_rank: 32\nindex_dtype: {index}\ndispatch_dtype: {dispatch}\n"
+        "name: ll-r{r}-h{h}-k{k}-m{m}\nmode: low_latency\nhidden: {h}\nexperts: {e}\ntop_k: {k}\n\
+         ranks: {r}\nmax_tokens_per_rank: {m}\nindex_dtype: {index}\ndispatch_dtype: {dispatch}\n"
     );
     Spec::from_yaml(&yaml, None).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
 }
@@ -155,6 +159,35 @@ fn ll_dispatch_and_combine_match_the_reference() {
         }
         eprintln!("{}: {routings} routings match", spec.name());
     }
+}
+
+#[test]
+fn every_way_of_sending_matches_the_reference() {
+    let test = "every_way_of_sending_matches_the_reference";
+    let Some((gpu, jit, _dir)) = gpu_jit_or_skip(test) else {
+        return;
+    };
+    // A rank's send picks its way by its selections (T x K): the owner blocks copy a few, the
+    // reserving threads hand out up to one per thread of a block, and beyond that a pass over
+    // the selections does. With K = 8 and 512 threads the last starts above 64 tokens.
+    let sizes: [[usize; 4]; 4] = [
+        [128, 65, 64, 1],
+        [0, 128, 2, 100],
+        [64, 0, 127, 33],
+        [65, 3, 0, 128],
+    ];
+    for dispatch in ["fp8_e4m3", "bf16"] {
+        let spec = spec_with_tokens(4, 2048, 8, 64, dispatch, "i64", 128);
+        let mut ll = LowLatency::new(&gpu, &jit, &renderer(), &spec).unwrap();
+        let mut call = ll.new_call().unwrap();
+        for (i, tokens) in sizes.iter().enumerate() {
+            let inputs = inputs_with_tokens(&spec, i, tokens);
+            let what = format!("{} tokens {tokens:?}", spec.name());
+            let launches = [Launches::OnePerPhase, Launches::Hook][i % 2];
+            run_and_check_as(&mut ll, &mut call, &spec, &inputs, &what, launches);
+        }
+    }
+    eprintln!("{test}: 8 calls match");
 }
 
 #[test]
