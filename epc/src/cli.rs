@@ -302,6 +302,9 @@ pub struct BenchArgs {
     /// scripts/bench/.
     #[arg(long, value_name = "DIR")]
     pub routing_out: Option<PathBuf>,
+    /// Shape of the routings (the standard workloads and their yardsticks use `uniform`).
+    #[arg(long, value_enum, default_value_t = PatternArg::Uniform)]
+    pub pattern: PatternArg,
     /// Where the ranks run.
     #[command(flatten)]
     pub transport: TransportArgs,

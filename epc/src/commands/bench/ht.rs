@@ -19,7 +19,7 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
     let h = spec.hidden() as usize;
     let mut out = Vec::with_capacity(2 * tokens.len());
     for &t in tokens {
-        let all = ll::inputs(spec, t);
+        let all = ll::inputs(spec, t, ctx.args.pattern.into());
         ctx.dump_routings(spec, t, &all)?;
         let mine: Vec<RankInput> = group.ranks().iter().map(|&r| all[r].clone()).collect();
         let got = group.dispatch(&mine)?;

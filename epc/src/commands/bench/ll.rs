@@ -11,20 +11,13 @@ use super::bytes::{Counts, ll_combine, ll_dispatch, returned_row_bytes, sent_row
 use super::{Bench, Floor, Measured};
 use crate::transport::Knobs;
 
-/// Every rank's inputs at `tokens` tokens: NCCL EP's LL routing (top-k of random scores, a few
-/// slots dropped), seeded by the rank, so every process makes the same.
-pub fn inputs(spec: &Spec, tokens: usize) -> Vec<RankInput> {
+/// Every rank's inputs at `tokens` tokens, seeded by the rank, so every process makes the same:
+/// with `Pattern::Uniform`, NCCL EP's LL routing (top-k of random scores, a few slots dropped).
+pub fn inputs(spec: &Spec, tokens: usize, pattern: Pattern) -> Vec<RankInput> {
     let d = spec.dims();
     (0..d.ranks)
         .map(|rank| RankInput {
-            routing: generate(
-                Pattern::Uniform,
-                tokens,
-                d.top_k,
-                d.experts,
-                d.ranks,
-                rank as u64,
-            ),
+            routing: generate(pattern, tokens, d.top_k, d.experts, d.ranks, rank as u64),
             x: random_activations(spec, tokens, rank as u64),
         })
         .collect()
@@ -43,7 +36,7 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
     let (warmup, iters) = (ctx.args.warmup, ctx.args.iters);
     let mut out = Vec::with_capacity(2 * tokens.len());
     for &t in tokens {
-        let all = inputs(spec, t);
+        let all = inputs(spec, t, ctx.args.pattern.into());
         ctx.dump_routings(spec, t, &all)?;
         let mine: Vec<RankInput> = ll
             .group()

@@ -314,7 +314,7 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
     let lead = mine.lead();
     if lead {
         println!(
-            "GPU {} ({}, {} SMs); {}; {} after {}",
+            "GPU {} ({}, {} SMs); {}; {:?} routings; {} after {}",
             gpu.name(),
             gpu.arch(),
             gpu.sms(),
@@ -325,6 +325,7 @@ pub fn bench(args: &BenchArgs, templates: Option<&Path>) -> Result<ExitCode> {
                     count(ranks.unwrap_or(1) as usize, "rank")
                 ),
             },
+            ep_runtime::routing::Pattern::from(args.pattern),
             count(args.iters, "timed call"),
             count(args.warmup, "warm-up")
         );

@@ -3,6 +3,7 @@
 use anyhow::Result;
 use ep_codegen::{Mode, Renderer, Spec, Tuning};
 use ep_runtime::reference::ll::RankInput;
+use ep_runtime::routing::Pattern;
 use ep_runtime::{Arch, Gpu, Jit};
 
 use super::report::label;
@@ -188,7 +189,7 @@ impl Timer<'_> {
 
     /// This process's ranks' inputs at `t` tokens per rank.
     fn mine(&self, spec: &Spec, ranks: &[usize], t: usize) -> Vec<RankInput> {
-        let all = ll_inputs(spec, t);
+        let all = ll_inputs(spec, t, Pattern::Uniform);
         ranks.iter().map(|&r| all[r].clone()).collect()
     }
 
