@@ -429,6 +429,10 @@ fn nccl_rank_options_are_checked_before_any_gpu_work() {
             &["run", "gpt-oss-120b-ll", "--transport", "carrier-pigeon"],
             "invalid value",
         ),
+        (
+            &["bench", "gpt-oss-120b-ll", "--pattern", "lopsided"],
+            "invalid value 'lopsided' for '--pattern <PATTERN>'",
+        ),
     ];
     for (args, expected) in cases {
         let o = epc(args, cache.path());
