@@ -1,0 +1,329 @@
+// How fast rows can be gathered and reduced on one GPU: the access pattern of the LL combine of
+// DeepSeek-V3 at 128 tokens on 8 ranks (8192 rows of 14 KB, 117 MB, read in 2 KB segments), in
+// kernels as plain as can be, against a device copy of the same traffic. Each figure is the
+// best mean of 3 batches of 20 launches issued back to back.
+//   nvcc -O3 -arch=sm_90 -o gather_rows scripts/bench/gather_rows.cu && ./gather_rows
+// - ldg / tma: 4 rows summed per output (loads, or `cp.async.bulk` into shared memory, double
+//   buffered per warp), rows in order, in random order, or laid out as epc's windows lay out y;
+// - combine-like: 8 rows per output, items of (token, 4 chunks) in two groups of 4 slots, as
+//   ll_combine.cu.hbs streams them; with the grid split by rank (16 x 8) and the slots' rows
+//   shuffled from lanes 0-7 as there; launched cooperatively and with the PDL attribute or not;
+//   rows in 8 windows of their own (cudaMalloc or the stream-ordered allocator).
+#include <cstdio>
+#include <cstdint>
+#include <vector>
+#include <algorithm>
+#include <random>
+#include <cuda_runtime.h>
+#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%d %s\n", __LINE__, cudaGetErrorString(e)); exit(1);} } while (0)
+constexpr int kRow = 14336, kSeg = 2048, kSegs = kRow / kSeg, kRows = 8192, kSlots = 4;
+
+// Each warp item = (row group of kSlots rows, segment): loads kSlots segments (16 B x 4 per lane each), sums, writes 16 B x 4.
+__global__ void __launch_bounds__(512, 1) ldg(const char* const* rows, uint4* out, int items) {
+  const int lane = threadIdx.x % 32;
+  const int warps = gridDim.x * 16;
+  for (int item = (threadIdx.x / 32) * gridDim.x + blockIdx.x; item < items; item += warps) {
+    const int g = item / kSegs, seg = item % kSegs;
+    uint4 v[kSlots][4];
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j)
+#pragma unroll
+      for (int s = 0; s < 4; ++s) v[j][s] = __ldcs(reinterpret_cast<const uint4*>(rows[g * kSlots + j] + seg * kSeg + s * 512) + lane);
+    uint4 acc[4] = {};
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j)
+#pragma unroll
+      for (int s = 0; s < 4; ++s) { acc[s].x += v[j][s].x; acc[s].y ^= v[j][s].y; acc[s].z += v[j][s].z; acc[s].w ^= v[j][s].w; }
+#pragma unroll
+    for (int s = 0; s < 4; ++s) out[(static_cast<size_t>(item) * 4 + s) * 32 + lane] = acc[s];
+  }
+}
+
+// As the LL combine: one output row per 8 rows (K = 8), items of (token, 4 chunks), 2 groups of 4
+// slots, bf16 -> f32 FMA in slot order (kMath) or integer adds (to isolate the math).
+__device__ __forceinline__ float bf(unsigned short h) { return __uint_as_float(static_cast<unsigned>(h) << 16); }
+template <bool kMath>
+__global__ void __launch_bounds__(512, 1) comb8(const char* const* rows, const float* w, uint4* out, int tokens) {
+  const int lane = threadIdx.x % 32;
+  const int warps = gridDim.x * 16;
+  const int items = tokens * kSegs;
+  for (int item = (threadIdx.x / 32) * gridDim.x + blockIdx.x; item < items; item += warps) {
+    const int t = item / kSegs, seg = item % kSegs;
+    float acc[4][8] = {};
+    unsigned iacc[4][4] = {};
+#pragma unroll
+    for (int k0 = 0; k0 < 8; k0 += 4) {
+      uint4 v[4][4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int s = 0; s < 4; ++s) v[j][s] = __ldcs(reinterpret_cast<const uint4*>(rows[t * 8 + k0 + j] + seg * kSeg + s * 512) + lane);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float wj = w[t * 8 + k0 + j];
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+          if (kMath) {
+            const unsigned u[4] = {v[j][s].x, v[j][s].y, v[j][s].z, v[j][s].w};
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              acc[s][2 * q] = fmaf(wj, bf(u[q] & 0xffff), acc[s][2 * q]);
+              acc[s][2 * q + 1] = fmaf(wj, bf(u[q] >> 16), acc[s][2 * q + 1]);
+            }
+          } else {
+            iacc[s][0] += v[j][s].x; iacc[s][1] ^= v[j][s].y; iacc[s][2] += v[j][s].z; iacc[s][3] ^= v[j][s].w;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      uint4 o;
+      if (kMath) {
+        o.x = (__float_as_uint(acc[s][0]) >> 16) | (__float_as_uint(acc[s][1]) & 0xffff0000u);
+        o.y = (__float_as_uint(acc[s][2]) >> 16) | (__float_as_uint(acc[s][3]) & 0xffff0000u);
+        o.z = (__float_as_uint(acc[s][4]) >> 16) | (__float_as_uint(acc[s][5]) & 0xffff0000u);
+        o.w = (__float_as_uint(acc[s][6]) >> 16) | (__float_as_uint(acc[s][7]) & 0xffff0000u);
+      } else {
+        o = make_uint4(iacc[s][0], iacc[s][1], iacc[s][2], iacc[s][3]);
+      }
+      out[(static_cast<size_t>(t) * kSegs + seg) * 128 + s * 32 + lane] = o;
+    }
+  }
+}
+
+// comb8 as the LL combine splits it: grid (16, 8), rank y pulls its own 128 tokens; lane k < 8
+// holds slot k's row pointer and weight (loaded an item ahead), shuffled to the warp (kShfl), or
+// every lane loads them from the table (as comb8).
+template <bool kShfl>
+__global__ void __launch_bounds__(512, 1) comb8r(const char* const* rows, const float* w, uint4* out, int tokens_per_rank) {
+  const int lane = threadIdx.x % 32;
+  const int warps = gridDim.x * 16;
+  const int items = tokens_per_rank * kSegs;
+  const int t0 = blockIdx.y * tokens_per_rank;
+  const int first = (threadIdx.x / 32) * gridDim.x + blockIdx.x;
+  const char* my_p = nullptr; float my_w = 0.f;
+  auto slots_of = [&](int item, const char*& p, float& ww) {
+    const int t = t0 + item / kSegs;
+    p = lane < 8 && item < items ? rows[t * 8 + lane] : nullptr;
+    ww = lane < 8 && item < items ? w[t * 8 + lane] : 0.f;
+  };
+  slots_of(first, my_p, my_w);
+  for (int item = first; item < items; item += warps) {
+    const int t = t0 + item / kSegs, seg = item % kSegs;
+    const char* nx_p; float nx_w;
+    float acc[4][8] = {};
+#pragma unroll
+    for (int k0 = 0; k0 < 8; k0 += 4) {
+      uint4 v[4][4];
+      float wj[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const char* p = kShfl ? reinterpret_cast<const char*>(__shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(my_p), k0 + j)) : rows[t * 8 + k0 + j];
+        wj[j] = kShfl ? __shfl_sync(0xffffffffu, my_w, k0 + j) : w[t * 8 + k0 + j];
+#pragma unroll
+        for (int s = 0; s < 4; ++s) v[j][s] = __ldcs(reinterpret_cast<const uint4*>(p + seg * kSeg + s * 512) + lane);
+      }
+      if (k0 == 0) slots_of(item + warps, nx_p, nx_w);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+          const unsigned u[4] = {v[j][s].x, v[j][s].y, v[j][s].z, v[j][s].w};
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            acc[s][2 * q] = fmaf(wj[j], bf(u[q] & 0xffff), acc[s][2 * q]);
+            acc[s][2 * q + 1] = fmaf(wj[j], bf(u[q] >> 16), acc[s][2 * q + 1]);
+          }
+        }
+    }
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      uint4 o;
+      o.x = (__float_as_uint(acc[s][0]) >> 16) | (__float_as_uint(acc[s][1]) & 0xffff0000u);
+      o.y = (__float_as_uint(acc[s][2]) >> 16) | (__float_as_uint(acc[s][3]) & 0xffff0000u);
+      o.z = (__float_as_uint(acc[s][4]) >> 16) | (__float_as_uint(acc[s][5]) & 0xffff0000u);
+      o.w = (__float_as_uint(acc[s][6]) >> 16) | (__float_as_uint(acc[s][7]) & 0xffff0000u);
+      out[(static_cast<size_t>(t) * kSegs + seg) * 128 + s * 32 + lane] = o;
+    }
+    my_p = nx_p; my_w = nx_w;
+  }
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* b, int n) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"((unsigned)__cvta_generic_to_shared(b)), "r"(n)); }
+__device__ __forceinline__ void mbar_expect(uint64_t* b, int bytes) { asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"((unsigned)__cvta_generic_to_shared(b)), "r"(bytes) : "memory"); }
+__device__ __forceinline__ void bulk(void* dst, const void* src, int bytes, uint64_t* b) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+               :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(b)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* b, unsigned phase) {
+  asm volatile("{ .reg .pred p; W: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1; @!p bra W; }" :: "r"((unsigned)__cvta_generic_to_shared(b)), "r"(phase) : "memory");
+}
+// TMA: each warp double-buffers its items in shared memory (2 stages x kSlots x 2 KB).
+__global__ void __launch_bounds__(256, 1) tma(const char* const* rows, uint4* out, int items) {
+  extern __shared__ __align__(128) char smem[];
+  __shared__ uint64_t bars[8][2];
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  char* buf = smem + w * 2 * kSlots * kSeg;
+  if (lane == 0) { mbar_init(&bars[w][0], 1); mbar_init(&bars[w][1], 1); asm volatile("fence.mbarrier_init.release.cluster;"); }
+  __syncwarp();
+  const int warps = gridDim.x * 8;
+  const int first = w * gridDim.x + blockIdx.x;
+  auto issue = [&](int item, int st) {
+    if (lane == 0 && item < items) {
+      const int g = item / kSegs, seg = item % kSegs;
+      // The warp's generic reads of this stage (two items ago) before the bulk copy's writes.
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      mbar_expect(&bars[w][st], kSlots * kSeg);
+      for (int j = 0; j < kSlots; ++j) bulk(buf + (st * kSlots + j) * kSeg, rows[g * kSlots + j] + seg * kSeg, kSeg, &bars[w][st]);
+    }
+  };
+  issue(first, 0);
+  unsigned phase[2] = {0, 0};
+  int st = 0;
+  for (int item = first; item < items; item += warps) {
+    issue(item + warps, st ^ 1);
+    mbar_wait(&bars[w][st], phase[st]); phase[st] ^= 1;
+    uint4 acc[4] = {};
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j)
+#pragma unroll
+      for (int s = 0; s < 4; ++s) { uint4 v = reinterpret_cast<const uint4*>(buf + (st * kSlots + j) * kSeg + s * 512)[lane]; acc[s].x += v.x; acc[s].y ^= v.y; acc[s].z += v.z; acc[s].w ^= v.w; }
+#pragma unroll
+    for (int s = 0; s < 4; ++s) out[(static_cast<size_t>(item) * 4 + s) * 32 + lane] = acc[s];
+    __syncwarp();
+    st ^= 1;
+  }
+}
+
+int main() {
+  int sms; CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  const size_t region = 14ull << 20;  // an expert's rows: R*M = 1024 rows of 14 KB
+  const int experts = 256;  // 32 rows used per expert
+  char* sparse; CK(cudaMalloc(&sparse, region * experts));  // 3.7 GB, as the 8 windows' y
+  char* dense; CK(cudaMalloc(&dense, static_cast<size_t>(kRows) * kRow));
+  uint4* out; CK(cudaMalloc(&out, static_cast<size_t>(kRows) * kRow / kSlots));
+  std::mt19937 rng(1);
+  std::vector<int> order(kRows); for (int i = 0; i < kRows; ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), rng);
+  const char** d_rows; CK(cudaMalloc(&d_rows, kRows * sizeof(char*)));
+  CK(cudaFuncSetAttribute(tma, cudaFuncAttributeMaxDynamicSharedMemorySize, 8 * 2 * kSlots * kSeg));
+  cudaEvent_t a, b; CK(cudaEventCreate(&a)); CK(cudaEventCreate(&b));
+  const int items = kRows / kSlots * kSegs;
+  for (int layout = 0; layout < 3; ++layout) {
+    std::vector<const char*> rows(kRows);
+    for (int i = 0; i < kRows; ++i) {
+      const int r = order[i];
+      rows[i] = layout == 0 ? dense + static_cast<size_t>(i) * kRow                  // in order, contiguous
+              : layout == 1 ? dense + static_cast<size_t>(r) * kRow                  // random order, contiguous
+                            : sparse + (r % experts) * region + static_cast<size_t>(r / experts) * kRow;  // the window layout
+    }
+    CK(cudaMemcpy(d_rows, rows.data(), kRows * sizeof(char*), cudaMemcpyHostToDevice));
+    for (int path = 0; path < 2; ++path) {
+      const int n = 20;
+      float best = 1e9;
+      for (int rep = 0; rep < 3; ++rep) {
+        CK(cudaEventRecord(a));
+        for (int i = 0; i < n; ++i) {
+          if (path == 0) ldg<<<sms, 512>>>(d_rows, out, items);
+          else tma<<<sms, 256, 8 * 2 * kSlots * kSeg>>>(d_rows, out, items);
+        }
+        CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b)); CK(cudaGetLastError());
+        float ms; CK(cudaEventElapsedTime(&ms, a, b)); best = std::min(best, ms / n);
+      }
+      const double bytes = static_cast<double>(kRows) * kRow * (1 + 1.0 / kSlots);
+      printf("%-28s %-4s %8.1f us %7.0f GB/s (back to back)\n", layout == 0 ? "contiguous, in order" : layout == 1 ? "contiguous, random order" : "window layout (14 MB apart)",
+             path ? "tma" : "ldg", best * 1e3, bytes / (best * 1e-3) / 1e9);
+    }
+  }
+  float* d_w; CK(cudaMalloc(&d_w, kRows * sizeof(float))); CK(cudaMemset(d_w, 0, kRows * sizeof(float)));
+  {
+    std::vector<const char*> rows(kRows);
+    for (int i = 0; i < kRows; ++i) { const int r = order[i]; rows[i] = sparse + (r % experts) * region + static_cast<size_t>(r / experts) * kRow; }
+    CK(cudaMemcpy(d_rows, rows.data(), kRows * sizeof(char*), cudaMemcpyHostToDevice));
+    for (int math = 0; math < 2; ++math) {
+      float best = 1e9;
+      for (int rep = 0; rep < 3; ++rep) {
+        CK(cudaEventRecord(a));
+        for (int i = 0; i < 20; ++i) {
+          if (math) comb8<true><<<sms, 512>>>(d_rows, d_w, out, kRows / 8);
+          else comb8<false><<<sms, 512>>>(d_rows, d_w, out, kRows / 8);
+        }
+        CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b)); CK(cudaGetLastError());
+        float ms; CK(cudaEventElapsedTime(&ms, a, b)); best = std::min(best, ms / 20);
+      }
+      const double bytes = static_cast<double>(kRows) * kRow * (1 + 1.0 / 8);
+      printf("combine-like, 8 rows per output, %s %8.1f us %7.0f GB/s\n", math ? "bf16 FMA " : "int adds ", best * 1e3, bytes / (best * 1e-3) / 1e9);
+    }
+  }
+  for (int shfl = 0; shfl < 2; ++shfl) {
+    float best = 1e9;
+    for (int rep = 0; rep < 3; ++rep) {
+      CK(cudaEventRecord(a));
+      for (int i = 0; i < 20; ++i) {
+        if (shfl) comb8r<true><<<dim3(16, 8), 512>>>(d_rows, d_w, out, kRows / 64);
+        else comb8r<false><<<dim3(16, 8), 512>>>(d_rows, d_w, out, kRows / 64);
+      }
+      CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b)); CK(cudaGetLastError());
+      float ms; CK(cudaEventElapsedTime(&ms, a, b)); best = std::min(best, ms / 20);
+    }
+    const double bytes = static_cast<double>(kRows) * kRow * (1 + 1.0 / 8);
+    printf("combine-like, grid (16, 8) by rank, %s %8.1f us %7.0f GB/s\n", shfl ? "slots shuffled" : "slots from table", best * 1e3, bytes / (best * 1e-3) / 1e9);
+  }
+  // comb8r<true> launched as epc launches: cooperative, with programmatic stream serialization.
+  for (int form = 0; form < 4; ++form) {
+    float best = 1e9;
+    for (int rep = 0; rep < 3; ++rep) {
+      CK(cudaEventRecord(a));
+      for (int i = 0; i < 20; ++i) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(16, 8, 1); cfg.blockDim = dim3(512, 1, 1);
+        cudaLaunchAttribute at[2]; int na = 0;
+        if (form & 1) { at[na].id = cudaLaunchAttributeCooperative; at[na].val.cooperative = 1; na++; }
+        if (form & 2) { at[na].id = cudaLaunchAttributeProgrammaticStreamSerialization; at[na].val.programmaticStreamSerializationAllowed = 1; na++; }
+        cfg.attrs = at; cfg.numAttrs = na;
+        CK(cudaLaunchKernelEx(&cfg, comb8r<true>, (const char* const*)d_rows, (const float*)d_w, out, kRows / 64));
+      }
+      CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b)); CK(cudaGetLastError());
+      float ms; CK(cudaEventElapsedTime(&ms, a, b)); best = std::min(best, ms / 20);
+    }
+    printf("combine-like, grid (16, 8), cooperative %d, PDL attribute %d: %8.1f us\n", form & 1, (form >> 1) & 1, best * 1e3);
+  }
+  // The rows in 8 windows of their own (32 experts each, 14 MB apart), allocated as epc's virtual
+  // ranks do (cudaMallocAsync from the stream's pool, zeroed) or with cudaMalloc.
+  for (int pool = 0; pool < 2; ++pool) {
+    const size_t win = 32 * region + (512ull << 20);  // y and some more, as a window half holds
+    char* w8[8];
+    for (int r = 0; r < 8; ++r) {
+      if (pool) CK(cudaMallocAsync(&w8[r], win, 0)); else CK(cudaMalloc(&w8[r], win));
+      CK(cudaMemsetAsync(w8[r], 0, win, 0));
+    }
+    CK(cudaDeviceSynchronize());
+    std::vector<const char*> rows(kRows);
+    for (int i = 0; i < kRows; ++i) { const int r = order[i]; const int e = r % experts; rows[i] = w8[e / 32] + (256ull << 20) + (e % 32) * region + static_cast<size_t>(r / experts) * kRow; }
+    CK(cudaMemcpy(d_rows, rows.data(), kRows * sizeof(char*), cudaMemcpyHostToDevice));
+    float best = 1e9;
+    for (int rep = 0; rep < 3; ++rep) {
+      CK(cudaEventRecord(a));
+      for (int i = 0; i < 20; ++i) comb8r<true><<<dim3(16, 8), 512>>>(d_rows, d_w, out, kRows / 64);
+      CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b)); CK(cudaGetLastError());
+      float ms; CK(cudaEventElapsedTime(&ms, a, b)); best = std::min(best, ms / 20);
+    }
+    const double bytes = static_cast<double>(kRows) * kRow * (1 + 1.0 / 8);
+    printf("combine-like, 8 windows (%s) %8.1f us %7.0f GB/s\n", pool ? "cudaMallocAsync, zeroed" : "cudaMalloc, zeroed", best * 1e3, bytes / (best * 1e-3) / 1e9);
+    for (int r = 0; r < 8; ++r) { if (pool) CK(cudaFreeAsync(w8[r], 0)); else CK(cudaFree(w8[r])); }
+    CK(cudaDeviceSynchronize());
+  }
+  {
+    // a 66 MB copy (132 MB of traffic, the combine's at 128 tokens), back to back
+    float best = 1e9;
+    for (int rep = 0; rep < 3; ++rep) {
+      CK(cudaEventRecord(a));
+      for (int i = 0; i < 20; ++i) CK(cudaMemcpyAsync(sparse + (2048ull << 20), sparse, 66ull << 20, cudaMemcpyDeviceToDevice));
+      CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b));
+      float ms; CK(cudaEventElapsedTime(&ms, a, b)); best = std::min(best, ms / 20);
+    }
+    printf("copy of 66 MiB (138 MB of traffic) %8.1f us %7.0f GB/s\n", best * 1e3, 2.0 * (66ull << 20) / (best * 1e-3) / 1e9);
+  }
+  return 0;
+}
