@@ -200,101 +200,81 @@ __global__ void __launch_bounds__(256, 1) tma(const char* const* rows, uint4* ou
   }
 }
 
+// The rows of the combine-like kernels, laid out as epc's windows lay out y: expert e's rows
+// at e x `region`, 32 rows used per expert, in `order`; `base(e)` gives expert e's region.
+template <typename Base>
+std::vector<const char*> window_rows(const std::vector<int>& order, Base base) {
+  std::vector<const char*> rows(kRows);
+  for (int i = 0; i < kRows; ++i) rows[i] = base(order[i] % 256) + static_cast<size_t>(order[i] / 256) * kRow;
+  return rows;
+}
+
 int main() {
   int sms; CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   const size_t region = 14ull << 20;  // an expert's rows: R*M = 1024 rows of 14 KB
-  const int experts = 256;  // 32 rows used per expert
-  char* sparse; CK(cudaMalloc(&sparse, region * experts));  // 3.7 GB, as the 8 windows' y
+  char* sparse; CK(cudaMalloc(&sparse, region * 256));  // 3.7 GB, as the 8 windows' y
   char* dense; CK(cudaMalloc(&dense, static_cast<size_t>(kRows) * kRow));
   uint4* out; CK(cudaMalloc(&out, static_cast<size_t>(kRows) * kRow / kSlots));
+  float* d_w; CK(cudaMalloc(&d_w, kRows * sizeof(float))); CK(cudaMemset(d_w, 0, kRows * sizeof(float)));
   std::mt19937 rng(1);
   std::vector<int> order(kRows); for (int i = 0; i < kRows; ++i) order[i] = i;
   std::shuffle(order.begin(), order.end(), rng);
   const char** d_rows; CK(cudaMalloc(&d_rows, kRows * sizeof(char*)));
+  const auto use_rows = [&](const std::vector<const char*>& rows) {
+    CK(cudaMemcpy(d_rows, rows.data(), kRows * sizeof(char*), cudaMemcpyHostToDevice));
+  };
   CK(cudaFuncSetAttribute(tma, cudaFuncAttributeMaxDynamicSharedMemorySize, 8 * 2 * kSlots * kSeg));
   cudaEvent_t a, b; CK(cudaEventCreate(&a)); CK(cudaEventCreate(&b));
+  // The best mean of 3 batches of 20 launches of `launch`, issued back to back, in us.
+  const auto time_us = [&](auto&& launch) {
+    float best = 1e9f;
+    for (int rep = 0; rep < 3; ++rep) {
+      CK(cudaEventRecord(a));
+      for (int i = 0; i < 20; ++i) launch();
+      CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b)); CK(cudaGetLastError());
+      float ms; CK(cudaEventElapsedTime(&ms, a, b)); best = std::min(best, ms / 20);
+    }
+    return best * 1e3f;
+  };
+  const auto report = [](const char* what, float us, double rows_per_output) {
+    const double bytes = static_cast<double>(kRows) * kRow * (1 + 1.0 / rows_per_output);
+    printf("%-66s %8.1f us %7.0f GB/s\n", what, us, bytes / (us * 1e-6) / 1e9);
+  };
+  const std::vector<const char*> windowed = window_rows(order, [&](int e) { return sparse + e * region; });
+
   const int items = kRows / kSlots * kSegs;
   for (int layout = 0; layout < 3; ++layout) {
     std::vector<const char*> rows(kRows);
-    for (int i = 0; i < kRows; ++i) {
-      const int r = order[i];
-      rows[i] = layout == 0 ? dense + static_cast<size_t>(i) * kRow                  // in order, contiguous
-              : layout == 1 ? dense + static_cast<size_t>(r) * kRow                  // random order, contiguous
-                            : sparse + (r % experts) * region + static_cast<size_t>(r / experts) * kRow;  // the window layout
-    }
-    CK(cudaMemcpy(d_rows, rows.data(), kRows * sizeof(char*), cudaMemcpyHostToDevice));
-    for (int path = 0; path < 2; ++path) {
-      const int n = 20;
-      float best = 1e9;
-      for (int rep = 0; rep < 3; ++rep) {
-        CK(cudaEventRecord(a));
-        for (int i = 0; i < n; ++i) {
-          if (path == 0) ldg<<<sms, 512>>>(d_rows, out, items);
-          else tma<<<sms, 256, 8 * 2 * kSlots * kSeg>>>(d_rows, out, items);
-        }
-        CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b)); CK(cudaGetLastError());
-        float ms; CK(cudaEventElapsedTime(&ms, a, b)); best = std::min(best, ms / n);
-      }
-      const double bytes = static_cast<double>(kRows) * kRow * (1 + 1.0 / kSlots);
-      printf("%-28s %-4s %8.1f us %7.0f GB/s (back to back)\n", layout == 0 ? "contiguous, in order" : layout == 1 ? "contiguous, random order" : "window layout (14 MB apart)",
-             path ? "tma" : "ldg", best * 1e3, bytes / (best * 1e-3) / 1e9);
-    }
+    for (int i = 0; i < kRows; ++i) rows[i] = dense + static_cast<size_t>(layout == 0 ? i : order[i]) * kRow;
+    use_rows(layout == 2 ? windowed : rows);
+    const char* name[3] = {"rows contiguous, in order", "rows contiguous, random order", "rows as in the windows (14 MB apart)"};
+    char what[96];
+    snprintf(what, sizeof what, "4 rows per output, loads, %s", name[layout]);
+    report(what, time_us([&] { ldg<<<sms, 512>>>(d_rows, out, items); }), kSlots);
+    snprintf(what, sizeof what, "4 rows per output, cp.async.bulk, %s", name[layout]);
+    report(what, time_us([&] { tma<<<sms, 256, 8 * 2 * kSlots * kSeg>>>(d_rows, out, items); }), kSlots);
   }
-  float* d_w; CK(cudaMalloc(&d_w, kRows * sizeof(float))); CK(cudaMemset(d_w, 0, kRows * sizeof(float)));
-  {
-    std::vector<const char*> rows(kRows);
-    for (int i = 0; i < kRows; ++i) { const int r = order[i]; rows[i] = sparse + (r % experts) * region + static_cast<size_t>(r / experts) * kRow; }
-    CK(cudaMemcpy(d_rows, rows.data(), kRows * sizeof(char*), cudaMemcpyHostToDevice));
-    for (int math = 0; math < 2; ++math) {
-      float best = 1e9;
-      for (int rep = 0; rep < 3; ++rep) {
-        CK(cudaEventRecord(a));
-        for (int i = 0; i < 20; ++i) {
-          if (math) comb8<true><<<sms, 512>>>(d_rows, d_w, out, kRows / 8);
-          else comb8<false><<<sms, 512>>>(d_rows, d_w, out, kRows / 8);
-        }
-        CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b)); CK(cudaGetLastError());
-        float ms; CK(cudaEventElapsedTime(&ms, a, b)); best = std::min(best, ms / 20);
-      }
-      const double bytes = static_cast<double>(kRows) * kRow * (1 + 1.0 / 8);
-      printf("combine-like, 8 rows per output, %s %8.1f us %7.0f GB/s\n", math ? "bf16 FMA " : "int adds ", best * 1e3, bytes / (best * 1e-3) / 1e9);
-    }
-  }
-  for (int shfl = 0; shfl < 2; ++shfl) {
-    float best = 1e9;
-    for (int rep = 0; rep < 3; ++rep) {
-      CK(cudaEventRecord(a));
-      for (int i = 0; i < 20; ++i) {
-        if (shfl) comb8r<true><<<dim3(16, 8), 512>>>(d_rows, d_w, out, kRows / 64);
-        else comb8r<false><<<dim3(16, 8), 512>>>(d_rows, d_w, out, kRows / 64);
-      }
-      CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b)); CK(cudaGetLastError());
-      float ms; CK(cudaEventElapsedTime(&ms, a, b)); best = std::min(best, ms / 20);
-    }
-    const double bytes = static_cast<double>(kRows) * kRow * (1 + 1.0 / 8);
-    printf("combine-like, grid (16, 8) by rank, %s %8.1f us %7.0f GB/s\n", shfl ? "slots shuffled" : "slots from table", best * 1e3, bytes / (best * 1e-3) / 1e9);
-  }
+
+  use_rows(windowed);
+  report("combine-like, integer adds", time_us([&] { comb8<false><<<sms, 512>>>(d_rows, d_w, out, kRows / 8); }), 8);
+  report("combine-like, bf16 FMA", time_us([&] { comb8<true><<<sms, 512>>>(d_rows, d_w, out, kRows / 8); }), 8);
+  report("combine-like, grid (16, 8) by rank, slots from the table",
+         time_us([&] { comb8r<false><<<dim3(16, 8), 512>>>(d_rows, d_w, out, kRows / 64); }), 8);
+  report("combine-like, grid (16, 8) by rank, slots shuffled",
+         time_us([&] { comb8r<true><<<dim3(16, 8), 512>>>(d_rows, d_w, out, kRows / 64); }), 8);
   // comb8r<true> launched as epc launches: cooperative, with programmatic stream serialization.
-  for (int form = 0; form < 4; ++form) {
-    float best = 1e9;
-    for (int rep = 0; rep < 3; ++rep) {
-      CK(cudaEventRecord(a));
-      for (int i = 0; i < 20; ++i) {
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(16, 8, 1); cfg.blockDim = dim3(512, 1, 1);
-        cudaLaunchAttribute at[2]; int na = 0;
-        if (form & 1) { at[na].id = cudaLaunchAttributeCooperative; at[na].val.cooperative = 1; na++; }
-        if (form & 2) { at[na].id = cudaLaunchAttributeProgrammaticStreamSerialization; at[na].val.programmaticStreamSerializationAllowed = 1; na++; }
-        cfg.attrs = at; cfg.numAttrs = na;
-        CK(cudaLaunchKernelEx(&cfg, comb8r<true>, (const char* const*)d_rows, (const float*)d_w, out, kRows / 64));
-      }
-      CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b)); CK(cudaGetLastError());
-      float ms; CK(cudaEventElapsedTime(&ms, a, b)); best = std::min(best, ms / 20);
-    }
-    printf("combine-like, grid (16, 8), cooperative %d, PDL attribute %d: %8.1f us\n", form & 1, (form >> 1) & 1, best * 1e3);
+  for (int form = 1; form < 4; ++form) {
+    cudaLaunchAttribute at[2]; int na = 0;
+    if (form & 1) { at[na].id = cudaLaunchAttributeCooperative; at[na].val.cooperative = 1; na++; }
+    if (form & 2) { at[na].id = cudaLaunchAttributeProgrammaticStreamSerialization; at[na].val.programmaticStreamSerializationAllowed = 1; na++; }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(16, 8, 1); cfg.blockDim = dim3(512, 1, 1); cfg.attrs = at; cfg.numAttrs = na;
+    char what[96];
+    snprintf(what, sizeof what, "combine-like, grid (16, 8), shuffled,%s%s", form & 1 ? " cooperative" : "", form & 2 ? " PDL" : "");
+    report(what, time_us([&] { CK(cudaLaunchKernelEx(&cfg, comb8r<true>, (const char* const*)d_rows, (const float*)d_w, out, kRows / 64)); }), 8);
   }
-  // The rows in 8 windows of their own (32 experts each, 14 MB apart), allocated as epc's virtual
-  // ranks do (cudaMallocAsync from the stream's pool, zeroed) or with cudaMalloc.
+  // The rows in 8 windows of their own (32 experts each), allocated as epc's virtual ranks do
+  // (from the stream's pool, zeroed) or with cudaMalloc.
   for (int pool = 0; pool < 2; ++pool) {
     const size_t win = 32 * region + (512ull << 20);  // y and some more, as a window half holds
     char* w8[8];
@@ -303,18 +283,9 @@ int main() {
       CK(cudaMemsetAsync(w8[r], 0, win, 0));
     }
     CK(cudaDeviceSynchronize());
-    std::vector<const char*> rows(kRows);
-    for (int i = 0; i < kRows; ++i) { const int r = order[i]; const int e = r % experts; rows[i] = w8[e / 32] + (256ull << 20) + (e % 32) * region + static_cast<size_t>(r / experts) * kRow; }
-    CK(cudaMemcpy(d_rows, rows.data(), kRows * sizeof(char*), cudaMemcpyHostToDevice));
-    float best = 1e9;
-    for (int rep = 0; rep < 3; ++rep) {
-      CK(cudaEventRecord(a));
-      for (int i = 0; i < 20; ++i) comb8r<true><<<dim3(16, 8), 512>>>(d_rows, d_w, out, kRows / 64);
-      CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b)); CK(cudaGetLastError());
-      float ms; CK(cudaEventElapsedTime(&ms, a, b)); best = std::min(best, ms / 20);
-    }
-    const double bytes = static_cast<double>(kRows) * kRow * (1 + 1.0 / 8);
-    printf("combine-like, 8 windows (%s) %8.1f us %7.0f GB/s\n", pool ? "cudaMallocAsync, zeroed" : "cudaMalloc, zeroed", best * 1e3, bytes / (best * 1e-3) / 1e9);
+    use_rows(window_rows(order, [&](int e) { return w8[e / 32] + (256ull << 20) + (e % 32) * region; }));
+    report(pool ? "combine-like, grid (16, 8), rows in 8 windows (cudaMallocAsync)" : "combine-like, grid (16, 8), rows in 8 windows (cudaMalloc)",
+           time_us([&] { comb8r<true><<<dim3(16, 8), 512>>>(d_rows, d_w, out, kRows / 64); }), 8);
     for (int r = 0; r < 8; ++r) { if (pool) CK(cudaFreeAsync(w8[r], 0)); else CK(cudaFree(w8[r])); }
     CK(cudaDeviceSynchronize());
   }
