@@ -85,7 +85,6 @@ fn inputs_with_tokens(spec: &Spec, i: usize, tokens: &[usize]) -> Vec<RankInput>
         .collect()
 }
 
-/// One whole call through `ll`, checked against the reference.
 /// How a call's phases are launched.
 #[derive(Clone, Copy, PartialEq)]
 enum Launches {
@@ -95,6 +94,7 @@ enum Launches {
     Hook,
 }
 
+/// One whole call through `ll`, each phase in one launch, checked against the reference.
 fn run_and_check(
     ll: &mut LowLatency,
     call: &mut HostCall,
@@ -105,6 +105,7 @@ fn run_and_check(
     run_and_check_as(ll, call, spec, inputs, what, Launches::OnePerPhase);
 }
 
+/// One whole call through `ll`, launched as `launches` says, checked against the reference.
 fn run_and_check_as(
     ll: &mut LowLatency,
     call: &mut HostCall,
