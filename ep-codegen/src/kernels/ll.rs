@@ -11,8 +11,9 @@
 //! - `range [L][R]` (int2: first row, rows) written by each sender;
 //! - dispatch flags `[L][R]` (u64: epoch << 32 | rows), one per (local expert, source), raised
 //!   by the source's block that owns the expert once it has reserved the rows;
-//! - dispatch done counters `[L][R]` (int): 256-channel chunks of rows landed, one added per
-//!   chunk by the source's warps (the receive waits for rows x chunks per row, then resets it);
+//! - dispatch done counters `[L][R]` (int), across GPUs: 256-channel chunks of rows landed, one
+//!   added per chunk by the source's warps (the receive waits for rows x chunks per row, then
+//!   resets it). On one GPU they stay 0: the rows' readers are later launches, which see them;
 //! - combine flags `[R]` (u64: epoch << 32 | 1), one per peer.
 //!
 //! Which half a call uses is a property of the call (its [`CallLayout`] state says so to the
