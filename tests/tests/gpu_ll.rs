@@ -10,8 +10,9 @@ use ep_runtime::{Error, HostCall, LowLatency, RankDispatch};
 use ep_tests::{gpu_jit_or_skip, renderer};
 
 /// (ranks, hidden, top_k, experts, dispatch, index) combinations covering every value the issue
-/// names: R in {1, 2, 4, 8}, H in {2048, 2880, 4096, 7168}, K in {1, 2, 4, 6, 8}; and K = 10,
-/// more slots than one of the combine's batches holds (8).
+/// names: R in {1, 2, 4, 8}, H in {2048, 2880, 4096, 7168}, K in {1, 2, 4, 6, 8}; K = 10,
+/// more slots than one of the combine's batches holds (8); and FP8 with H = 2176, whose last
+/// 256-channel chunk has one 128-channel scale block (an odd count of scales per row).
 const CASES: &[(u32, u32, u32, u32, &str, &str)] = &[
     (8, 7168, 8, 64, "fp8_e4m3\nfp8: {scale: f32}", "i64"),
     (8, 7168, 8, 64, "bf16", "i32"),
@@ -21,6 +22,7 @@ const CASES: &[(u32, u32, u32, u32, &str, &str)] = &[
     (8, 2048, 1, 16, "bf16", "i64"),
     (4, 2880, 8, 128, "bf16", "i32"),
     (4, 2048, 10, 64, "bf16", "i64"),
+    (2, 2176, 3, 8, "fp8_e4m3", "i32"),
 ];
 
 fn spec(r: u32, h: u32, k: u32, e: u32, dispatch: &str, index: &str) -> Spec {
