@@ -286,7 +286,11 @@ impl LlGroup {
     }
 
     /// Completes a call's dispatch: waits for every rank's rows and takes the row counts. The
-    /// call's [`LlCall::received`] views are then valid on `stream`.
+    /// call's [`LlCall::received`] views are then valid on `stream`. Launch it after the call's
+    /// [`LlGroup::dispatch_send`] on the stream (the same stream, or one that waits for an event
+    /// recorded after the send): on one GPU the receive waits for the senders' flags only, and
+    /// the send launch's end is what completes the rows there (across GPUs the receive also
+    /// waits for every peer's rows to land).
     pub fn dispatch_recv(&self, call: &LlCall, stream: Stream<'_>) -> Result<(), Error> {
         call.belongs_to(self)?;
         call.require_sent("dispatch_recv")?;
