@@ -168,6 +168,55 @@ fn print_floors(rows: &[Row]) {
          own, split it; the CSV has both: graph_call_us, graph_replay_us); the last x is the \
          graph figure over the same-traffic copy."
     );
+    print_calls(rows);
+}
+
+/// The same-traffic copies of both phases of `r`'s call (the LL rows of its workload and
+/// tokens), where the rows have both.
+fn call_copies_us(rows: &[Row], r: &Row) -> Option<f64> {
+    let copy = |phase: &str| {
+        rows.iter()
+            .find(|o| {
+                o.floor.is_some()
+                    && o.workload == r.workload
+                    && o.tokens == r.tokens
+                    && o.phase == phase
+            })
+            .map(|o| o.same_traffic_us)
+    };
+    Some(copy("dispatch")? + copy("combine")?)
+}
+
+/// The LL calls, whole, against both phases' same-traffic copies: inside a call, a phase's
+/// rows leave the L2 while the next phase runs (the dispatch's, on one GPU, during the
+/// combine), so the call is where each byte is paid for.
+fn print_calls(rows: &[Row]) {
+    println!(
+        "\n{:<28} {:>5} {:>9} {:>9} {:>6} {:>9} {:>6}",
+        "workload", "T", "copies us", "call us", "x", "graph us", "x"
+    );
+    for r in rows.iter().filter(|r| r.phase == "dispatch") {
+        let (Some(f), Some(copies)) = (r.floor, call_copies_us(rows, r)) else {
+            continue;
+        };
+        println!(
+            "{:<28} {:>5} {:>9.1} {:>9.1} {:>6.2} {:>9.1} {:>6.2}",
+            r.workload,
+            r.tokens,
+            copies,
+            f.stream_call_us,
+            f.stream_call_us / copies,
+            f.graph_call_us,
+            f.graph_call_us / copies
+        );
+    }
+    println!(
+        "call: a whole call (dispatch, combine) among many back to back on the stream, and inside \
+         one CUDA graph of many; copies: the two phases' same-traffic copies. On one GPU a \
+         phase's rows are still in the L2 when it ends and go out while the next phase runs, so \
+         the split into phases charges the dispatch's rows to the combine; the call pays for \
+         every byte once."
+    );
 }
 
 /// Every measurement as CSV (the columns the baseline scripts in `scripts/bench/` read).
@@ -178,9 +227,11 @@ pub fn csv(rows: &[Row]) -> String {
          same_traffic_us,ratio_to_same_traffic,nccl_ep_bytes,nccl_ep_gbps,deepep_bytes,deepep_gbps,\
          fanout_us,ratio_to_fanout,launch_floor_us,ratio_to_launch_floor,graph_us,\
          graph_launch_floor_us,graph_ratio_to_launch_floor,graph_ratio_to_same_traffic,\
-         graph_replay_us,graph_call_us,events_us,stream_call_us\n",
+         graph_replay_us,graph_call_us,events_us,stream_call_us,call_same_traffic_us,\
+         graph_call_ratio_to_same_traffic\n",
     );
     for r in rows {
+        let copies = call_copies_us(rows, r);
         let _ = writeln!(
             out,
             "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{},{:.3},{:.3},{},{},{},{},{:.2},{:.3},{:.4},{:.3},{:.4},{},{},{},{:.2},{},{},{}",
@@ -220,9 +271,9 @@ pub fn csv(rows: &[Row]) -> String {
             r.fanout_us
                 .map_or(String::new(), |f| format!("{:.4}", r.time_us / f)),
             r.floor.map_or_else(
-                || ",,,,,,,,,".to_owned(),
+                || ",,,,,,,,,,,".to_owned(),
                 |f| format!(
-                    "{:.3},{:.4},{:.3},{:.3},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3}",
+                    "{:.3},{:.4},{:.3},{:.3},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{},{}",
                     f.launches_us,
                     r.time_us / f.launches_us,
                     f.graph_us,
@@ -232,7 +283,9 @@ pub fn csv(rows: &[Row]) -> String {
                     f.graph_replay_us,
                     f.graph_call_us,
                     f.events_us,
-                    f.stream_call_us
+                    f.stream_call_us,
+                    copies.map_or(String::new(), |c| format!("{c:.3}")),
+                    copies.map_or(String::new(), |c| format!("{:.4}", f.graph_call_us / c))
                 )
             ),
         );
@@ -274,4 +327,75 @@ pub fn plot(rows: &[Row]) -> String {
         "time (us)",
         &series,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(phase: &'static str, same_traffic_us: f64, floor: Option<Floor>) -> Row {
+        Row {
+            workload: "w".into(),
+            mode: Mode::LowLatency,
+            layout: None,
+            ranks: 8,
+            hidden: 7168,
+            top_k: 8,
+            experts: 256,
+            tokens: 128,
+            phase,
+            time_us: 60.0,
+            min_us: 59.0,
+            max_us: 61.0,
+            parts: (1.0, 58.0),
+            counts: Counts {
+                unique: 1000,
+                traffic: 3000,
+                written: 500,
+                nccl_ep: Some(1000),
+                deepep: 1000,
+            },
+            row_bytes: 14336,
+            copy_us: 30.0,
+            same_traffic_us,
+            fanout_us: None,
+            floor,
+            nccl_ep_gbps: Some(16.7),
+            deepep_gbps: 16.7,
+        }
+    }
+
+    #[test]
+    fn every_csv_line_has_the_header_s_columns_and_a_call_is_set_against_both_phases_copies() {
+        let floor = Floor {
+            launches_us: 5.0,
+            graph_us: 50.0,
+            graph_launches_us: 2.0,
+            graph_replay_us: 52.0,
+            graph_call_us: 90.0,
+            events_us: 55.0,
+            stream_call_us: 110.0,
+        };
+        let mut ht = row("combine", 40.0, None);
+        ht.mode = Mode::HighThroughput;
+        let rows = [
+            row("dispatch", 35.0, Some(floor)),
+            row("combine", 40.0, Some(floor)),
+            ht,
+        ];
+        let text = csv(&rows);
+        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(',').collect()).collect();
+        assert_eq!(lines.len(), 4);
+        let header = &lines[0];
+        for line in &lines[1..] {
+            assert_eq!(line.len(), header.len(), "{line:?}");
+        }
+        let at = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        for line in &lines[1..3] {
+            assert_eq!(line[at("call_same_traffic_us")], "75.000");
+            assert_eq!(line[at("graph_call_ratio_to_same_traffic")], "1.2000");
+        }
+        assert_eq!(lines[1][at("graph_ratio_to_same_traffic")], "1.4286");
+        assert_eq!(lines[3][at("call_same_traffic_us")], "");
+    }
 }
