@@ -46,6 +46,27 @@ __global__ void __launch_bounds__(512, 1) ldg(const char* const* rows, uint4* ou
 // As the LL combine: one output row per 8 rows (K = 8), items of (token, 4 chunks), 2 groups of 4
 // slots, bf16 -> f32 FMA in slot order (kMath) or integer adds (to isolate the math).
 __device__ __forceinline__ float bf(unsigned short h) { return __uint_as_float(static_cast<unsigned>(h) << 16); }
+// acc[s] += w x the 8 bf16 values of v[s] (4 chunks of a lane), f32 FMA.
+__device__ __forceinline__ void fma8(float (&acc)[4][8], float w, const uint4 (&v)[4]) {
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    const unsigned u[4] = {v[s].x, v[s].y, v[s].z, v[s].w};
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      acc[s][2 * q] = fmaf(w, bf(u[q] & 0xffff), acc[s][2 * q]);
+      acc[s][2 * q + 1] = fmaf(w, bf(u[q] >> 16), acc[s][2 * q + 1]);
+    }
+  }
+}
+// 8 sums as 8 bf16 values (truncated), 16 bytes.
+__device__ __forceinline__ uint4 pack8(const float (&acc)[8]) {
+  uint4 o;
+  o.x = (__float_as_uint(acc[0]) >> 16) | (__float_as_uint(acc[1]) & 0xffff0000u);
+  o.y = (__float_as_uint(acc[2]) >> 16) | (__float_as_uint(acc[3]) & 0xffff0000u);
+  o.z = (__float_as_uint(acc[4]) >> 16) | (__float_as_uint(acc[5]) & 0xffff0000u);
+  o.w = (__float_as_uint(acc[6]) >> 16) | (__float_as_uint(acc[7]) & 0xffff0000u);
+  return o;
+}
 template <bool kMath>
 __global__ void __launch_bounds__(512, 1) comb8(const char* const* rows, const float* w, uint4* out, int tokens) {
   const int lane = threadIdx.x % 32;
@@ -64,17 +85,11 @@ __global__ void __launch_bounds__(512, 1) comb8(const char* const* rows, const f
         for (int s = 0; s < 4; ++s) v[j][s] = __ldcs(reinterpret_cast<const uint4*>(rows[t * 8 + k0 + j] + seg * kSeg + s * 512) + lane);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const float wj = w[t * 8 + k0 + j];
+        if (kMath) {
+          fma8(acc, w[t * 8 + k0 + j], v[j]);
+        } else {
 #pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          if (kMath) {
-            const unsigned u[4] = {v[j][s].x, v[j][s].y, v[j][s].z, v[j][s].w};
-#pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              acc[s][2 * q] = fmaf(wj, bf(u[q] & 0xffff), acc[s][2 * q]);
-              acc[s][2 * q + 1] = fmaf(wj, bf(u[q] >> 16), acc[s][2 * q + 1]);
-            }
-          } else {
+          for (int s = 0; s < 4; ++s) {
             iacc[s][0] += v[j][s].x; iacc[s][1] ^= v[j][s].y; iacc[s][2] += v[j][s].z; iacc[s][3] ^= v[j][s].w;
           }
         }
@@ -82,15 +97,7 @@ __global__ void __launch_bounds__(512, 1) comb8(const char* const* rows, const f
     }
 #pragma unroll
     for (int s = 0; s < 4; ++s) {
-      uint4 o;
-      if (kMath) {
-        o.x = (__float_as_uint(acc[s][0]) >> 16) | (__float_as_uint(acc[s][1]) & 0xffff0000u);
-        o.y = (__float_as_uint(acc[s][2]) >> 16) | (__float_as_uint(acc[s][3]) & 0xffff0000u);
-        o.z = (__float_as_uint(acc[s][4]) >> 16) | (__float_as_uint(acc[s][5]) & 0xffff0000u);
-        o.w = (__float_as_uint(acc[s][6]) >> 16) | (__float_as_uint(acc[s][7]) & 0xffff0000u);
-      } else {
-        o = make_uint4(iacc[s][0], iacc[s][1], iacc[s][2], iacc[s][3]);
-      }
+      const uint4 o = kMath ? pack8(acc[s]) : make_uint4(iacc[s][0], iacc[s][1], iacc[s][2], iacc[s][3]);
       out[(static_cast<size_t>(t) * kSegs + seg) * 128 + s * 32 + lane] = o;
     }
   }
@@ -130,26 +137,10 @@ __global__ void __launch_bounds__(512, 1) comb8r(const char* const* rows, const 
       }
       if (k0 == 0) slots_of(item + warps, nx_p, nx_w);
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          const unsigned u[4] = {v[j][s].x, v[j][s].y, v[j][s].z, v[j][s].w};
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            acc[s][2 * q] = fmaf(wj[j], bf(u[q] & 0xffff), acc[s][2 * q]);
-            acc[s][2 * q + 1] = fmaf(wj[j], bf(u[q] >> 16), acc[s][2 * q + 1]);
-          }
-        }
+      for (int j = 0; j < 4; ++j) fma8(acc, wj[j], v[j]);
     }
 #pragma unroll
-    for (int s = 0; s < 4; ++s) {
-      uint4 o;
-      o.x = (__float_as_uint(acc[s][0]) >> 16) | (__float_as_uint(acc[s][1]) & 0xffff0000u);
-      o.y = (__float_as_uint(acc[s][2]) >> 16) | (__float_as_uint(acc[s][3]) & 0xffff0000u);
-      o.z = (__float_as_uint(acc[s][4]) >> 16) | (__float_as_uint(acc[s][5]) & 0xffff0000u);
-      o.w = (__float_as_uint(acc[s][6]) >> 16) | (__float_as_uint(acc[s][7]) & 0xffff0000u);
-      out[(static_cast<size_t>(t) * kSegs + seg) * 128 + s * 32 + lane] = o;
-    }
+    for (int s = 0; s < 4; ++s) out[(static_cast<size_t>(t) * kSegs + seg) * 128 + s * 32 + lane] = pack8(acc[s]);
     my_p = nx_p; my_w = nx_w;
   }
 }
