@@ -28,17 +28,52 @@ pub fn elapsed_us(start: &CudaEvent, stop: &CudaEvent) -> Result<f64, Error> {
     Ok(f64::from(start.elapsed_ms(stop).cuda("reading an event timer")?) * 1e3)
 }
 
+/// Work issued on the GPU's stream, timed both ways, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Issued {
+    /// On the GPU: between an event recorded before the work and one after it.
+    pub gpu_us: f64,
+    /// On the host: the calls that issued it (they return before the GPU has run it). Where it
+    /// matches `gpu_us`, the host set the pace.
+    pub host_us: f64,
+}
+
+impl Issued {
+    /// One of `n` equal parts.
+    pub fn per(self, n: usize) -> Issued {
+        let n = n.max(1) as f64;
+        Issued {
+            gpu_us: self.gpu_us / n,
+            host_us: self.host_us / n,
+        }
+    }
+}
+
+/// What `batch` issues on the GPU's stream, timed between two events there and on the host's
+/// clock (waits for it).
+pub(crate) fn issued_batch(
+    gpu: &Gpu,
+    batch: &mut dyn FnMut() -> Result<(), Error>,
+) -> Result<Issued, Error> {
+    let (start, stop) = (timing_event(gpu)?, timing_event(gpu)?);
+    record(gpu, &start)?;
+    let began = std::time::Instant::now();
+    batch()?;
+    let host_us = began.elapsed().as_secs_f64() * 1e6;
+    record(gpu, &stop)?;
+    Ok(Issued {
+        gpu_us: elapsed_us(&start, &stop)?,
+        host_us,
+    })
+}
+
 /// Microseconds between two events recorded on the GPU's stream around what `batch` issues
 /// there (waits for it).
 pub(crate) fn batch_us(
     gpu: &Gpu,
     batch: &mut dyn FnMut() -> Result<(), Error>,
 ) -> Result<f64, Error> {
-    let (start, stop) = (timing_event(gpu)?, timing_event(gpu)?);
-    record(gpu, &start)?;
-    batch()?;
-    record(gpu, &stop)?;
-    elapsed_us(&start, &stop)
+    issued_batch(gpu, batch).map(|t| t.gpu_us)
 }
 
 /// Mean time of one replay of `graph` in microseconds: the best of 3 replays, each timed

@@ -8,7 +8,7 @@ use super::group::LlLaunch;
 use super::harness::{HostCall, LowLatency};
 use super::tensor::Stream;
 use crate::error::CudaContextExt;
-use crate::timing::{self, capture_graph};
+use crate::timing::{self, Issued, capture_graph};
 use crate::{Error, Gpu, Jit};
 
 /// A call captured as CUDA graphs (see [`LowLatency::capture`]).
@@ -236,14 +236,25 @@ impl LowLatency {
 
     /// Mean time of a whole call (dispatch, then combine) among `iters` calls issued back to
     /// back on the stream, timed as one batch, after `warmup` calls, in microseconds: what a call
-    /// costs a caller that issues its calls without waiting on each. Checks for errors.
+    /// costs a caller that issues its calls without waiting on each, on the GPU and on the host
+    /// that issues them (where the two match, the host set the pace). Checks for errors.
     pub fn time_calls(
         &mut self,
         call: &mut HostCall,
         warmup: usize,
         iters: usize,
-    ) -> Result<f64, Error> {
-        self.time_calls_by(call, warmup, iters, Issue::BackToBack)
+    ) -> Result<Issued, Error> {
+        self.warm_up(call, warmup)?;
+        let gpu = self.gpu().clone();
+        let iters = iters.max(1);
+        let t = timing::issued_batch(&gpu, &mut || {
+            (0..iters).try_for_each(|_| {
+                self.dispatch(call)?;
+                self.combine(call)
+            })
+        })?;
+        self.check()?;
+        Ok(t.per(iters))
     }
 
     /// Mean time of a whole call (dispatch, then combine) inside one CUDA graph of `iters`
@@ -256,28 +267,23 @@ impl LowLatency {
         warmup: usize,
         iters: usize,
     ) -> Result<f64, Error> {
-        self.time_calls_by(call, warmup, iters, Issue::InGraph)
-    }
-
-    /// `warmup` calls, then `iters` calls issued as `issue` says and timed; checks for errors.
-    fn time_calls_by(
-        &mut self,
-        call: &mut HostCall,
-        warmup: usize,
-        iters: usize,
-        issue: Issue,
-    ) -> Result<f64, Error> {
-        for _ in 0..warmup {
-            self.dispatch(call)?;
-            self.combine(call)?;
-        }
+        self.warm_up(call, warmup)?;
         let gpu = self.gpu().clone();
-        let t = time_rounds(&gpu, issue, iters, 2, &mut |phase| match phase {
+        let t = time_rounds(&gpu, Issue::InGraph, iters, 2, &mut |phase| match phase {
             0 => self.dispatch(call),
             _ => self.combine(call),
         })?;
         self.check()?;
         Ok(t)
+    }
+
+    /// `warmup` calls (dispatch, then combine), untimed.
+    fn warm_up(&mut self, call: &mut HostCall, warmup: usize) -> Result<(), Error> {
+        for _ in 0..warmup {
+            self.dispatch(call)?;
+            self.combine(call)?;
+        }
+        Ok(())
     }
 
     /// The launch floor under `call`'s phases: each phase's launches (one, or the hook's two

@@ -50,8 +50,8 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
             dispatch: times.dispatch,
             combine: times.combine,
         };
-        let stream_call_us = ll.time_calls(&mut call, warmup, iters)?;
-        let stream = GraphTimes::split(&alone, stream_call_us);
+        let stream_call = ll.time_calls(&mut call, warmup, iters)?;
+        let stream = GraphTimes::split(&alone, stream_call.gpu_us);
         let floor = ll.time_launch_floor(ctx.jit, &empty, &call, warmup, iters)?;
         graphed.set_inputs(ctx.gpu, &mine)?;
         let replayed = ll.time_graphs(&mut graphed, warmup, iters)?;
@@ -75,7 +75,8 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
             graph_replay_us: replayed.dispatch,
             graph_call_us: call_us,
             events_us: alone.dispatch,
-            stream_call_us,
+            stream_call_us: stream_call.gpu_us,
+            stream_call_host_us: stream_call.host_us,
         };
         let combine_floor = Floor {
             launches_us: floor.back_to_back.combine,
@@ -84,7 +85,8 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
             graph_replay_us: replayed.combine,
             graph_call_us: call_us,
             events_us: alone.combine,
-            stream_call_us,
+            stream_call_us: stream_call.gpu_us,
+            stream_call_host_us: stream_call.host_us,
         };
         for (phase, time_us, parts, counts, row_bytes, floor) in [
             (

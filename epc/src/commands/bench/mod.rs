@@ -73,6 +73,9 @@ pub struct Floor {
     pub events_us: f64,
     /// A whole call among many issued back to back on the stream.
     pub stream_call_us: f64,
+    /// The host's time issuing such a call (where it matches `stream_call_us`, the host set the
+    /// pace).
+    pub stream_call_host_us: f64,
 }
 
 /// What every measurement needs.
@@ -131,6 +134,7 @@ impl Bench<'_> {
                 m.floor.map_or(f64::NAN, |f| f.graph_call_us),
                 m.floor.map_or(f64::NAN, |f| f.events_us),
                 m.floor.map_or(f64::NAN, |f| f.stream_call_us),
+                m.floor.map_or(f64::NAN, |f| f.stream_call_host_us),
             ],
         )?;
         let mean_of = |i: usize| ranks.iter().map(|v| v[i]).sum::<f64>() / ranks.len() as f64;
@@ -171,6 +175,7 @@ impl Bench<'_> {
                 graph_call_us: mean_of(7),
                 events_us: mean_of(8),
                 stream_call_us: mean_of(9),
+                stream_call_host_us: mean_of(10),
             }),
             copy_us,
             same_traffic_us,
