@@ -229,3 +229,24 @@ pub fn traffic_us(gpu: &Gpu, read: usize, written: usize, iters: usize) -> Resul
     };
     best_batch_us(gpu, iters, &mut once)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Issued;
+
+    #[test]
+    fn issued_work_splits_both_clocks_into_equal_parts_and_never_by_zero() {
+        let batch = Issued {
+            gpu_us: 900.0,
+            host_us: 450.0,
+        };
+        assert_eq!(
+            batch.per(100),
+            Issued {
+                gpu_us: 9.0,
+                host_us: 4.5
+            }
+        );
+        assert_eq!(batch.per(0), batch);
+    }
+}
