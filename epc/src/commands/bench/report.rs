@@ -215,10 +215,9 @@ fn print_calls(rows: &[Row]) {
         "call: a whole call (dispatch, combine) among many back to back on the stream, and inside \
          one CUDA graph of many; host: the host's time issuing a call on the stream (where it \
          matches the call's, the host set the pace); copies: the two phases' same-traffic \
-         copies. On one GPU a \
-         phase's rows are still in the L2 when it ends and go out while the next phase runs, so \
-         the split into phases charges the dispatch's rows to the combine; the call pays for \
-         every byte once."
+         copies. On one GPU a phase's rows are still in the L2 when it ends and go out while the \
+         next phase runs, so the split into phases charges the dispatch's rows to the combine; \
+         the call pays for every byte once."
     );
 }
 
