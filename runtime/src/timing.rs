@@ -1,10 +1,12 @@
 //! Timing with CUDA events on the GPU's stream, and the device-to-device copy that benchmarks
 //! are measured against.
 
+use std::ffi::c_void;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::sys::{self, CUevent_flags};
 use cudarc::driver::{CudaEvent, CudaGraph, CudaSlice, CudaStream};
 
 use crate::error::CudaContextExt;
@@ -74,6 +76,120 @@ pub(crate) fn batch_us(
     batch: &mut dyn FnMut() -> Result<(), Error>,
 ) -> Result<f64, Error> {
     issued_batch(gpu, batch).map(|t| t.gpu_us)
+}
+
+/// How long a [`Gate`] holds the stream back at most: where the host cannot queue its work
+/// by then (a launch call blocks once the driver's queue is full), the gate opens anyway and
+/// the timing is refused.
+const GATE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Rounds queued behind a [`Gate`] at once ([`Gate::mean_us`]): at most a few hundred launches
+/// and events, well within what the driver queues.
+pub(crate) const ROUNDS_PER_HOLD: usize = 32;
+
+/// Holds the GPU's stream back while the host queues work, so that the GPU then runs it back
+/// to back, with no gap that the host's speed makes: what the work costs the GPU on a stream.
+/// The stream first runs a host function (`cuLaunchHostFunc`) that returns once the work is
+/// queued.
+pub(crate) struct Gate {
+    gpu: Gpu,
+}
+
+/// What a gate's host function waits for: `open`, set once the work is queued.
+#[derive(Default)]
+struct Latch {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Latch {
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.opened.notify_all();
+    }
+}
+
+/// The host function of a gate: waits until its latch opens, or [`GATE_TIMEOUT`]. It makes no
+/// CUDA call, and unwinds nothing into the driver.
+extern "C" fn wait_for_latch(latch: *mut c_void) {
+    // SAFETY: `latch` is the `Arc<Latch>` that `Gate::hold` gave up for this one call
+    // (`Arc::into_raw`); the driver calls this function once, so it is taken back once.
+    let latch = unsafe { Arc::from_raw(latch.cast_const().cast::<Latch>()) };
+    let open = latch.open.lock().unwrap_or_else(PoisonError::into_inner);
+    let waited = latch
+        .opened
+        .wait_timeout_while(open, GATE_TIMEOUT, |open| !*open);
+    drop(waited);
+}
+
+impl Gate {
+    /// A gate on the GPU's stream.
+    pub(crate) fn new(gpu: &Gpu) -> Gate {
+        Gate { gpu: gpu.clone() }
+    }
+
+    /// Queues what `batch` issues on the GPU's stream behind the gate, then opens it.
+    pub(crate) fn hold(&self, batch: &mut dyn FnMut() -> Result<(), Error>) -> Result<(), Error> {
+        // Before the host function is queued: its wait cannot end before `began` + the timeout.
+        let began = Instant::now();
+        let latch = Arc::new(Latch::default());
+        let data = Arc::into_raw(Arc::clone(&latch))
+            .cast_mut()
+            .cast::<c_void>();
+        self.gpu
+            .context()
+            .bind_to_thread()
+            .cuda("binding the context")?;
+        // SAFETY: the stream is the GPU's, in the context bound above; `wait_for_latch` takes
+        // back the `Arc` behind `data` when the driver calls it.
+        let held = unsafe {
+            sys::cuLaunchHostFunc(self.gpu.stream().cu_stream(), Some(wait_for_latch), data)
+        }
+        .result();
+        if let Err(e) = held {
+            // SAFETY: the driver refused the call, so it never runs: the `Arc` is still ours.
+            drop(unsafe { Arc::from_raw(data.cast_const().cast::<Latch>()) });
+            return Err(e).cuda("holding the stream back");
+        }
+        let issued = batch();
+        let late = began.elapsed() >= GATE_TIMEOUT;
+        latch.open();
+        issued?;
+        if late {
+            return Err(Error::Input(format!(
+                "the host could not queue its work ahead of the GPU within {} s; time fewer \
+                 calls at once",
+                GATE_TIMEOUT.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Mean GPU time of `round` over `rounds` of them, in microseconds: queued
+    /// [`ROUNDS_PER_HOLD`] at a time behind the gate, each hold's rounds timed between two
+    /// events after one untimed round (so the first timed one follows another, as all do).
+    pub(crate) fn mean_us(
+        &self,
+        rounds: usize,
+        round: &mut dyn FnMut() -> Result<(), Error>,
+    ) -> Result<f64, Error> {
+        let rounds = rounds.max(1);
+        let gpu = self.gpu.clone();
+        let (start, stop) = (timing_event(&gpu)?, timing_event(&gpu)?);
+        let (mut left, mut total) = (rounds, 0.0);
+        while left > 0 {
+            let n = left.min(ROUNDS_PER_HOLD);
+            self.hold(&mut || {
+                round()?;
+                record(&gpu, &start)?;
+                (0..n).try_for_each(|_| round())?;
+                record(&gpu, &stop)
+            })?;
+            total += elapsed_us(&start, &stop)?;
+            left -= n;
+        }
+        Ok(total / rounds as f64)
+    }
 }
 
 /// Mean time of one replay of `graph` in microseconds: the best of 3 replays, each timed

@@ -298,6 +298,37 @@ fn a_receive_without_its_senders_times_out_with_an_error() {
     run_and_check(&mut ll, &mut call, &spec, &inputs, "after a timeout");
 }
 
+/// `epc bench`'s timings queue their calls with the host ahead of the GPU (behind a gate the
+/// host opens once they are queued): more calls than one hold takes, every way the bench times
+/// them, and the group still gives the reference's results afterwards.
+#[test]
+fn the_benchmark_s_timings_queue_calls_ahead_and_leave_the_results_right() {
+    let Some((gpu, jit, _dir)) =
+        gpu_jit_or_skip("the_benchmark_s_timings_queue_calls_ahead_and_leave_the_results_right")
+    else {
+        return;
+    };
+    let spec = spec(4, 2048, 2, 8, "bf16", "i64");
+    let mut ll = LowLatency::new(&gpu, &jit, &renderer(), &spec).unwrap();
+    let mut call = ll.new_call().unwrap();
+    let inputs = inputs_for(&spec, 3);
+    call.set_inputs(&gpu, &inputs).unwrap();
+    let calls = ll.time_calls(&mut call, 2, 70).unwrap();
+    let phases = ll.time_phases(&mut call, 2, 70).unwrap();
+    for (what, us) in [
+        ("a call, host ahead", calls.gpu_us),
+        ("a call, host-paced", calls.paced.gpu_us),
+        ("issuing a call", calls.paced.host_us),
+        ("dispatch", phases.dispatch),
+        ("combine", phases.combine),
+        ("hook dispatch", phases.hook_dispatch()),
+        ("hook combine", phases.hook_combine()),
+    ] {
+        assert!(us.is_finite() && us > 0.0, "{what}: {us} us");
+    }
+    run_and_check(&mut ll, &mut call, &spec, &inputs, "after the timings");
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let Some((gpu, jit, _dir)) = gpu_jit_or_skip("bad_inputs_are_errors") else {

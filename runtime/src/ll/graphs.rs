@@ -8,7 +8,7 @@ use super::group::LlLaunch;
 use super::harness::{HostCall, LowLatency};
 use super::tensor::Stream;
 use crate::error::CudaContextExt;
-use crate::timing::{self, Issued, capture_graph};
+use crate::timing::{self, Gate, Issued, ROUNDS_PER_HOLD, capture_graph};
 use crate::{Error, Gpu, Jit};
 
 /// A call captured as CUDA graphs (see [`LowLatency::capture`]).
@@ -115,8 +115,20 @@ pub struct LaunchFloor {
 enum Issue {
     /// Captured as one CUDA graph of all the rounds, back to back, and replayed.
     InGraph,
-    /// Back to back on the GPU's stream, timed as one batch (an event before and after).
+    /// Back to back on the GPU's stream with the host ahead (queued behind a [`Gate`]), timed
+    /// in batches (an event before and after each).
     BackToBack,
+}
+
+/// A call's time on the stream ([`LowLatency::time_calls`]), in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamCall {
+    /// On the GPU, the calls queued with the host ahead (behind a [`Gate`]): what a call costs
+    /// the GPU on a stream, whatever the host's speed.
+    pub gpu_us: f64,
+    /// Issued as the host goes: on the GPU and on the host's clock (where the two match, the
+    /// host set the pace).
+    pub paced: Issued,
 }
 
 /// Mean time of one round of `steps(0..n)` over `iters` rounds issued as `issue` says, in
@@ -129,19 +141,20 @@ fn time_rounds(
     step: &mut dyn FnMut(usize) -> Result<(), Error>,
 ) -> Result<f64, Error> {
     let iters = iters.max(1);
-    let mut rounds = || (0..iters).try_for_each(|_| (0..n).try_for_each(&mut *step));
-    let us = match issue {
+    match issue {
         Issue::InGraph => {
+            let rounds = || (0..iters).try_for_each(|_| (0..n).try_for_each(&mut *step));
             let graph = capture_graph(gpu.stream(), "rounds", rounds)?;
-            timing::replay_us(gpu, &graph, "replaying a graph of rounds")?
+            Ok(timing::replay_us(gpu, &graph, "replaying a graph of rounds")? / iters as f64)
         }
-        Issue::BackToBack => timing::batch_us(gpu, &mut rounds)?,
-    };
-    Ok(us / iters as f64)
+        Issue::BackToBack => Gate::new(gpu).mean_us(iters, &mut || (0..n).try_for_each(&mut *step)),
+    }
 }
 
 /// Mean time of each of `n` steps over `iters` rounds (after `warmup` untimed rounds), with an
-/// event recorded on the GPU's stream between steps, in microseconds.
+/// event recorded on the GPU's stream between steps, in microseconds. The rounds are queued
+/// with the host ahead ([`ROUNDS_PER_HOLD`] at a time behind a [`Gate`], after one untimed
+/// round each time), so the events time the GPU, not the host's pace.
 fn time_steps(
     gpu: &Gpu,
     warmup: usize,
@@ -158,13 +171,20 @@ fn time_steps(
     let events = (0..(n + 1) * iters)
         .map(|_| timing::timing_event(gpu))
         .collect::<Result<Vec<_>, _>>()?;
-    for i in 0..iters {
-        let ev = &events[(n + 1) * i..][..n + 1];
-        timing::record(gpu, &ev[0])?;
-        for j in 0..n {
-            step(j)?;
-            timing::record(gpu, &ev[j + 1])?;
-        }
+    let gate = Gate::new(gpu);
+    for first in (0..iters).step_by(ROUNDS_PER_HOLD) {
+        gate.hold(&mut || {
+            (0..n).try_for_each(&mut *step)?;
+            for i in first..(first + ROUNDS_PER_HOLD).min(iters) {
+                let ev = &events[(n + 1) * i..][..n + 1];
+                timing::record(gpu, &ev[0])?;
+                for j in 0..n {
+                    step(j)?;
+                    timing::record(gpu, &ev[j + 1])?;
+                }
+            }
+            Ok(())
+        })?;
     }
     let mut sums = vec![0f64; n];
     for i in 0..iters {
@@ -235,26 +255,29 @@ impl LowLatency {
     }
 
     /// Mean time of a whole call (dispatch, then combine) among `iters` calls issued back to
-    /// back on the stream, timed as one batch, after `warmup` calls, in microseconds: what a call
-    /// costs a caller that issues its calls without waiting on each, on the GPU and on the host
-    /// that issues them (where the two match, the host set the pace). Checks for errors.
+    /// back on the stream, after `warmup` calls, in microseconds: what a call costs the GPU with
+    /// the host ahead (the calls queued behind a [`Gate`]), and, issued as the host goes, on the
+    /// GPU and on the host's clock. Checks for errors.
     pub fn time_calls(
         &mut self,
         call: &mut HostCall,
         warmup: usize,
         iters: usize,
-    ) -> Result<Issued, Error> {
+    ) -> Result<StreamCall, Error> {
         self.warm_up(call, warmup)?;
         let gpu = self.gpu().clone();
         let iters = iters.max(1);
-        let t = timing::issued_batch(&gpu, &mut || {
-            (0..iters).try_for_each(|_| {
-                self.dispatch(call)?;
-                self.combine(call)
-            })
-        })?;
+        let mut one = || {
+            self.dispatch(call)?;
+            self.combine(call)
+        };
+        let gpu_us = Gate::new(&gpu).mean_us(iters, &mut one)?;
+        let paced = timing::issued_batch(&gpu, &mut || (0..iters).try_for_each(|_| one()))?;
         self.check()?;
-        Ok(t.per(iters))
+        Ok(StreamCall {
+            gpu_us,
+            paced: paced.per(iters),
+        })
     }
 
     /// Mean time of a whole call (dispatch, then combine) inside one CUDA graph of `iters`

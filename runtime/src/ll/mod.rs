@@ -18,7 +18,7 @@ mod tensor;
 mod typed;
 
 pub use call::{CombineInput, DispatchInput, LlCall, Received};
-pub use graphs::{GraphTimes, LaunchFloor, LlGraphs, PhaseTimes};
+pub use graphs::{GraphTimes, LaunchFloor, LlGraphs, PhaseTimes, StreamCall};
 pub use group::{DEFAULT_TIMEOUT, LlGroup};
 pub use harness::{HostCall, LowLatency, RankDispatch};
 pub use tensor::{Elem, Stream, Tensor};

@@ -76,7 +76,8 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
             graph_call_us: call_us,
             events_us: alone.dispatch,
             stream_call_us: stream_call.gpu_us,
-            stream_call_host_us: stream_call.host_us,
+            stream_call_paced_us: stream_call.paced.gpu_us,
+            stream_call_host_us: stream_call.paced.host_us,
         };
         let combine_floor = Floor {
             launches_us: floor.back_to_back.combine,
@@ -86,7 +87,8 @@ pub fn measure(ctx: &Bench<'_>, spec: &Spec, tokens: &[usize]) -> Result<Vec<Mea
             graph_call_us: call_us,
             events_us: alone.combine,
             stream_call_us: stream_call.gpu_us,
-            stream_call_host_us: stream_call.host_us,
+            stream_call_paced_us: stream_call.paced.gpu_us,
+            stream_call_host_us: stream_call.paced.host_us,
         };
         for (phase, time_us, parts, counts, row_bytes, floor) in [
             (

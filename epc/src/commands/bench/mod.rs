@@ -71,10 +71,13 @@ pub struct Floor {
     pub graph_call_us: f64,
     /// The phase alone on the stream, an event before and after.
     pub events_us: f64,
-    /// A whole call among many issued back to back on the stream.
+    /// A whole call among many issued back to back on the stream, on the GPU with the host
+    /// ahead (queued before the GPU starts them).
     pub stream_call_us: f64,
-    /// The host's time issuing such a call (where it matches `stream_call_us`, the host set the
-    /// pace).
+    /// Such a call issued as the host goes, on the GPU.
+    pub stream_call_paced_us: f64,
+    /// The host's time issuing such a call (where it matches `stream_call_paced_us`, the host set
+    /// the pace).
     pub stream_call_host_us: f64,
 }
 
@@ -135,6 +138,7 @@ impl Bench<'_> {
                 m.floor.map_or(f64::NAN, |f| f.events_us),
                 m.floor.map_or(f64::NAN, |f| f.stream_call_us),
                 m.floor.map_or(f64::NAN, |f| f.stream_call_host_us),
+                m.floor.map_or(f64::NAN, |f| f.stream_call_paced_us),
             ],
         )?;
         let mean_of = |i: usize| ranks.iter().map(|v| v[i]).sum::<f64>() / ranks.len() as f64;
@@ -176,6 +180,7 @@ impl Bench<'_> {
                 events_us: mean_of(8),
                 stream_call_us: mean_of(9),
                 stream_call_host_us: mean_of(10),
+                stream_call_paced_us: mean_of(11),
             }),
             copy_us,
             same_traffic_us,

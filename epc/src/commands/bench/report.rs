@@ -113,10 +113,10 @@ pub fn print_table(rows: &[Row]) {
     }
     println!(
         "x: time over the yardstick (1.00 = as fast as the copy). LL: each phase in one launch, \
-         as it costs among many calls issued back to back on the stream (a call timed so, split \
-         as the two phases timed alone between events split it; the CSV has both: \
-         stream_call_us, events_us); parts: with the hook, its send and receive launches, each \
-         between events. copy: a device copy of the \
+         as it costs the GPU among many calls issued back to back on the stream with the host \
+         ahead (a call timed so, split as the two phases timed alone between events split it; \
+         the CSV has both: stream_call_us, events_us); parts: with the hook, its send and \
+         receive launches, each between events. copy: a device copy of the \
          unique payload bytes; same-tr: a copy moving the HBM bytes the phase minimally reads \
          and writes; fan-out (HT dispatch): its row copies alone, the same rows to the same \
          places with nothing else. NCCL-EP and DeepEP: GB/s per GPU as their benchmarks count \
@@ -192,29 +192,31 @@ fn call_copies_us(rows: &[Row], r: &Row) -> Option<f64> {
 /// combine), so the call is where each byte is paid for.
 fn print_calls(rows: &[Row]) {
     println!(
-        "\n{:<28} {:>5} {:>9} {:>9} {:>9} {:>6} {:>9} {:>6}",
-        "workload", "T", "copies us", "call us", "host us", "x", "graph us", "x"
+        "\n{:<28} {:>5} {:>9} {:>9} {:>6} {:>9} {:>9} {:>9} {:>6}",
+        "workload", "T", "copies us", "call us", "x", "paced us", "host us", "graph us", "x"
     );
     for r in rows.iter().filter(|r| r.phase == "dispatch") {
         let (Some(f), Some(copies)) = (r.floor, call_copies_us(rows, r)) else {
             continue;
         };
         println!(
-            "{:<28} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>6.2} {:>9.1} {:>6.2}",
+            "{:<28} {:>5} {:>9.1} {:>9.1} {:>6.2} {:>9.1} {:>9.1} {:>9.1} {:>6.2}",
             r.workload,
             r.tokens,
             copies,
             f.stream_call_us,
-            f.stream_call_host_us,
             f.stream_call_us / copies,
+            f.stream_call_paced_us,
+            f.stream_call_host_us,
             f.graph_call_us,
             f.graph_call_us / copies
         );
     }
     println!(
-        "call: a whole call (dispatch, combine) among many back to back on the stream, and inside \
-         one CUDA graph of many; host: the host's time issuing a call on the stream (where it \
-         matches the call's, the host set the pace); copies: the two phases' same-traffic \
+        "call: a whole call (dispatch, combine) among many back to back on the stream, on the GPU \
+         with the host ahead (the calls queued before it starts them), and inside one CUDA graph \
+         of many (graph); paced: the same calls issued as the host goes, on the GPU; host: the \
+         host's time issuing a call (where it matches paced, the host set the pace); copies: the two phases' same-traffic \
          copies. On one GPU a phase's rows are still in the L2 when it ends and go out while the \
          next phase runs, so the split into phases charges the dispatch's rows to the combine; \
          the call pays for every byte once."
@@ -230,7 +232,7 @@ pub fn csv(rows: &[Row]) -> String {
          fanout_us,ratio_to_fanout,launch_floor_us,ratio_to_launch_floor,graph_us,\
          graph_launch_floor_us,graph_ratio_to_launch_floor,graph_ratio_to_same_traffic,\
          graph_replay_us,graph_call_us,events_us,stream_call_us,call_same_traffic_us,\
-         graph_call_ratio_to_same_traffic,stream_call_host_us\n",
+         graph_call_ratio_to_same_traffic,stream_call_host_us,stream_call_paced_us\n",
     );
     for r in rows {
         let copies = call_copies_us(rows, r);
@@ -273,9 +275,9 @@ pub fn csv(rows: &[Row]) -> String {
             r.fanout_us
                 .map_or(String::new(), |f| format!("{:.4}", r.time_us / f)),
             r.floor.map_or_else(
-                || ",,,,,,,,,,,,".to_owned(),
+                || ",,,,,,,,,,,,,".to_owned(),
                 |f| format!(
-                    "{:.3},{:.4},{:.3},{:.3},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{},{},{:.3}",
+                    "{:.3},{:.4},{:.3},{:.3},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{},{},{:.3},{:.3}",
                     f.launches_us,
                     r.time_us / f.launches_us,
                     f.graph_us,
@@ -288,7 +290,8 @@ pub fn csv(rows: &[Row]) -> String {
                     f.stream_call_us,
                     copies.map_or(String::new(), |c| format!("{c:.3}")),
                     copies.map_or(String::new(), |c| format!("{:.4}", f.graph_call_us / c)),
-                    f.stream_call_host_us
+                    f.stream_call_host_us,
+                    f.stream_call_paced_us
                 )
             ),
         );
@@ -377,7 +380,8 @@ mod tests {
             graph_replay_us: 52.0,
             graph_call_us: 90.0,
             events_us: 55.0,
-            stream_call_us: 110.0,
+            stream_call_us: 100.0,
+            stream_call_paced_us: 110.0,
             stream_call_host_us: 108.0,
         };
         let mut ht = row("combine", 40.0, None);
@@ -400,6 +404,8 @@ mod tests {
             assert_eq!(line[at("graph_call_ratio_to_same_traffic")], "1.2000");
         }
         assert_eq!(lines[1][at("graph_ratio_to_same_traffic")], "1.4286");
+        assert_eq!(lines[2][at("stream_call_us")], "100.000");
+        assert_eq!(lines[2][at("stream_call_paced_us")], "110.000");
         assert_eq!(lines[2][at("stream_call_host_us")], "108.000");
         assert_eq!(lines[3][at("call_same_traffic_us")], "");
     }
