@@ -1,0 +1,214 @@
+// The floor under a low-latency dispatch's rows on one GPU: DeepSeek-V3 with BF16 dispatch
+// (H = 7168, K = 8, E = 256) on 8 virtual ranks, T tokens per rank, in the steady state of
+// `epc bench`'s graph of many calls. Each call is a "dispatch" that only moves rows (each token
+// read once and stored to its K rows, as ll_dispatch's copy items do; destinations computed on
+// the host, so no ids, reservation or hand-out) and a "combine" that reads y at the same rows and
+// writes each token's weighted sum, both launched with the PDL attribute, back to back in one
+// CUDA graph. The rows land where epc's windows put them (per rank 32 local experts x 1024 rows,
+// each source's rows contiguous), or packed into one region per rank (`compact`).
+//   nvcc -O3 -arch=sm_90 -o row_writes scripts/bench/row_writes.cu && ./row_writes [T]
+// Printed per call, us (best of 3 replays of a graph of 200 calls):
+//   rows+comb / empty+comb: a call with the row-moving dispatch / with an empty kernel instead;
+//   rows marginal: their difference, what the rows cost a call; TB/s: the rows' bytes over it;
+//   rows alone / empty alone: the dispatch repeated by itself / the empty kernel.
+#include <cstdio>
+#include <cstdint>
+#include <vector>
+#include <algorithm>
+#include <random>
+#include <cstdlib>
+#include <cuda_runtime.h>
+#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); exit(1);} } while (0)
+
+constexpr int kH = 7168, kK = 8, kE = 256, kR = 8, kL = kE / kR, kM = 128, kRow = kH * 2;
+constexpr int kChunks = kH / 256, kWarps = 16, kBlocks = 16, kMaxGroup = 4;
+constexpr size_t kWindow = static_cast<size_t>(kL) * kR * kM * kRow;  // one rank's recv_x (or y)
+
+struct Args {
+  const uint4* x;      // [R][T][H] bf16
+  char* const* dst;    // [R][T][K] where each selection's row of recv_x lands
+  char* const* ysrc;   // [R][T][K] the same row of y
+  const float* w;      // [R][T][K]
+  uint4* out;          // [R][T][H] bf16
+  int tokens;
+};
+
+__device__ __forceinline__ void pdl_begin() {
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+__global__ void __launch_bounds__(512, 1) empty(Args) { pdl_begin(); }
+
+// Items of (token, group of consecutive 256-channel chunks), block 0's warps first, as
+// ll_dispatch's copy_tokens deals them: load the group once, store it into each of the K rows.
+template <bool kStream>
+__global__ void __launch_bounds__(512, 1) rows(Args a) {
+  pdl_begin();
+  const int s = blockIdx.y, lane = threadIdx.x % 32, T = a.tokens;
+  const int warps = kBlocks * kWarps;
+  const int group = max(1, (T * kChunks + warps - 1) / warps);
+  const int groups = (kChunks + group - 1) / group;
+  for (int item = blockIdx.x * kWarps + threadIdx.x / 32; item < T * groups; item += warps) {
+    const int t = item / groups, first = (item % groups) * group, last = min(first + group, kChunks);
+    const uint4* x = a.x + (static_cast<size_t>(s) * T + t) * (kH / 8);
+    uint4 v[kMaxGroup];
+#pragma unroll
+    for (int u = 0; u < kMaxGroup; ++u) if (first + u < last) v[u] = x[(first + u) * 32 + lane];
+#pragma unroll
+    for (int k = 0; k < kK; ++k) {
+      uint4* d = reinterpret_cast<uint4*>(a.dst[(static_cast<size_t>(s) * T + t) * kK + k]);
+#pragma unroll
+      for (int u = 0; u < kMaxGroup; ++u) {
+        if (first + u >= last) break;
+        if (kStream) __stcs(d + (first + u) * 32 + lane, v[u]); else d[(first + u) * 32 + lane] = v[u];
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ float bf(unsigned h) { return __uint_as_float(h << 16); }
+// out[s][t] = sum over k of w x y(row of s, t, k), f32, one 256-channel chunk per warp item.
+__global__ void __launch_bounds__(512, 1) combine(Args a) {
+  pdl_begin();
+  const int s = blockIdx.y, lane = threadIdx.x % 32, T = a.tokens;
+  for (int item = threadIdx.x / 32 * kBlocks + blockIdx.x; item < T * kChunks; item += kBlocks * kWarps) {
+    const int t = item / kChunks, c = item % kChunks;
+    const size_t sel = (static_cast<size_t>(s) * T + t) * kK;
+    uint4 v[kK];
+#pragma unroll
+    for (int k = 0; k < kK; ++k) v[k] = reinterpret_cast<const uint4*>(a.ysrc[sel + k])[c * 32 + lane];
+    float acc[8] = {};
+#pragma unroll
+    for (int k = 0; k < kK; ++k) {
+      const float wk = a.w[sel + k];
+      const unsigned u[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        acc[2 * q] = fmaf(wk, bf(u[q] & 0xffffu), acc[2 * q]);
+        acc[2 * q + 1] = fmaf(wk, bf(u[q] >> 16), acc[2 * q + 1]);
+      }
+    }
+    uint4 o;
+    o.x = (__float_as_uint(acc[0]) >> 16) | (__float_as_uint(acc[1]) & 0xffff0000u);
+    o.y = (__float_as_uint(acc[2]) >> 16) | (__float_as_uint(acc[3]) & 0xffff0000u);
+    o.z = (__float_as_uint(acc[4]) >> 16) | (__float_as_uint(acc[5]) & 0xffff0000u);
+    o.w = (__float_as_uint(acc[6]) >> 16) | (__float_as_uint(acc[7]) & 0xffff0000u);
+    a.out[(static_cast<size_t>(s) * T + t) * (kH / 8) + c * 32 + lane] = o;
+  }
+}
+
+using Kernel = void (*)(Args);
+void launch(cudaStream_t st, Kernel k, const Args& a) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(kBlocks, kR, 1);
+  cfg.blockDim = dim3(512, 1, 1);
+  cfg.dynamicSmemBytes = 120 * 1024;  // one block per SM, as the LL kernels
+  cfg.stream = st;
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at;
+  cfg.numAttrs = 1;
+  CK(cudaLaunchKernelEx(&cfg, k, a));
+}
+
+// Mean us per round of `seq` inside one graph of n rounds, best of 3 replays.
+double per_round(cudaStream_t st, const std::vector<Kernel>& seq, const Args& a, int n = 200) {
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < n; ++i) for (Kernel k : seq) launch(st, k, a);
+  CK(cudaStreamEndCapture(st, &g));
+  CK(cudaGraphInstantiate(&ge, g, 0));
+  CK(cudaGraphLaunch(ge, st));
+  CK(cudaStreamSynchronize(st));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  float best = 1e30f;
+  for (int rep = 0; rep < 3; ++rep) {
+    CK(cudaEventRecord(e0, st));
+    CK(cudaGraphLaunch(ge, st));
+    CK(cudaEventRecord(e1, st));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    best = std::min(best, ms);
+  }
+  CK(cudaEventDestroy(e0));
+  CK(cudaEventDestroy(e1));
+  CK(cudaGraphExecDestroy(ge));
+  CK(cudaGraphDestroy(g));
+  return best * 1000.0 / n;
+}
+
+int main(int argc, char** argv) {
+  const int only = argc > 1 ? atoi(argv[1]) : 0;  // one token count, for a profiler
+  for (Kernel k : {empty, rows<false>, rows<true>, combine})
+    CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 120 * 1024));
+  cudaStream_t st;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  char *recv, *y;
+  CK(cudaMalloc(&recv, kWindow * kR));
+  CK(cudaMalloc(&y, kWindow * kR));
+  CK(cudaMemset(y, 0x3c, kWindow * kR));
+  uint4 *x, *out;
+  CK(cudaMalloc(&x, static_cast<size_t>(kR) * kM * kRow));
+  CK(cudaMalloc(&out, static_cast<size_t>(kR) * kM * kRow));
+  CK(cudaMemset(x, 0x3f, static_cast<size_t>(kR) * kM * kRow));
+  char **dst, **ysrc;
+  float* w;
+  const size_t sels = static_cast<size_t>(kR) * kM * kK;
+  CK(cudaMalloc(&dst, sels * sizeof(char*)));
+  CK(cudaMalloc(&ysrc, sels * sizeof(char*)));
+  CK(cudaMalloc(&w, sels * sizeof(float)));
+  std::vector<float> hw(sels, 0.125f);
+  CK(cudaMemcpy(w, hw.data(), sels * sizeof(float), cudaMemcpyHostToDevice));
+  std::mt19937 rng(7);
+  printf("DeepSeek-V3 BF16 rows, 8 virtual ranks, graph of 200 calls, us per call\n");
+  printf("%4s %-8s %-6s | %10s %11s %13s %6s | %10s %11s\n", "T", "layout", "stores", "rows+comb", "empty+comb",
+         "rows marginal", "TB/s", "rows alone", "empty alone");
+  for (int T : {1, 4, 8, 16, 32}) {
+    if (only > 0 && T != only) continue;
+    // K distinct experts per token, uniformly.
+    std::vector<int> ids(static_cast<size_t>(kR) * T * kK);
+    for (int s = 0; s < kR; ++s)
+      for (int t = 0; t < T; ++t) {
+        std::vector<int> e(kE);
+        for (int i = 0; i < kE; ++i) e[i] = i;
+        std::shuffle(e.begin(), e.end(), rng);
+        for (int k = 0; k < kK; ++k) ids[(static_cast<size_t>(s) * T + t) * kK + k] = e[k];
+      }
+    const double mb = static_cast<double>(kR) * T * kK * kRow / 1e6;
+    for (int compact = 0; compact < 2; ++compact) {
+      // Each expert's rows from source 0, then 1, ... (contiguous per source), in token order;
+      // `compact`: every row a rank receives packed into the start of its window instead.
+      std::vector<int> next(kE, 0), packed(kR, 0);
+      std::vector<char*> hd(static_cast<size_t>(kR) * T * kK), hy(hd.size());
+      for (int s = 0; s < kR; ++s)
+        for (int t = 0; t < T; ++t)
+          for (int k = 0; k < kK; ++k) {
+            const size_t i = (static_cast<size_t>(s) * T + t) * kK + k;
+            const int e = ids[i], d = e / kL, l = e % kL;
+            const size_t row = compact ? packed[d]++ : static_cast<size_t>(l) * kR * kM + next[e]++;
+            hd[i] = recv + d * kWindow + row * kRow;
+            hy[i] = y + d * kWindow + row * kRow;
+          }
+      CK(cudaMemcpy(dst, hd.data(), hd.size() * sizeof(char*), cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(ysrc, hy.data(), hy.size() * sizeof(char*), cudaMemcpyHostToDevice));
+      const Args a{x, dst, ysrc, w, out, T};
+      const double empty_comb = per_round(st, {empty, combine}, a);
+      const double empty_alone = per_round(st, {empty}, a);
+      for (int stream = 0; stream < 2; ++stream) {
+        const Kernel r = stream ? rows<true> : rows<false>;
+        const double rows_comb = per_round(st, {r, combine}, a);
+        const double rows_alone = per_round(st, {r}, a);
+        const double marginal = rows_comb - empty_comb;
+        printf("%4d %-8s %-6s | %10.2f %11.2f %13.2f %6.2f | %10.2f %11.2f\n", T, compact ? "compact" : "windows",
+               stream ? ".cs" : "plain", rows_comb, empty_comb, marginal, mb / marginal, rows_alone, empty_alone);
+      }
+    }
+  }
+  return 0;
+}
