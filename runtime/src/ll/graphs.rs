@@ -198,9 +198,9 @@ fn time_steps(
 
 impl LowLatency {
     /// Captures a call's launches into two CUDA graphs on the GPU's stream: dispatch and
-    /// combine, each as [`LowLatency::dispatch`] and [`LowLatency::combine`] launch it. Replays need no host work: new inputs written
-    /// with [`HostCall::set_inputs`] (the same token counts) are picked up, and each dispatch
-    /// replay starts a new call on the same window half.
+    /// combine, each as [`LowLatency::dispatch`] and [`LowLatency::combine`] launch it. Replays
+    /// need no host work: new inputs written with [`HostCall::set_inputs`] (the same token
+    /// counts) are picked up, and each dispatch replay starts a new call on the same window half.
     pub fn capture(&mut self, call: &mut HostCall) -> Result<LlGraphs, Error> {
         let stream = self.gpu().stream().clone();
         let dispatch = capture_graph(&stream, "dispatch", || self.dispatch(call))?;
@@ -210,7 +210,7 @@ impl LowLatency {
 
     /// Times whole calls on the current inputs of `call`: `warmup` calls, then `iters` calls
     /// with an event between phases; then the same with the hook's four launches, an event
-    /// between each. Returns the means in microseconds; checks for errors.
+    /// between each (all queued with the host ahead, see `time_steps`). Returns the means in microseconds; checks for errors.
     pub fn time_phases(
         &mut self,
         call: &mut HostCall,

@@ -216,10 +216,10 @@ fn print_calls(rows: &[Row]) {
         "call: a whole call (dispatch, combine) among many back to back on the stream, on the GPU \
          with the host ahead (the calls queued before it starts them), and inside one CUDA graph \
          of many (graph); paced: the same calls issued as the host goes, on the GPU; host: the \
-         host's time issuing a call (where it matches paced, the host set the pace); copies: the two phases' same-traffic \
-         copies. On one GPU a phase's rows are still in the L2 when it ends and go out while the \
-         next phase runs, so the split into phases charges the dispatch's rows to the combine; \
-         the call pays for every byte once."
+         host's time issuing a call (where it matches paced, the host set the pace); copies: the \
+         two phases' same-traffic copies. On one GPU a phase's rows are still in the L2 when it \
+         ends and go out while the next phase runs, so the split into phases charges the \
+         dispatch's rows to the combine; the call pays for every byte once."
     );
 }
 
