@@ -123,8 +123,8 @@ enum Issue {
 /// A call's time on the stream ([`LowLatency::time_calls`]), in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StreamCall {
-    /// On the GPU, the calls queued with the host ahead (behind a [`Gate`]): what a call costs
-    /// the GPU on a stream, whatever the host's speed.
+    /// On the GPU, the calls queued with the host ahead (behind a host function that returns
+    /// once they are queued): what a call costs the GPU on a stream, whatever the host's speed.
     pub gpu_us: f64,
     /// Issued as the host goes: on the GPU and on the host's clock (where the two match, the
     /// host set the pace).
@@ -256,8 +256,8 @@ impl LowLatency {
 
     /// Mean time of a whole call (dispatch, then combine) among `iters` calls issued back to
     /// back on the stream, after `warmup` calls, in microseconds: what a call costs the GPU with
-    /// the host ahead (the calls queued behind a [`Gate`]), and, issued as the host goes, on the
-    /// GPU and on the host's clock. Checks for errors.
+    /// the host ahead (the calls queued before the GPU starts them), and, issued as the host
+    /// goes, on the GPU and on the host's clock. Checks for errors.
     pub fn time_calls(
         &mut self,
         call: &mut HostCall,
