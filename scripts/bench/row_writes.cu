@@ -8,6 +8,7 @@
 // each source's rows contiguous), or packed into one region per rank (`compact`).
 //   nvcc -O3 -arch=sm_90 -o row_writes scripts/bench/row_writes.cu && ./row_writes [T]
 // Printed per call, us (best of 3 replays of a graph of 200 calls):
+//   stores: plain, streaming (`.cs`: evict first) or bulk copies from shared memory (`tma`);
 //   rows+comb / empty+comb: a call with the row-moving dispatch / with an empty kernel instead;
 //   rows marginal: their difference, what the rows cost a call; TB/s: the rows' bytes over it;
 //   rows alone / empty alone: the dispatch repeated by itself / the empty kernel.
@@ -65,6 +66,42 @@ __global__ void __launch_bounds__(512, 1) rows(Args a) {
       }
     }
   }
+}
+
+// As `rows`, with the stores made by the bulk-copy engine (TMA): the warp puts its group into
+// shared memory once, and lane k < K copies it into row k with one `cp.async.bulk` (global from
+// shared), so the SM issues one instruction per row instead of one per 512 bytes.
+__global__ void __launch_bounds__(512, 1) rows_tma(Args a) {
+  pdl_begin();
+  extern __shared__ __align__(128) uint4 smem[];
+  const int s = blockIdx.y, lane = threadIdx.x % 32, T = a.tokens;
+  uint4* buf = smem + (threadIdx.x / 32) * kMaxGroup * 32;
+  const unsigned buf_shared = static_cast<unsigned>(__cvta_generic_to_shared(buf));
+  const int warps = kBlocks * kWarps;
+  const int group = max(1, (T * kChunks + warps - 1) / warps);
+  const int groups = (kChunks + group - 1) / group;
+  for (int item = blockIdx.x * kWarps + threadIdx.x / 32; item < T * groups; item += warps) {
+    const int t = item / groups, first = (item % groups) * group, last = min(first + group, kChunks);
+    const uint4* x = a.x + (static_cast<size_t>(s) * T + t) * (kH / 8);
+    uint4 v[kMaxGroup];
+#pragma unroll
+    for (int u = 0; u < kMaxGroup; ++u) if (first + u < last) v[u] = x[(first + u) * 32 + lane];
+    // The previous item's copies have read the buffer.
+    asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+    __syncwarp();
+#pragma unroll
+    for (int u = 0; u < kMaxGroup; ++u) if (first + u < last) buf[u * 32 + lane] = v[u];
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    __syncwarp();
+    if (lane < kK) {
+      char* d = a.dst[(static_cast<size_t>(s) * T + t) * kK + lane] + first * 512;
+      const unsigned bytes = (last - first) * 512;
+      asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(d), "r"(buf_shared), "r"(bytes)
+                   : "memory");
+      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+    }
+  }
+  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }
 
 __device__ __forceinline__ float bf(unsigned h) { return __uint_as_float(h << 16); }
@@ -145,7 +182,7 @@ double per_round(cudaStream_t st, const std::vector<Kernel>& seq, const Args& a,
 
 int main(int argc, char** argv) {
   const int only = argc > 1 ? atoi(argv[1]) : 0;  // one token count, for a profiler
-  for (Kernel k : {empty, rows<false>, rows<true>, combine})
+  for (Kernel k : {empty, rows<false>, rows<true>, rows_tma, combine})
     CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 120 * 1024));
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
@@ -200,13 +237,13 @@ int main(int argc, char** argv) {
       const Args a{x, dst, ysrc, w, out, T};
       const double empty_comb = per_round(st, {empty, combine}, a);
       const double empty_alone = per_round(st, {empty}, a);
-      for (int stream = 0; stream < 2; ++stream) {
-        const Kernel r = stream ? rows<true> : rows<false>;
+      for (int stores = 0; stores < 3; ++stores) {
+        const Kernel r = stores == 0 ? rows<false> : stores == 1 ? rows<true> : rows_tma;
         const double rows_comb = per_round(st, {r, combine}, a);
         const double rows_alone = per_round(st, {r}, a);
         const double marginal = rows_comb - empty_comb;
         printf("%4d %-8s %-6s | %10.2f %11.2f %13.2f %6.2f | %10.2f %11.2f\n", T, compact ? "compact" : "windows",
-               stream ? ".cs" : "plain", rows_comb, empty_comb, marginal, mb / marginal, rows_alone, empty_alone);
+               stores == 0 ? "plain" : stores == 1 ? ".cs" : "tma", rows_comb, empty_comb, marginal, mb / marginal, rows_alone, empty_alone);
       }
     }
   }
