@@ -59,7 +59,7 @@ pub(crate) fn issued_batch(
 ) -> Result<Issued, Error> {
     let (start, stop) = (timing_event(gpu)?, timing_event(gpu)?);
     record(gpu, &start)?;
-    let began = std::time::Instant::now();
+    let began = Instant::now();
     batch()?;
     let host_us = began.elapsed().as_secs_f64() * 1e6;
     record(gpu, &stop)?;
@@ -83,9 +83,17 @@ pub(crate) fn batch_us(
 /// the timing is refused.
 const GATE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Rounds queued behind a [`Gate`] at once ([`Gate::mean_us`]): at most a few hundred launches
-/// and events, well within what the driver queues.
-pub(crate) const ROUNDS_PER_HOLD: usize = 32;
+/// Rounds queued behind a [`Gate`] at once: at most a few hundred launches and events, well
+/// within what the driver queues.
+const ROUNDS_PER_HOLD: usize = 32;
+
+/// `rounds` rounds (at least one) as the index ranges queued behind a [`Gate`] at once.
+pub(crate) fn holds(rounds: usize) -> impl Iterator<Item = Range<usize>> {
+    let rounds = rounds.max(1);
+    (0..rounds)
+        .step_by(ROUNDS_PER_HOLD)
+        .map(move |first| first..(first + ROUNDS_PER_HOLD).min(rounds))
+}
 
 /// Holds the GPU's stream back while the host queues work, so that the GPU then runs it back
 /// to back, with no gap that the host's speed makes: what the work costs the GPU on a stream.
@@ -165,30 +173,27 @@ impl Gate {
         Ok(())
     }
 
-    /// Mean GPU time of `round` over `rounds` of them, in microseconds: queued
-    /// [`ROUNDS_PER_HOLD`] at a time behind the gate, each hold's rounds timed between two
-    /// events after one untimed round (so the first timed one follows another, as all do).
+    /// Mean GPU time of `round` over `rounds` of them, in microseconds: queued behind the gate
+    /// in [`holds`], each hold's rounds timed between two events after one untimed round (so the
+    /// first timed one follows another, as all do).
     pub(crate) fn mean_us(
         &self,
         rounds: usize,
         round: &mut dyn FnMut() -> Result<(), Error>,
     ) -> Result<f64, Error> {
-        let rounds = rounds.max(1);
         let gpu = self.gpu.clone();
         let (start, stop) = (timing_event(&gpu)?, timing_event(&gpu)?);
-        let (mut left, mut total) = (rounds, 0.0);
-        while left > 0 {
-            let n = left.min(ROUNDS_PER_HOLD);
+        let mut total = 0.0;
+        for hold in holds(rounds) {
             self.hold(&mut || {
                 round()?;
                 record(&gpu, &start)?;
-                (0..n).try_for_each(|_| round())?;
+                hold.clone().try_for_each(|_| round())?;
                 record(&gpu, &stop)
             })?;
             total += elapsed_us(&start, &stop)?;
-            left -= n;
         }
-        Ok(total / rounds as f64)
+        Ok(total / rounds.max(1) as f64)
     }
 }
 
@@ -348,7 +353,15 @@ pub fn traffic_us(gpu: &Gpu, read: usize, written: usize, iters: usize) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use super::Issued;
+    use super::{Issued, holds};
+
+    #[test]
+    fn holds_cover_every_round_once_in_order_and_at_least_one() {
+        let ranges: Vec<_> = holds(70).collect();
+        assert_eq!(ranges, vec![0..32, 32..64, 64..70]);
+        assert_eq!(holds(32).collect::<Vec<_>>(), vec![0..32]);
+        assert_eq!(holds(0).collect::<Vec<_>>(), vec![0..1]);
+    }
 
     #[test]
     fn issued_work_splits_both_clocks_into_equal_parts_and_never_by_zero() {

@@ -8,7 +8,7 @@ use super::group::LlLaunch;
 use super::harness::{HostCall, LowLatency};
 use super::tensor::Stream;
 use crate::error::CudaContextExt;
-use crate::timing::{self, Gate, Issued, ROUNDS_PER_HOLD, capture_graph};
+use crate::timing::{self, Gate, Issued, capture_graph, holds};
 use crate::{Error, Gpu, Jit};
 
 /// A call captured as CUDA graphs (see [`LowLatency::capture`]).
@@ -153,8 +153,8 @@ fn time_rounds(
 
 /// Mean time of each of `n` steps over `iters` rounds (after `warmup` untimed rounds), with an
 /// event recorded on the GPU's stream between steps, in microseconds. The rounds are queued
-/// with the host ahead ([`ROUNDS_PER_HOLD`] at a time behind a [`Gate`], after one untimed
-/// round each time), so the events time the GPU, not the host's pace.
+/// with the host ahead (behind a [`Gate`] in [`holds`], after one untimed round each time), so
+/// the events time the GPU, not the host's pace.
 fn time_steps(
     gpu: &Gpu,
     warmup: usize,
@@ -172,10 +172,10 @@ fn time_steps(
         .map(|_| timing::timing_event(gpu))
         .collect::<Result<Vec<_>, _>>()?;
     let gate = Gate::new(gpu);
-    for first in (0..iters).step_by(ROUNDS_PER_HOLD) {
+    for hold in holds(iters) {
         gate.hold(&mut || {
             (0..n).try_for_each(&mut *step)?;
-            for i in first..(first + ROUNDS_PER_HOLD).min(iters) {
+            for i in hold.clone() {
                 let ev = &events[(n + 1) * i..][..n + 1];
                 timing::record(gpu, &ev[0])?;
                 for j in 0..n {
@@ -210,7 +210,8 @@ impl LowLatency {
 
     /// Times whole calls on the current inputs of `call`: `warmup` calls, then `iters` calls
     /// with an event between phases; then the same with the hook's four launches, an event
-    /// between each (all queued with the host ahead, see `time_steps`). Returns the means in microseconds; checks for errors.
+    /// between each (all queued with the host ahead, see `time_steps`). Returns the means in
+    /// microseconds; checks for errors.
     pub fn time_phases(
         &mut self,
         call: &mut HostCall,
