@@ -41,67 +41,58 @@ __device__ __forceinline__ void pdl_begin() {
 
 __global__ void __launch_bounds__(512, 1) empty(Args) { pdl_begin(); }
 
+// How a row's part is stored: plain, streaming (evict first), or by the bulk-copy engine (TMA):
+// the warp puts its group into shared memory once, and lane k < K copies it into row k with one
+// `cp.async.bulk` (global from shared), so the SM issues one instruction per row, not per 512 B.
+enum class Store { kPlain, kStream, kTma };
+
 // Items of (token, group of consecutive 256-channel chunks), block 0's warps first, as
 // ll_dispatch's copy_tokens deals them: load the group once, store it into each of the K rows.
-template <bool kStream>
+template <Store kStore>
 __global__ void __launch_bounds__(512, 1) rows(Args a) {
-  pdl_begin();
-  const int s = blockIdx.y, lane = threadIdx.x % 32, T = a.tokens;
-  const int warps = kBlocks * kWarps;
-  const int group = max(1, (T * kChunks + warps - 1) / warps);
-  const int groups = (kChunks + group - 1) / group;
-  for (int item = blockIdx.x * kWarps + threadIdx.x / 32; item < T * groups; item += warps) {
-    const int t = item / groups, first = (item % groups) * group, last = min(first + group, kChunks);
-    const uint4* x = a.x + (static_cast<size_t>(s) * T + t) * (kH / 8);
-    uint4 v[kMaxGroup];
-#pragma unroll
-    for (int u = 0; u < kMaxGroup; ++u) if (first + u < last) v[u] = x[(first + u) * 32 + lane];
-#pragma unroll
-    for (int k = 0; k < kK; ++k) {
-      uint4* d = reinterpret_cast<uint4*>(a.dst[(static_cast<size_t>(s) * T + t) * kK + k]);
-#pragma unroll
-      for (int u = 0; u < kMaxGroup; ++u) {
-        if (first + u >= last) break;
-        if (kStream) __stcs(d + (first + u) * 32 + lane, v[u]); else d[(first + u) * 32 + lane] = v[u];
-      }
-    }
-  }
-}
-
-// As `rows`, with the stores made by the bulk-copy engine (TMA): the warp puts its group into
-// shared memory once, and lane k < K copies it into row k with one `cp.async.bulk` (global from
-// shared), so the SM issues one instruction per row instead of one per 512 bytes.
-__global__ void __launch_bounds__(512, 1) rows_tma(Args a) {
   pdl_begin();
   extern __shared__ __align__(128) uint4 smem[];
   const int s = blockIdx.y, lane = threadIdx.x % 32, T = a.tokens;
-  uint4* buf = smem + (threadIdx.x / 32) * kMaxGroup * 32;
-  const unsigned buf_shared = static_cast<unsigned>(__cvta_generic_to_shared(buf));
+  uint4* buf = smem + (threadIdx.x / 32) * kMaxGroup * 32;  // kTma: the warp's group
   const int warps = kBlocks * kWarps;
   const int group = max(1, (T * kChunks + warps - 1) / warps);
   const int groups = (kChunks + group - 1) / group;
   for (int item = blockIdx.x * kWarps + threadIdx.x / 32; item < T * groups; item += warps) {
     const int t = item / groups, first = (item % groups) * group, last = min(first + group, kChunks);
     const uint4* x = a.x + (static_cast<size_t>(s) * T + t) * (kH / 8);
+    char* const* dst = a.dst + (static_cast<size_t>(s) * T + t) * kK;
     uint4 v[kMaxGroup];
 #pragma unroll
     for (int u = 0; u < kMaxGroup; ++u) if (first + u < last) v[u] = x[(first + u) * 32 + lane];
-    // The previous item's copies have read the buffer.
-    asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-    __syncwarp();
+    if constexpr (kStore == Store::kTma) {
+      // The previous item's copies have read the buffer.
+      asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+      __syncwarp();
 #pragma unroll
-    for (int u = 0; u < kMaxGroup; ++u) if (first + u < last) buf[u * 32 + lane] = v[u];
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-    __syncwarp();
-    if (lane < kK) {
-      char* d = a.dst[(static_cast<size_t>(s) * T + t) * kK + lane] + first * 512;
-      const unsigned bytes = (last - first) * 512;
-      asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(d), "r"(buf_shared), "r"(bytes)
-                   : "memory");
-      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+      for (int u = 0; u < kMaxGroup; ++u) if (first + u < last) buf[u * 32 + lane] = v[u];
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      __syncwarp();
+      if (lane < kK) {
+        const unsigned src = static_cast<unsigned>(__cvta_generic_to_shared(buf));
+        const unsigned bytes = (last - first) * 512;
+        asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(dst[lane] + first * 512),
+                     "r"(src), "r"(bytes)
+                     : "memory");
+        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < kK; ++k) {
+        uint4* d = reinterpret_cast<uint4*>(dst[k]);
+#pragma unroll
+        for (int u = 0; u < kMaxGroup; ++u) {
+          if (first + u >= last) break;
+          if (kStore == Store::kStream) __stcs(d + (first + u) * 32 + lane, v[u]); else d[(first + u) * 32 + lane] = v[u];
+        }
+      }
     }
   }
-  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+  if constexpr (kStore == Store::kTma) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }
 
 __device__ __forceinline__ float bf(unsigned h) { return __uint_as_float(h << 16); }
@@ -182,7 +173,7 @@ double per_round(cudaStream_t st, const std::vector<Kernel>& seq, const Args& a,
 
 int main(int argc, char** argv) {
   const int only = argc > 1 ? atoi(argv[1]) : 0;  // one token count, for a profiler
-  for (Kernel k : {empty, rows<false>, rows<true>, rows_tma, combine})
+  for (Kernel k : {empty, rows<Store::kPlain>, rows<Store::kStream>, rows<Store::kTma>, combine})
     CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 120 * 1024));
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
@@ -238,7 +229,7 @@ int main(int argc, char** argv) {
       const double empty_comb = per_round(st, {empty, combine}, a);
       const double empty_alone = per_round(st, {empty}, a);
       for (int stores = 0; stores < 3; ++stores) {
-        const Kernel r = stores == 0 ? rows<false> : stores == 1 ? rows<true> : rows_tma;
+        const Kernel r = stores == 0 ? rows<Store::kPlain> : stores == 1 ? rows<Store::kStream> : rows<Store::kTma>;
         const double rows_comb = per_round(st, {r, combine}, a);
         const double rows_alone = per_round(st, {r}, a);
         const double marginal = rows_comb - empty_comb;
