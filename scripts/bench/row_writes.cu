@@ -8,10 +8,12 @@
 // each source's rows contiguous), or packed into one region per rank (`compact`).
 //   nvcc -O3 -arch=sm_90 -o row_writes scripts/bench/row_writes.cu && ./row_writes [T]
 // Printed per call, us (best of 3 replays of a graph of 200 calls):
-//   stores: plain, streaming (`.cs`: evict first) or bulk copies from shared memory (`tma`);
+//   stores: plain, streaming (`.cs`: evict first), bulk copies from shared memory (`tma`), or
+//     streaming behind the shortest reservation chain (`chain`: an id read, then an atomic);
 //   rows+comb / empty+comb: a call with the row-moving dispatch / with an empty kernel instead;
 //   rows marginal: their difference, what the rows cost a call; TB/s: the rows' bytes over it;
-//   rows alone / empty alone: the dispatch repeated by itself / the empty kernel.
+//   rows alone / empty alone: the dispatch repeated by itself / the empty kernel;
+//   graph split: what `epc bench` reports as the dispatch's graph figure, measured its way.
 #include <cstdio>
 #include <cstdint>
 #include <vector>
@@ -32,6 +34,9 @@ struct Args {
   const float* w;      // [R][T][K]
   uint4* out;          // [R][T][H] bf16
   int tokens;
+  const int* ids;      // [R][T][K] each selection's expert (kChain)
+  unsigned* taken;     // [R][T][K][28] a counter per (selection, item) (kChain)
+  unsigned none;       // 0, unknown to the compiler: a row's offset from its counter (kChain)
 };
 
 __device__ __forceinline__ void pdl_begin() {
@@ -44,7 +49,11 @@ __global__ void __launch_bounds__(512, 1) empty(Args) { pdl_begin(); }
 // How a row's part is stored: plain, streaming (evict first), or by the bulk-copy engine (TMA):
 // the warp puts its group into shared memory once, and lane k < K copies it into row k with one
 // `cp.async.bulk` (global from shared), so the SM issues one instruction per row, not per 512 B.
-enum class Store { kPlain, kStream, kTma };
+// kChain streams as kStream, but each item's rows first wait for the shortest chain a dispatch
+// that packs rows at their experts can have: lane k reads the selection's expert and takes a
+// place with one atomic (on a counter of its own), and the rows' stores depend on what it returns
+// (offset `none` = 0), with no barrier or hand-out between the warps.
+enum class Store { kPlain, kStream, kTma, kChain };
 
 // Items of (token, group of consecutive 256-channel chunks), block 0's warps first, as
 // ll_dispatch's copy_tokens deals them: load the group once, store it into each of the K rows.
@@ -61,6 +70,14 @@ __global__ void __launch_bounds__(512, 1) rows(Args a) {
     const int t = item / groups, first = (item % groups) * group, last = min(first + group, kChunks);
     const uint4* x = a.x + (static_cast<size_t>(s) * T + t) * (kH / 8);
     char* const* dst = a.dst + (static_cast<size_t>(s) * T + t) * kK;
+    unsigned place = 0;
+    if constexpr (kStore == Store::kChain)
+      if (lane < kK) {
+        // A counter of its own per (selection, item), so the atomics never queue on one address
+        // (a dispatch takes one per (source, expert)); the expert read still comes first.
+        const size_t sel = (static_cast<size_t>(s) * T + t) * kK + lane;
+        place = atomicAdd(a.taken + sel * kChunks + item % groups + (a.ids[sel] & a.none), 1u) & a.none;
+      }
     uint4 v[kMaxGroup];
 #pragma unroll
     for (int u = 0; u < kMaxGroup; ++u) if (first + u < last) v[u] = x[(first + u) * 32 + lane];
@@ -84,10 +101,11 @@ __global__ void __launch_bounds__(512, 1) rows(Args a) {
 #pragma unroll
       for (int k = 0; k < kK; ++k) {
         uint4* d = reinterpret_cast<uint4*>(dst[k]);
+        if constexpr (kStore == Store::kChain) d += __shfl_sync(0xffffffffu, place, k);
 #pragma unroll
         for (int u = 0; u < kMaxGroup; ++u) {
           if (first + u >= last) break;
-          if (kStore == Store::kStream) __stcs(d + (first + u) * 32 + lane, v[u]); else d[(first + u) * 32 + lane] = v[u];
+          if (kStore != Store::kPlain) __stcs(d + (first + u) * 32 + lane, v[u]); else d[(first + u) * 32 + lane] = v[u];
         }
       }
     }
@@ -171,10 +189,65 @@ double per_round(cudaStream_t st, const std::vector<Kernel>& seq, const Args& a,
   return best * 1000.0 / n;
 }
 
+// Keeps the stream busy for `ns` nanoseconds, so the host queues what follows ahead of the GPU.
+__global__ void hold(long long ns) {
+  long long t0;
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < ns);
+}
+
+cudaGraphExec_t one_kernel_graph(cudaStream_t st, Kernel k, const Args& a) {
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  launch(st, k, a);
+  CK(cudaStreamEndCapture(st, &g));
+  CK(cudaGraphInstantiate(&ge, g, 0));
+  CK(cudaGraphDestroy(g));
+  return ge;
+}
+
+// `epc bench`'s graph figure for a dispatch kernel `r` (LowLatency::time_graphs and
+// GraphTimes::split): the call (r, then combine) as it costs inside one graph of many (`call`),
+// split as the two kernels split it when each is replayed as a graph of its own between events
+// (the host ahead): each keeps its time alone less half of what the two exceed the call by.
+double split_us(cudaStream_t st, Kernel r, const Args& a, double call, int n = 100) {
+  const cudaGraphExec_t g[2] = {one_kernel_graph(st, r, a), one_kernel_graph(st, combine, a)};
+  for (int i = 0; i < 10; ++i) for (cudaGraphExec_t ge : g) CK(cudaGraphLaunch(ge, st));
+  std::vector<cudaEvent_t> ev(3 * n);
+  for (cudaEvent_t& event : ev) CK(cudaEventCreate(&event));
+  hold<<<1, 1, 0, st>>>(5000000);
+  CK(cudaGetLastError());
+  for (int i = 0; i < n; ++i) {
+    CK(cudaEventRecord(ev[3 * i], st));
+    CK(cudaGraphLaunch(g[0], st));
+    CK(cudaEventRecord(ev[3 * i + 1], st));
+    CK(cudaGraphLaunch(g[1], st));
+    CK(cudaEventRecord(ev[3 * i + 2], st));
+  }
+  CK(cudaStreamSynchronize(st));
+  double alone[2] = {0.0, 0.0};
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < 2; ++j) {
+      float ms;
+      CK(cudaEventElapsedTime(&ms, ev[3 * i + j], ev[3 * i + j + 1]));
+      alone[j] += ms * 1000.0 / n;
+    }
+  for (cudaEvent_t event : ev) CK(cudaEventDestroy(event));
+  for (cudaGraphExec_t ge : g) CK(cudaGraphExecDestroy(ge));
+  return alone[0] - (alone[0] + alone[1] - call) / 2.0;
+}
+
 int main(int argc, char** argv) {
   const int only = argc > 1 ? atoi(argv[1]) : 0;  // one token count, for a profiler
-  for (Kernel k : {empty, rows<Store::kPlain>, rows<Store::kStream>, rows<Store::kTma>, combine})
-    CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 120 * 1024));
+  const std::vector<Kernel> stores = {rows<Store::kPlain>, rows<Store::kStream>, rows<Store::kTma>, rows<Store::kChain>};
+  const char* const names[] = {"plain", ".cs", "tma", "chain"};
+  std::vector<Kernel> kernels = stores;
+  kernels.insert(kernels.end(), {empty, combine});
+  for (Kernel k : kernels) CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 120 * 1024));
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   char *recv, *y;
@@ -191,12 +264,17 @@ int main(int argc, char** argv) {
   CK(cudaMalloc(&dst, sels * sizeof(char*)));
   CK(cudaMalloc(&ysrc, sels * sizeof(char*)));
   CK(cudaMalloc(&w, sels * sizeof(float)));
+  int* ids_d;
+  unsigned* taken;
+  CK(cudaMalloc(&ids_d, sels * sizeof(int)));
+  CK(cudaMalloc(&taken, sels * kChunks * sizeof(unsigned)));
+  CK(cudaMemset(taken, 0, sels * kChunks * sizeof(unsigned)));
   std::vector<float> hw(sels, 0.125f);
   CK(cudaMemcpy(w, hw.data(), sels * sizeof(float), cudaMemcpyHostToDevice));
   std::mt19937 rng(7);
   printf("DeepSeek-V3 BF16 rows, 8 virtual ranks, graph of 200 calls, us per call\n");
-  printf("%4s %-8s %-6s | %10s %11s %13s %6s | %10s %11s\n", "T", "layout", "stores", "rows+comb", "empty+comb",
-         "rows marginal", "TB/s", "rows alone", "empty alone");
+  printf("%4s %-8s %-6s | %10s %11s %13s %6s | %10s %11s | %11s\n", "T", "layout", "stores", "rows+comb", "empty+comb",
+         "rows marginal", "TB/s", "rows alone", "empty alone", "graph split");
   for (int T : {1, 4, 8, 16, 32}) {
     if (only > 0 && T != only) continue;
     // K distinct experts per token, uniformly.
@@ -225,16 +303,18 @@ int main(int argc, char** argv) {
           }
       CK(cudaMemcpy(dst, hd.data(), hd.size() * sizeof(char*), cudaMemcpyHostToDevice));
       CK(cudaMemcpy(ysrc, hy.data(), hy.size() * sizeof(char*), cudaMemcpyHostToDevice));
-      const Args a{x, dst, ysrc, w, out, T};
+      CK(cudaMemcpy(ids_d, ids.data(), ids.size() * sizeof(int), cudaMemcpyHostToDevice));
+      const Args a{x, dst, ysrc, w, out, T, ids_d, taken, 0u};
       const double empty_comb = per_round(st, {empty, combine}, a);
       const double empty_alone = per_round(st, {empty}, a);
-      for (int stores = 0; stores < 3; ++stores) {
-        const Kernel r = stores == 0 ? rows<Store::kPlain> : stores == 1 ? rows<Store::kStream> : rows<Store::kTma>;
+      for (size_t i = 0; i < stores.size(); ++i) {
+        const Kernel r = stores[i];
         const double rows_comb = per_round(st, {r, combine}, a);
         const double rows_alone = per_round(st, {r}, a);
         const double marginal = rows_comb - empty_comb;
-        printf("%4d %-8s %-6s | %10.2f %11.2f %13.2f %6.2f | %10.2f %11.2f\n", T, compact ? "compact" : "windows",
-               stores == 0 ? "plain" : stores == 1 ? ".cs" : "tma", rows_comb, empty_comb, marginal, mb / marginal, rows_alone, empty_alone);
+        const double split = split_us(st, r, a, rows_comb);
+        printf("%4d %-8s %-6s | %10.2f %11.2f %13.2f %6.2f | %10.2f %11.2f | %11.2f\n", T, compact ? "compact" : "windows",
+               names[i], rows_comb, empty_comb, marginal, mb / marginal, rows_alone, empty_alone, split);
       }
     }
   }
