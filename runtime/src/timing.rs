@@ -165,8 +165,10 @@ impl Gate {
         issued?;
         if late {
             return Err(Error::Input(format!(
-                "the host could not queue its work ahead of the GPU within {} s; time fewer \
-                 calls at once",
+                "the host could not queue its work ahead of the GPU within {} s: a launch \
+                 waited for the GPU while the stream was held (a profiler that serializes \
+                 kernels, such as Nsight Compute, does so; what it profiled before this stands), \
+                 or the host is too slow to queue one hold's calls (time fewer at once)",
                 GATE_TIMEOUT.as_secs()
             )));
         }
