@@ -159,14 +159,21 @@ void launch(cudaStream_t st, Kernel k, const Args& a) {
   CK(cudaLaunchKernelEx(&cfg, k, a));
 }
 
-// Mean us per round of `seq` inside one graph of n rounds, best of 3 replays.
-double per_round(cudaStream_t st, const std::vector<Kernel>& seq, const Args& a, int n = 200) {
+// `seq` captured `n` times over as one CUDA graph, ready to replay.
+cudaGraphExec_t graph_of(cudaStream_t st, const std::vector<Kernel>& seq, const Args& a, int n) {
   cudaGraph_t g;
   cudaGraphExec_t ge;
   CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
   for (int i = 0; i < n; ++i) for (Kernel k : seq) launch(st, k, a);
   CK(cudaStreamEndCapture(st, &g));
   CK(cudaGraphInstantiate(&ge, g, 0));
+  CK(cudaGraphDestroy(g));
+  return ge;
+}
+
+// Mean us per round of `seq` inside one graph of n rounds, best of 3 replays.
+double per_round(cudaStream_t st, const std::vector<Kernel>& seq, const Args& a, int n = 200) {
+  const cudaGraphExec_t ge = graph_of(st, seq, a, n);
   CK(cudaGraphLaunch(ge, st));
   CK(cudaStreamSynchronize(st));
   cudaEvent_t e0, e1;
@@ -185,7 +192,6 @@ double per_round(cudaStream_t st, const std::vector<Kernel>& seq, const Args& a,
   CK(cudaEventDestroy(e0));
   CK(cudaEventDestroy(e1));
   CK(cudaGraphExecDestroy(ge));
-  CK(cudaGraphDestroy(g));
   return best * 1000.0 / n;
 }
 
@@ -199,23 +205,12 @@ __global__ void hold(long long ns) {
   } while (t - t0 < ns);
 }
 
-cudaGraphExec_t one_kernel_graph(cudaStream_t st, Kernel k, const Args& a) {
-  cudaGraph_t g;
-  cudaGraphExec_t ge;
-  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  launch(st, k, a);
-  CK(cudaStreamEndCapture(st, &g));
-  CK(cudaGraphInstantiate(&ge, g, 0));
-  CK(cudaGraphDestroy(g));
-  return ge;
-}
-
 // `epc bench`'s graph figure for a dispatch kernel `r` (LowLatency::time_graphs and
 // GraphTimes::split): the call (r, then combine) as it costs inside one graph of many (`call`),
 // split as the two kernels split it when each is replayed as a graph of its own between events
 // (the host ahead): each keeps its time alone less half of what the two exceed the call by.
 double split_us(cudaStream_t st, Kernel r, const Args& a, double call, int n = 100) {
-  const cudaGraphExec_t g[2] = {one_kernel_graph(st, r, a), one_kernel_graph(st, combine, a)};
+  const cudaGraphExec_t g[2] = {graph_of(st, {r}, a, 1), graph_of(st, {combine}, a, 1)};
   for (int i = 0; i < 10; ++i) for (cudaGraphExec_t ge : g) CK(cudaGraphLaunch(ge, st));
   std::vector<cudaEvent_t> ev(3 * n);
   for (cudaEvent_t& event : ev) CK(cudaEventCreate(&event));
