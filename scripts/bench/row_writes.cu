@@ -5,7 +5,10 @@
 // the host, so no ids, reservation or hand-out) and a "combine" that reads y at the same rows and
 // writes each token's weighted sum, both launched with the PDL attribute, back to back in one
 // CUDA graph. The rows land where epc's windows put them (per rank 32 local experts x 1024 rows,
-// each source's rows contiguous), or packed into one region per rank (`compact`).
+// each source's rows contiguous), or packed into one region per rank (`compact`), or as in
+// `windows` but in two halves that alternate call by call (`halves`: a caller with two calls in
+// flight alternates the windows' halves so; twice the rows and y in use. `epc bench` times one
+// call object, which keeps one half, so `windows` is its case).
 //   nvcc -O3 -arch=sm_90 -o row_writes scripts/bench/row_writes.cu && ./row_writes [T]
 // Printed per call, us (best of 3 replays of a graph of 200 calls):
 //   stores: plain, streaming (`.cs`: evict first), bulk copies from shared memory (`tma`), or
@@ -17,6 +20,7 @@
 #include <cstdio>
 #include <cstdint>
 #include <vector>
+#include <array>
 #include <algorithm>
 #include <random>
 #include <cstdlib>
@@ -159,12 +163,13 @@ void launch(cudaStream_t st, Kernel k, const Args& a) {
   CK(cudaLaunchKernelEx(&cfg, k, a));
 }
 
-// `seq` captured `n` times over as one CUDA graph, ready to replay.
-cudaGraphExec_t graph_of(cudaStream_t st, const std::vector<Kernel>& seq, const Args& a, int n) {
+// `seq` captured `n` times over as one CUDA graph, ready to replay; round i takes the arguments
+// as[i % as.size()] (two: the halves alternate).
+cudaGraphExec_t graph_of(cudaStream_t st, const std::vector<Kernel>& seq, const std::vector<Args>& as, int n) {
   cudaGraph_t g;
   cudaGraphExec_t ge;
   CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < n; ++i) for (Kernel k : seq) launch(st, k, a);
+  for (int i = 0; i < n; ++i) for (Kernel k : seq) launch(st, k, as[i % as.size()]);
   CK(cudaStreamEndCapture(st, &g));
   CK(cudaGraphInstantiate(&ge, g, 0));
   CK(cudaGraphDestroy(g));
@@ -172,8 +177,8 @@ cudaGraphExec_t graph_of(cudaStream_t st, const std::vector<Kernel>& seq, const 
 }
 
 // Mean us per round of `seq` inside one graph of n rounds, best of 3 replays.
-double per_round(cudaStream_t st, const std::vector<Kernel>& seq, const Args& a, int n = 200) {
-  const cudaGraphExec_t ge = graph_of(st, seq, a, n);
+double per_round(cudaStream_t st, const std::vector<Kernel>& seq, const std::vector<Args>& as, int n = 200) {
+  const cudaGraphExec_t ge = graph_of(st, seq, as, n);
   CK(cudaGraphLaunch(ge, st));
   CK(cudaStreamSynchronize(st));
   cudaEvent_t e0, e1;
@@ -209,18 +214,20 @@ __global__ void hold(long long ns) {
 // GraphTimes::split): the call (r, then combine) as it costs inside one graph of many (`call`),
 // split as the two kernels split it when each is replayed as a graph of its own between events
 // (the host ahead): each keeps its time alone less half of what the two exceed the call by.
-double split_us(cudaStream_t st, Kernel r, const Args& a, double call, int n = 100) {
-  const cudaGraphExec_t g[2] = {graph_of(st, {r}, a, 1), graph_of(st, {combine}, a, 1)};
-  for (int i = 0; i < 10; ++i) for (cudaGraphExec_t ge : g) CK(cudaGraphLaunch(ge, st));
+// Call i takes the arguments as[i % as.size()], as in per_round.
+double split_us(cudaStream_t st, Kernel r, const std::vector<Args>& as, double call, int n = 100) {
+  std::vector<std::array<cudaGraphExec_t, 2>> g;
+  for (const Args& a : as) g.push_back({graph_of(st, {r}, {a}, 1), graph_of(st, {combine}, {a}, 1)});
+  for (int i = 0; i < 10; ++i) for (cudaGraphExec_t ge : g[i % g.size()]) CK(cudaGraphLaunch(ge, st));
   std::vector<cudaEvent_t> ev(3 * n);
   for (cudaEvent_t& event : ev) CK(cudaEventCreate(&event));
   hold<<<1, 1, 0, st>>>(5000000);
   CK(cudaGetLastError());
   for (int i = 0; i < n; ++i) {
     CK(cudaEventRecord(ev[3 * i], st));
-    CK(cudaGraphLaunch(g[0], st));
+    CK(cudaGraphLaunch(g[i % g.size()][0], st));
     CK(cudaEventRecord(ev[3 * i + 1], st));
-    CK(cudaGraphLaunch(g[1], st));
+    CK(cudaGraphLaunch(g[i % g.size()][1], st));
     CK(cudaEventRecord(ev[3 * i + 2], st));
   }
   CK(cudaStreamSynchronize(st));
@@ -232,7 +239,7 @@ double split_us(cudaStream_t st, Kernel r, const Args& a, double call, int n = 1
       alone[j] += ms * 1000.0 / n;
     }
   for (cudaEvent_t event : ev) CK(cudaEventDestroy(event));
-  for (cudaGraphExec_t ge : g) CK(cudaGraphExecDestroy(ge));
+  for (const auto& pair : g) for (cudaGraphExec_t ge : pair) CK(cudaGraphExecDestroy(ge));
   return alone[0] - (alone[0] + alone[1] - call) / 2.0;
 }
 
@@ -246,18 +253,18 @@ int main(int argc, char** argv) {
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   char *recv, *y;
-  CK(cudaMalloc(&recv, kWindow * kR));
-  CK(cudaMalloc(&y, kWindow * kR));
-  CK(cudaMemset(y, 0x3c, kWindow * kR));
+  CK(cudaMalloc(&recv, 2 * kWindow * kR));  // two halves
+  CK(cudaMalloc(&y, 2 * kWindow * kR));
+  CK(cudaMemset(y, 0x3c, 2 * kWindow * kR));
   uint4 *x, *out;
   CK(cudaMalloc(&x, static_cast<size_t>(kR) * kM * kRow));
   CK(cudaMalloc(&out, static_cast<size_t>(kR) * kM * kRow));
   CK(cudaMemset(x, 0x3f, static_cast<size_t>(kR) * kM * kRow));
-  char **dst, **ysrc;
+  char **dst, **ysrc;  // [2][sels]: each half's
   float* w;
   const size_t sels = static_cast<size_t>(kR) * kM * kK;
-  CK(cudaMalloc(&dst, sels * sizeof(char*)));
-  CK(cudaMalloc(&ysrc, sels * sizeof(char*)));
+  CK(cudaMalloc(&dst, 2 * sels * sizeof(char*)));
+  CK(cudaMalloc(&ysrc, 2 * sels * sizeof(char*)));
   CK(cudaMalloc(&w, sels * sizeof(float)));
   int* ids_d;
   unsigned* taken;
@@ -282,24 +289,31 @@ int main(int argc, char** argv) {
         for (int k = 0; k < kK; ++k) ids[(static_cast<size_t>(s) * T + t) * kK + k] = e[k];
       }
     const double mb = static_cast<double>(kR) * T * kK * kRow / 1e6;
-    for (int compact = 0; compact < 2; ++compact) {
+    for (const char* layout : {"windows", "compact", "halves"}) {
       // Each expert's rows from source 0, then 1, ... (contiguous per source), in token order;
-      // `compact`: every row a rank receives packed into the start of its window instead.
+      // `compact`: every row a rank receives packed into the start of its window instead;
+      // `halves`: as `windows`, and again in the second half for every other call.
+      const bool compact = layout[0] == 'c';
+      const int halves = layout[0] == 'h' ? 2 : 1;
       std::vector<int> next(kE, 0), packed(kR, 0);
-      std::vector<char*> hd(static_cast<size_t>(kR) * T * kK), hy(hd.size());
+      const size_t n = static_cast<size_t>(kR) * T * kK;
+      std::vector<char*> hd(2 * n), hy(2 * n);
       for (int s = 0; s < kR; ++s)
         for (int t = 0; t < T; ++t)
           for (int k = 0; k < kK; ++k) {
             const size_t i = (static_cast<size_t>(s) * T + t) * kK + k;
             const int e = ids[i], d = e / kL, l = e % kL;
             const size_t row = compact ? packed[d]++ : static_cast<size_t>(l) * kR * kM + next[e]++;
-            hd[i] = recv + d * kWindow + row * kRow;
-            hy[i] = y + d * kWindow + row * kRow;
+            for (int h = 0; h < 2; ++h) {
+              hd[h * n + i] = recv + (h * kR + d) * kWindow + row * kRow;
+              hy[h * n + i] = y + (h * kR + d) * kWindow + row * kRow;
+            }
           }
       CK(cudaMemcpy(dst, hd.data(), hd.size() * sizeof(char*), cudaMemcpyHostToDevice));
       CK(cudaMemcpy(ysrc, hy.data(), hy.size() * sizeof(char*), cudaMemcpyHostToDevice));
       CK(cudaMemcpy(ids_d, ids.data(), ids.size() * sizeof(int), cudaMemcpyHostToDevice));
-      const Args a{x, dst, ysrc, w, out, T, ids_d, taken, 0u};
+      std::vector<Args> a;
+      for (int h = 0; h < halves; ++h) a.push_back(Args{x, dst + h * n, ysrc + h * n, w, out, T, ids_d, taken, 0u});
       const double empty_comb = per_round(st, {empty, combine}, a);
       const double empty_alone = per_round(st, {empty}, a);
       for (size_t i = 0; i < stores.size(); ++i) {
@@ -308,7 +322,7 @@ int main(int argc, char** argv) {
         const double rows_alone = per_round(st, {r}, a);
         const double marginal = rows_comb - empty_comb;
         const double split = split_us(st, r, a, rows_comb);
-        printf("%4d %-8s %-6s | %10.2f %11.2f %13.2f %6.2f | %10.2f %11.2f | %11.2f\n", T, compact ? "compact" : "windows",
+        printf("%4d %-8s %-6s | %10.2f %11.2f %13.2f %6.2f | %10.2f %11.2f | %11.2f\n", T, layout,
                names[i], rows_comb, empty_comb, marginal, mb / marginal, rows_alone, empty_alone, split);
       }
     }
