@@ -12,6 +12,9 @@ made-up places, counts are off): time them with `epc bench`, never check or ship
   rowsonly  the one-launch entry streams the rows to made-up places and does nothing else: no ids
             counted, no reservation, hand-out, flags, receive or close (it writes dispatch_row, so
             the combine reads as many rows as it would)
+  rowscount rowsonly behind a count like the send's (ids read, counted per block, two barriers)
+  rowslate  rowsonly 550 ns late (a spin after the dependent-launch wait)
+  nochain   nohand and noatomic, and the one-launch entry neither receives nor closes the call
 
 A made-up row is rank * max_tokens + token: unique within an expert, since a token's experts
 differ. On one GPU the bench's phase figures time the one-launch entry; in rowsonly the hook's
@@ -76,12 +79,64 @@ ROWS_ONLY_ENTRY = (
 }""",
 )
 
+ROWS_AFTER_COUNT = (
+    """  // MEASURING ONLY: the rows alone, at made-up places, nothing else.
+  dependent_launch::begin();""",
+    """  // MEASURING ONLY: the rows alone, at made-up places, after a count as the send's.
+  for (int e = threadIdx.x; e < ll::kNumExperts; e += ll::kThreads) s_count[e] = 0;
+  dependent_launch::begin();
+  __syncthreads();
+  for (int i = threadIdx.x; i < a.tokens * ll::kTopK; i += ll::kThreads) {
+    const ll::index_t e = a.topk_idx[i];
+    if (e >= 0 && e < ll::kNumExperts && static_cast<int>(e) % static_cast<int>(gridDim.x) == static_cast<int>(blockIdx.x)) atomicAdd(&s_count[e], 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0 && s_count[0] == 1234567) a.workspace[ll::kErrors] = 1;""",
+)
+
+ROWS_LATE = (
+    """  // MEASURING ONLY: the rows alone, at made-up places, nothing else.
+  dependent_launch::begin();""",
+    """  // MEASURING ONLY: the rows alone, at made-up places, 550 ns late.
+  dependent_launch::begin();
+  {
+    const unsigned long long t0 = signals::now_ns();
+    while (signals::now_ns() - t0 < 550) {
+    }
+  }""",
+)
+
+NO_RECEIVE_NO_CLOSE = (
+    """  const unsigned epoch = ll::send(a, args.timeout_ns, s_count, s_base, ticket);
+  if (blockIdx.x == gridDim.x - 1) ll::receive(a, epoch, args.timeout_ns, s_count);
+  ll::close_call(a, epoch, ticket);
+}""",
+    """  const unsigned epoch = ll::send(a, args.timeout_ns, s_count, s_base, ticket);
+  // MEASURING ONLY: no receive, no close.
+  (void)epoch;
+}""",
+)
+
+NO_TICKET = (
+    """    ticket = atomicAdd(&ws[kDoneSend], 1);
+  }
+  return epoch;""",
+    """    if (a.tokens < 0) ticket = atomicAdd(&ws[kDoneSend], 1);
+  }
+  return epoch;""",
+)
+
+ROWS_ONLY = [MADE_UP_ROW, OWN_DISPATCH_ROW, ROWS_ONLY_ENTRY]
+
 VARIANTS = {
     "base": [],
     "nocopy": [NO_COPY],
     "nohand": [MADE_UP_ROW],
     "noatomic": [NO_ATOMIC],
-    "rowsonly": [MADE_UP_ROW, OWN_DISPATCH_ROW, ROWS_ONLY_ENTRY],
+    "rowsonly": ROWS_ONLY,
+    "rowscount": ROWS_ONLY + [ROWS_AFTER_COUNT],
+    "rowslate": ROWS_ONLY + [ROWS_LATE],
+    "nochain": [MADE_UP_ROW, NO_ATOMIC, NO_RECEIVE_NO_CLOSE, NO_TICKET],
 }
 
 
