@@ -9,6 +9,7 @@ made-up places, counts are off): time them with `epc bench`, never check or ship
   nocopy    copy mode writes no rows (what everything but the rows costs)
   nohand    copy warps take a made-up row at once instead of waiting for the owner's hand-out
   noatomic  owners take a made-up base instead of the reservation atomic
+  noreserve nohand and noatomic
   rowsonly  the one-launch entry streams the rows to made-up places and does nothing else: no ids
             counted, no reservation, hand-out, flags, receive or close (it writes dispatch_row, so
             the combine reads as many rows as it would)
@@ -133,6 +134,7 @@ VARIANTS = {
     "nocopy": [NO_COPY],
     "nohand": [MADE_UP_ROW],
     "noatomic": [NO_ATOMIC],
+    "noreserve": [MADE_UP_ROW, NO_ATOMIC],
     "rowsonly": ROWS_ONLY,
     "rowscount": ROWS_ONLY + [ROWS_AFTER_COUNT],
     "rowslate": ROWS_ONLY + [ROWS_LATE],
