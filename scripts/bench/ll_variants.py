@@ -62,14 +62,20 @@ NO_COPY = (
     if (a.tokens < 0) copy_tokens(a, epoch, timeout_ns, raise_flags);""",
 )
 
-ROWS_ONLY_ENTRY = (
-    """  int ticket = 0;
-  const unsigned epoch = ll::send(a, args.timeout_ns, s_count, s_base, ticket);
+# The one-launch entry's send, receive and close (the anchor of the variants that change them).
+FUSED_TAIL = """  const unsigned epoch = ll::send(a, args.timeout_ns, s_count, s_base, ticket);
   if (blockIdx.x == gridDim.x - 1) ll::receive(a, epoch, args.timeout_ns, s_count);
   ll::close_call(a, epoch, ticket);
-}""",
-    """  // MEASURING ONLY: the rows alone, at made-up places, nothing else.
-  dependent_launch::begin();
+}"""
+
+# How rowsonly's entry begins (the anchor of the variants built on it).
+ROWS_ONLY_START = """  // MEASURING ONLY: the rows alone, at made-up places, nothing else.
+  dependent_launch::begin();"""
+
+ROWS_ONLY_ENTRY = (
+    "  int ticket = 0;\n" + FUSED_TAIL,
+    ROWS_ONLY_START
+    + """
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     *ll::call_epoch(a) = 1u;
     *ll::call_tokens(a) = a.tokens;
@@ -81,8 +87,7 @@ ROWS_ONLY_ENTRY = (
 )
 
 ROWS_AFTER_COUNT = (
-    """  // MEASURING ONLY: the rows alone, at made-up places, nothing else.
-  dependent_launch::begin();""",
+    ROWS_ONLY_START,
     """  // MEASURING ONLY: the rows alone, at made-up places, after a count as the send's.
   for (int e = threadIdx.x; e < ll::kNumExperts; e += ll::kThreads) s_count[e] = 0;
   dependent_launch::begin();
@@ -96,8 +101,7 @@ ROWS_AFTER_COUNT = (
 )
 
 ROWS_LATE = (
-    """  // MEASURING ONLY: the rows alone, at made-up places, nothing else.
-  dependent_launch::begin();""",
+    ROWS_ONLY_START,
     """  // MEASURING ONLY: the rows alone, at made-up places, 550 ns late.
   dependent_launch::begin();
   {
@@ -108,10 +112,7 @@ ROWS_LATE = (
 )
 
 NO_RECEIVE_NO_CLOSE = (
-    """  const unsigned epoch = ll::send(a, args.timeout_ns, s_count, s_base, ticket);
-  if (blockIdx.x == gridDim.x - 1) ll::receive(a, epoch, args.timeout_ns, s_count);
-  ll::close_call(a, epoch, ticket);
-}""",
+    FUSED_TAIL,
     """  const unsigned epoch = ll::send(a, args.timeout_ns, s_count, s_base, ticket);
   // MEASURING ONLY: no receive, no close.
   (void)epoch;
