@@ -3,9 +3,12 @@
 //! the API returns and compared with the CPU reference bit for bit.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use cudarc::driver::{CudaSlice, CudaStream};
-use ep_codegen::{IndexDtype, Spec};
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use ep_codegen::kernels::LaunchShape;
+use ep_codegen::{IndexDtype, KernelSource, Spec};
 use ep_runtime::check::ll::{check_combine, check_dispatch, expert_outputs};
 use ep_runtime::reference::ll::RankInput;
 use ep_runtime::{
@@ -251,4 +254,138 @@ fn device_api_reports_bad_ids_and_shapes() {
     let got = received(&stream, &group, &call);
     check_dispatch(&spec, &fixed, &got).unwrap();
     group.check(s).unwrap();
+}
+
+/// A kernel that holds `hold` SMs for `ns` nanoseconds: one block of 1024 threads and 220 KB of
+/// shared memory per SM (no LL block fits beside it); its blocks beyond `hold` SMs end at once.
+const HOG: &str = r#"
+extern "C" __global__ void __launch_bounds__(1024, 1)
+epc_test_hog(unsigned long long ns, int* claimed, int* held, int hold) {
+  __shared__ int spin;
+  if (threadIdx.x == 0) {
+    unsigned smid;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+    spin = atomicCAS(&claimed[smid % 4096], 0, 1) == 0 && atomicAdd(held, 1) < hold;
+  }
+  __syncthreads();
+  if (!spin) return;
+  unsigned long long start;
+  unsigned long long now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  } while (now - start < ns);
+}
+"#;
+
+fn hog_source() -> KernelSource {
+    KernelSource {
+        spec_name: "test".into(),
+        spec_hash: "0".into(),
+        name: "hog".into(),
+        entries: vec!["epc_test_hog".into()],
+        file_name: "test.hog.cu".into(),
+        source_hash: "0".into(),
+        constants: Default::default(),
+        launch: LaunchShape {
+            block_threads: 1024,
+            tokens_per_block: 0,
+            shared_mem_bytes: 0,
+            cooperative: false,
+        },
+        params: Vec::new(),
+        source: HOG.into(),
+    }
+}
+
+/// The LL grids need not be co-resident: while another stream's kernel holds all but 12 of the
+/// GPU's SMs, the 8 virtual ranks' dispatches (16 blocks each, one per SM, in copy mode) and
+/// combines, in one launch per phase and in the hook's two, complete beside it, correct, well
+/// before it ends.
+#[test]
+fn calls_complete_while_another_kernel_holds_most_of_the_gpu() {
+    let Some((gpu, jit, _dir)) =
+        gpu_jit_or_skip("calls_complete_while_another_kernel_holds_most_of_the_gpu")
+    else {
+        return;
+    };
+    let spec = spec(8, 7168, 8, 64, "index_dtype: i32\n");
+    let kernels = renderer().render(&spec).unwrap();
+    let mut group = LlGroup::virtual_ranks(&gpu, &jit, &spec, &kernels).unwrap();
+    group.set_timeout(Duration::from_millis(500));
+    let mut call = group.new_call().unwrap();
+    let hog = jit.load(&gpu, &hog_source()).unwrap().functions.remove(0);
+    let shared: u32 = 220 * 1024;
+    hog.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        shared as i32,
+    )
+    .unwrap();
+    let free = 12u32;
+    assert!(gpu.sms() > 2 * free, "a GPU of {} SMs", gpu.sms());
+    let busy = gpu.context().new_stream().unwrap();
+    let work = gpu.context().new_stream().unwrap();
+    let claimed = busy.alloc_zeros::<i32>(4096).unwrap();
+    let held = busy.alloc_zeros::<i32>(1).unwrap();
+    let (ns, hold) = (3_000_000_000u64, (gpu.sms() - free) as i32);
+    let cfg = LaunchConfig {
+        grid_dim: (gpu.sms(), 1, 1),
+        block_dim: (1024, 1, 1),
+        shared_mem_bytes: shared,
+    };
+    // SAFETY: the arguments match epc_test_hog's parameters; `claimed` holds 4096 ints and
+    // `held` one, both alive until `busy` is synchronized below.
+    unsafe {
+        busy.launch_builder(&hog)
+            .arg(&ns)
+            .arg(&claimed)
+            .arg(&held)
+            .arg(&hold)
+            .launch(cfg)
+    }
+    .unwrap();
+    let hog_done = busy.record_event(None).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let m = spec.max_tokens_per_rank() as usize;
+    for round in 0..4 {
+        let what = format!("round {round} beside a kernel holding the GPU");
+        let ins = round_inputs(&spec, round, &vec![m; spec.ranks() as usize]);
+        let bufs: Vec<Buffers> = ins.iter().map(|i| upload(&work, &spec, i)).collect();
+        let s = Stream::from(&*work);
+        let dispatch = dispatch_inputs(&work, &spec, &bufs);
+        if round % 2 == 1 {
+            group.dispatch_send(&mut call, &dispatch, s).unwrap();
+            group.dispatch_recv(&call, s).unwrap();
+        } else {
+            group.dispatch(&mut call, &dispatch, s).unwrap();
+        }
+        group.check(s).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let got = received(&work, &group, &call);
+        check_dispatch(&spec, &ins, &got).unwrap_or_else(|e| panic!("{what}: {e}"));
+        write_y(&work, &group, &call, &expert_outputs(&spec, &got));
+        let combine = combine_inputs(&work, &spec, &bufs);
+        if round % 2 == 1 {
+            group.combine_send(&call, s).unwrap();
+            group.combine_recv(&call, &combine, s).unwrap();
+        } else {
+            group.combine(&call, &combine, s).unwrap();
+        }
+        group.check(s).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let out: Vec<Vec<u16>> = bufs
+            .iter()
+            .map(|b| {
+                let mut v = vec![0u16; b.t * spec.hidden() as usize];
+                work.memcpy_dtoh(&b.out.slice(..v.len()), &mut v).unwrap();
+                v
+            })
+            .collect();
+        work.synchronize().unwrap();
+        check_combine(&spec, &ins, &out).unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    assert!(
+        !hog_done.is_complete(),
+        "the kernel holding the GPU ended before the calls did"
+    );
+    busy.synchronize().unwrap();
+    eprintln!("4 calls completed on {free} free SMs beside a kernel holding the rest");
 }

@@ -211,8 +211,8 @@ pub mod error_code {
     pub const BAD_EXPERT: i32 = 3;
     /// A receive region overflowed (a previous call was never received); detail = expert.
     pub const OVERFLOW: i32 = 4;
-    /// A selection's row, reserved by the block that owns its expert, did not reach the warps
-    /// that copy the token in time (the blocks are not co-resident); detail = rank.
+    /// A selection's row, reserved by the block that owns its expert (block 0 of the rank),
+    /// did not reach the warps that copy the token in time; detail = rank.
     pub const ROW_TIMEOUT: i32 = 5;
 }
 
@@ -311,7 +311,9 @@ fn plan(spec: &Spec, name: &'static str, template: &'static str, title: String) 
             block_threads: threads,
             tokens_per_block: 0,
             shared_mem_bytes: 0,
-            cooperative: true,
+            // A block waits only for lower-numbered blocks of its rank and for other ranks'
+            // flags (see the templates' headers): no co-residency needed.
+            cooperative: false,
         },
         params,
     }

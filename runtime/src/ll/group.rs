@@ -558,17 +558,17 @@ impl LlGroup {
 /// One of a call's launches: a phase in one launch, or one of the hook's four.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LlLaunch {
-    /// Dispatch in one launch (cooperative).
+    /// Dispatch in one launch.
     Dispatch,
-    /// Combine in one launch (cooperative).
+    /// Combine in one launch.
     Combine,
-    /// Dispatch send (cooperative).
+    /// Dispatch send.
     DispatchSend,
     /// Dispatch receive.
     DispatchRecv,
     /// Combine send.
     CombineSend,
-    /// Combine receive (cooperative).
+    /// Combine receive.
     CombineRecv,
 }
 
@@ -624,10 +624,10 @@ impl Kernels {
         let dispatch = entries(jit.load(gpu, dispatch_src)?.functions, "ll_dispatch")?;
         let combine = entries(jit.load(gpu, find("ll_combine")?)?.functions, "ll_combine")?;
         let threads = dispatch_src.launch.block_threads;
-        // Blocks of a launch wait for each other's work (a row's owner, the receiving block,
-        // the other ranks of the launch), so the send-grid entries, launched cooperatively, need
-        // their whole grid co-resident: the SMs are split between the ranks of one launch, at
-        // the occupancy of the least resident of those entries.
+        // The send-grid entries take one rank's share of the SMs each: the SMs are split
+        // between the ranks of one launch, at the occupancy of the least resident of those
+        // entries, so that a launch's blocks are all resident at once on an idle GPU (they do
+        // not need to be: see send_grid).
         let mut per_sm = u32::MAX;
         for f in [
             &dispatch[Entry::Send as usize],
@@ -666,11 +666,15 @@ impl Kernels {
         })
     }
 
+    /// The grid of the entries that span the rank's SMs (the dispatch's send, the combine's
+    /// receive, both one-launch entries): a plain launch, which may begin while the kernel
+    /// before it ends. Their blocks wait only for lower-numbered blocks of their rank, and for
+    /// the flags of other ranks, so they need no co-residency (the templates' headers say why).
     fn send_grid(&self) -> Grid {
         Grid {
             blocks: self.blocks_per_rank,
             threads: self.threads,
-            cooperative: true,
+            cooperative: false,
             dependent: self.dependent,
         }
     }
