@@ -122,6 +122,55 @@ fn tokens(spec: &Spec, round: usize) -> Vec<usize> {
         .collect()
 }
 
+/// One call of `spec`'s round `round` (`tokens` per rank) on the test's own buffers and
+/// `stream`, odd rounds with the hook's separate launches, even ones a launch per phase; both
+/// phases compared with the reference bit for bit.
+fn checked_call(
+    stream: &Arc<CudaStream>,
+    group: &mut LlGroup,
+    call: &mut LlCall,
+    spec: &Spec,
+    round: usize,
+    tokens: &[usize],
+    what: &str,
+) {
+    let ins = round_inputs(spec, round, tokens);
+    let bufs: Vec<Buffers> = ins.iter().map(|i| upload(stream, spec, i)).collect();
+    let s = Stream::from(&**stream);
+    let hook = round % 2 == 1;
+    let dispatch = dispatch_inputs(stream, spec, &bufs);
+    if hook {
+        group.dispatch_send(call, &dispatch, s).unwrap();
+        group.dispatch_recv(call, s).unwrap();
+    } else {
+        group.dispatch(call, &dispatch, s).unwrap();
+    }
+    group.check(s).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let got = received(stream, group, call);
+    check_dispatch(spec, &ins, &got).unwrap_or_else(|e| panic!("{what}: {e}"));
+    write_y(stream, group, call, &expert_outputs(spec, &got));
+    let combine = combine_inputs(stream, spec, &bufs);
+    if hook {
+        group.combine_send(call, s).unwrap();
+        group.combine_recv(call, &combine, s).unwrap();
+    } else {
+        group.combine(call, &combine, s).unwrap();
+    }
+    group.check(s).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let out: Vec<Vec<u16>> = bufs
+        .iter()
+        .map(|b| {
+            let mut v = vec![0u16; b.t * spec.hidden() as usize];
+            if !v.is_empty() {
+                stream.memcpy_dtoh(&b.out.slice(..v.len()), &mut v).unwrap();
+            }
+            v
+        })
+        .collect();
+    stream.synchronize().unwrap();
+    check_combine(spec, &ins, &out).unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
 #[test]
 fn device_api_on_callers_buffers_and_stream_matches_the_reference() {
     let Some((gpu, jit, _dir)) =
@@ -157,42 +206,15 @@ fn device_api_on_callers_buffers_and_stream_matches_the_reference() {
             .unwrap_or(12usize);
         for round in 0..rounds {
             let what = format!("{} round {round}", spec.name());
-            let ins = round_inputs(&spec, round, &tokens(&spec, round));
-            let bufs: Vec<Buffers> = ins.iter().map(|i| upload(&stream, &spec, i)).collect();
-            let s = Stream::from(&*stream);
-            // Odd rounds with the hook's separate launches, even ones a launch per phase.
-            let hook = round % 2 == 1;
-            let dispatch = dispatch_inputs(&stream, &spec, &bufs);
-            if hook {
-                group.dispatch_send(&mut call, &dispatch, s).unwrap();
-                group.dispatch_recv(&call, s).unwrap();
-            } else {
-                group.dispatch(&mut call, &dispatch, s).unwrap();
-            }
-            group.check(s).unwrap_or_else(|e| panic!("{what}: {e}"));
-            let got = received(&stream, &group, &call);
-            check_dispatch(&spec, &ins, &got).unwrap_or_else(|e| panic!("{what}: {e}"));
-            write_y(&stream, &group, &call, &expert_outputs(&spec, &got));
-            let combine = combine_inputs(&stream, &spec, &bufs);
-            if hook {
-                group.combine_send(&call, s).unwrap();
-                group.combine_recv(&call, &combine, s).unwrap();
-            } else {
-                group.combine(&call, &combine, s).unwrap();
-            }
-            group.check(s).unwrap_or_else(|e| panic!("{what}: {e}"));
-            let out: Vec<Vec<u16>> = bufs
-                .iter()
-                .map(|b| {
-                    let mut v = vec![0u16; b.t * spec.hidden() as usize];
-                    if !v.is_empty() {
-                        stream.memcpy_dtoh(&b.out.slice(..v.len()), &mut v).unwrap();
-                    }
-                    v
-                })
-                .collect();
-            stream.synchronize().unwrap();
-            check_combine(&spec, &ins, &out).unwrap_or_else(|e| panic!("{what}: {e}"));
+            checked_call(
+                &stream,
+                &mut group,
+                &mut call,
+                &spec,
+                round,
+                &tokens(&spec, round),
+                &what,
+            );
         }
         eprintln!(
             "{}: {rounds} rounds through the device API match",
@@ -349,38 +371,8 @@ fn calls_complete_while_another_kernel_holds_most_of_the_gpu() {
     let m = spec.max_tokens_per_rank() as usize;
     for round in 0..4 {
         let what = format!("round {round} beside a kernel holding the GPU");
-        let ins = round_inputs(&spec, round, &vec![m; spec.ranks() as usize]);
-        let bufs: Vec<Buffers> = ins.iter().map(|i| upload(&work, &spec, i)).collect();
-        let s = Stream::from(&*work);
-        let dispatch = dispatch_inputs(&work, &spec, &bufs);
-        if round % 2 == 1 {
-            group.dispatch_send(&mut call, &dispatch, s).unwrap();
-            group.dispatch_recv(&call, s).unwrap();
-        } else {
-            group.dispatch(&mut call, &dispatch, s).unwrap();
-        }
-        group.check(s).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let got = received(&work, &group, &call);
-        check_dispatch(&spec, &ins, &got).unwrap_or_else(|e| panic!("{what}: {e}"));
-        write_y(&work, &group, &call, &expert_outputs(&spec, &got));
-        let combine = combine_inputs(&work, &spec, &bufs);
-        if round % 2 == 1 {
-            group.combine_send(&call, s).unwrap();
-            group.combine_recv(&call, &combine, s).unwrap();
-        } else {
-            group.combine(&call, &combine, s).unwrap();
-        }
-        group.check(s).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let out: Vec<Vec<u16>> = bufs
-            .iter()
-            .map(|b| {
-                let mut v = vec![0u16; b.t * spec.hidden() as usize];
-                work.memcpy_dtoh(&b.out.slice(..v.len()), &mut v).unwrap();
-                v
-            })
-            .collect();
-        work.synchronize().unwrap();
-        check_combine(&spec, &ins, &out).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let tokens = vec![m; spec.ranks() as usize];
+        checked_call(&work, &mut group, &mut call, &spec, round, &tokens, &what);
     }
     assert!(
         !hog_done.is_complete(),
