@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use ep_codegen::kernels::LaunchShape;
 use ep_codegen::{IndexDtype, KernelSource, Spec};
@@ -278,8 +278,9 @@ fn device_api_reports_bad_ids_and_shapes() {
     group.check(s).unwrap();
 }
 
-/// A kernel that holds `hold` SMs for `ns` nanoseconds: one block of 1024 threads and 220 KB of
-/// shared memory per SM (no LL block fits beside it); its blocks beyond `hold` SMs end at once.
+/// A kernel that holds `hold` SMs for `ns` nanoseconds: one block of 1024 threads and all the
+/// shared memory a block may have per SM (no LL block fits beside it); its blocks beyond `hold`
+/// SMs end at once.
 const HOG: &str = r#"
 extern "C" __global__ void __launch_bounds__(1024, 1)
 epc_test_hog(unsigned long long ns, int* claimed, int* held, int hold) {
@@ -321,7 +322,7 @@ fn hog_source() -> KernelSource {
 }
 
 /// The LL grids need not be co-resident: while another stream's kernel holds all but 12 of the
-/// GPU's SMs, the 8 virtual ranks' dispatches (16 blocks each, one per SM, in copy mode) and
+/// GPU's SMs, the 8 virtual ranks' dispatches (a rank's share of the SMs each, in copy mode) and
 /// combines, in one launch per phase and in the hook's two, complete beside it, correct, well
 /// before it ends.
 #[test]
@@ -337,7 +338,12 @@ fn calls_complete_while_another_kernel_holds_most_of_the_gpu() {
     group.set_timeout(Duration::from_millis(500));
     let mut call = group.new_call().unwrap();
     let hog = jit.load(&gpu, &hog_source()).unwrap().functions.remove(0);
-    let shared: u32 = 220 * 1024;
+    // All a block may take, less 1 KB for the kernel's own shared int.
+    let shared = gpu
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .unwrap() as u32
+        - 1024;
     hog.set_attribute(
         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         shared as i32,
