@@ -592,6 +592,9 @@ struct Kernels {
     combine: [CudaFunction; 3],
     blocks_per_rank: u32,
     threads: u32,
+    /// Whether the send-grid entries must be co-resident (a cooperative launch), as the kernel
+    /// plans say (`LaunchShape::cooperative`).
+    cooperative: bool,
     /// Whether launches may begin while the kernel before them ends (programmatic dependent
     /// launch: every LL entry waits for it first, `dependent_launch::begin`; sm_90 and later).
     dependent: bool,
@@ -622,7 +625,8 @@ impl Kernels {
                 })
             };
         let dispatch = entries(jit.load(gpu, dispatch_src)?.functions, "ll_dispatch")?;
-        let combine = entries(jit.load(gpu, find("ll_combine")?)?.functions, "ll_combine")?;
+        let combine_src = find("ll_combine")?;
+        let combine = entries(jit.load(gpu, combine_src)?.functions, "ll_combine")?;
         let threads = dispatch_src.launch.block_threads;
         // The send-grid entries take one rank's share of the SMs each: the SMs are split
         // between the ranks of one launch, at the occupancy of the least resident of those
@@ -662,19 +666,21 @@ impl Kernels {
             combine,
             blocks_per_rank,
             threads,
+            cooperative: dispatch_src.launch.cooperative || combine_src.launch.cooperative,
             dependent: gpu.dependent_launch(),
         })
     }
 
     /// The grid of the entries that span the rank's SMs (the dispatch's send, the combine's
-    /// receive, both one-launch entries): a plain launch, which may begin while the kernel
-    /// before it ends. Their blocks wait only for lower-numbered blocks of their rank, and for
-    /// the flags of other ranks, so they need no co-residency (the templates' headers say why).
+    /// receive, both one-launch entries). The LL plans launch it plain, so that it may begin
+    /// while the kernel before it ends: their blocks wait only for lower-numbered blocks of
+    /// their rank and for other ranks' flags, so they need no co-residency (the templates'
+    /// headers say why).
     fn send_grid(&self) -> Grid {
         Grid {
             blocks: self.blocks_per_rank,
             threads: self.threads,
-            cooperative: false,
+            cooperative: self.cooperative,
             dependent: self.dependent,
         }
     }
