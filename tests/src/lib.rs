@@ -96,6 +96,21 @@ pub fn read_view<T: Default + Clone + cudarc::driver::DeviceRepr>(
     v
 }
 
+/// The first `n` elements of a device slice the test allocated (empty for `n = 0`), read on
+/// `stream`.
+pub fn read_prefix<T: Default + Clone + cudarc::driver::DeviceRepr>(
+    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    slice: &cudarc::driver::CudaSlice<T>,
+    n: usize,
+) -> Vec<T> {
+    let mut v = vec![T::default(); n];
+    if n > 0 {
+        stream.memcpy_dtoh(&slice.slice(..n), &mut v).unwrap();
+    }
+    stream.synchronize().unwrap();
+    v
+}
+
 /// Writes `values` at the start of a device view on `stream` (an expert kernel's job for `y`).
 pub fn write_view(stream: &cudarc::driver::CudaStream, view: &ep_runtime::Tensor, values: &[u16]) {
     assert!(

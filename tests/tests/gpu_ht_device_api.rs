@@ -15,7 +15,7 @@ use ep_runtime::routing::SplitMix64;
 use ep_runtime::{
     Elem, Error, HtCombineInput, HtDispatchInput, HtGroup, HtReceived, Stream, Tensor,
 };
-use ep_tests::{gpu_jit_or_skip, read_view, renderer, round_inputs, write_view};
+use ep_tests::{gpu_jit_or_skip, read_prefix, read_view, renderer, round_inputs, write_view};
 
 fn spec(name: &str, tokens: u32, capacity: u32, extra: &str) -> Spec {
     let yaml = format!(
@@ -208,15 +208,8 @@ fn ht_calls_captured_as_graphs_replay_with_new_routings() {
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
             let out: Vec<Vec<u16>> = bufs
                 .iter()
-                .map(|b| {
-                    let mut v = vec![0u16; b.t * spec.hidden() as usize];
-                    if !v.is_empty() {
-                        stream.memcpy_dtoh(&b.out.slice(..v.len()), &mut v).unwrap();
-                    }
-                    v
-                })
+                .map(|b| read_prefix(&stream, &b.out, b.t * spec.hidden() as usize))
                 .collect();
-            stream.synchronize().unwrap();
             check_combine(&spec, &ins, &want, &y, &out).unwrap_or_else(|e| panic!("{what}: {e}"));
         }
         eprintln!("{}: 4 graph replays with new routings match", spec.name());

@@ -14,7 +14,7 @@ use ep_runtime::reference::ll::RankInput;
 use ep_runtime::{
     CombineInput, DispatchInput, Elem, Error, LlCall, LlGroup, RankDispatch, Stream, Tensor,
 };
-use ep_tests::{gpu_jit_or_skip, read_view, renderer, round_inputs, write_view};
+use ep_tests::{gpu_jit_or_skip, read_prefix, read_view, renderer, round_inputs, write_view};
 
 fn spec(r: u32, h: u32, k: u32, e: u32, extra: &str) -> Spec {
     let yaml = format!(
@@ -159,15 +159,8 @@ fn checked_call(
     group.check(s).unwrap_or_else(|e| panic!("{what}: {e}"));
     let out: Vec<Vec<u16>> = bufs
         .iter()
-        .map(|b| {
-            let mut v = vec![0u16; b.t * spec.hidden() as usize];
-            if !v.is_empty() {
-                stream.memcpy_dtoh(&b.out.slice(..v.len()), &mut v).unwrap();
-            }
-            v
-        })
+        .map(|b| read_prefix(stream, &b.out, b.t * spec.hidden() as usize))
         .collect();
-    stream.synchronize().unwrap();
     check_combine(spec, &ins, &out).unwrap_or_else(|e| panic!("{what}: {e}"));
 }
 
